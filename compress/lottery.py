@@ -1,0 +1,148 @@
+"""The lottery runner: a short loop over rounds (open_lth's levels).
+
+Round 0 trains (dense, or under a transferred mask) and keeps the weights at the rewind point.
+Round k >= 1 prunes a fraction of the remaining prunable weights of round k-1's final weights by
+magnitude through SparseML, rewinds the survivors to the rewind point and retrains with the mask
+held. Finished rounds (their metrics.json exists) are skipped; a round in progress resumes from
+its last epoch checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from compress.atomic import write_json
+from compress.checkpoint import load_checkpoint, save_checkpoint
+from compress.masks import (MaskHolder, dense_mask, early_bird_iou, is_nested, load_mask,
+                            mask_iou, rewind, save_mask, sparsity_report)
+from compress.round_training import RoundPlan, Schedule, train_round
+from compress.run_folder import MetricsLog, RunFolder
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LotterySetup:
+    method: str  # imp | oneshot | gradual | mask_transfer | transfer_ticket | dense
+    pruning_rounds: int
+    fraction: float  # of the remaining weights, per pruning round
+    distribution: str  # global | layerwise
+    prunable: tuple[str, ...]
+    rewind_iteration: int
+    early_bird: bool = True
+
+
+@dataclass
+class LotteryContext:
+    """Everything a round needs besides the setup (built by the pipeline)."""
+
+    run: RunFolder
+    schedule: Schedule
+    loaders: dict[str, Any]
+    device: torch.device
+    seed: int
+    metrics: MetricsLog
+    model_factory: Callable[[], nn.Module]
+    evaluate: Callable[[nn.Module, Path], dict[str, Any]]
+    initial_mask: Callable[[nn.Module], Optional[dict[str, torch.Tensor]]]
+    prune: Callable[[nn.Module, dict[str, torch.Tensor], float, str, Path], dict[str, torch.Tensor]]
+    optimizer_wrapper: Optional[Callable] = None
+    progress: bool = True
+
+
+def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]]:
+    """Run (or resume) every round; return the per-round records of summary.json."""
+    records = []
+    for index in range(setup.pruning_rounds + 1):
+        round_dir = ctx.run.round_dir(index)
+        if not (round_dir / "metrics.json").is_file():
+            _run_round(index, setup, ctx)
+        records.append(_round_record(index, round_dir))
+        ctx.run.update_summary(rounds=records)
+    return records
+
+
+def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
+    round_dir = ctx.run.round_dir(index)
+    round_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(ctx.seed)
+    model = ctx.model_factory().to(ctx.device)
+    extra: dict[str, Any] = {}
+    if index == 0:
+        mask = ctx.initial_mask(model)
+        start = 0
+        rewind_at = setup.rewind_iteration if setup.pruning_rounds else None
+    else:
+        mask, extra = _prune_and_rewind(index, setup, ctx, model)
+        start = rewind_at = setup.rewind_iteration
+        rewind_at = None
+    total = ctx.schedule.total_iterations
+    plan = RoundPlan(start_iteration=start, rewind_iteration=rewind_at,
+                     snapshot_iteration=start + (total - start) // 2 if setup.early_bird else None,
+                     optimizer_wrapper=ctx.optimizer_wrapper if index == 0 else None)
+    holder = MaskHolder(model, mask) if mask is not None else None
+    if holder is not None:
+        plan.after_step.append(holder.after_step)
+    log.info("round %d: training iterations %d-%d", index, start, total)
+    outcome = train_round(model, round_dir, ctx.schedule, plan, ctx.loaders, ctx.device, ctx.seed,
+                          ctx.metrics.with_fields(round=index), ctx.progress)
+    if holder is not None:
+        extra["pruned_nonzero_after_training"] = holder.check(model)
+        holder.remove()
+    if mask is None:  # dense or gradual: the mask is what training left
+        mask = {n: p.detach() != 0 for n, p in model.named_parameters() if n in setup.prunable}
+    _finish_round(index, setup, ctx, model, mask, outcome, extra)
+
+
+def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
+                      model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    previous = ctx.run.round_dir(index - 1)
+    model.load_state_dict(load_checkpoint(previous / "checkpoint.pt")["model"])
+    old_mask = load_mask(previous / "mask.pt", model)
+    mask = ctx.prune(model, old_mask, setup.fraction, setup.distribution,
+                     ctx.run.round_dir(index) / "sparse_logs")
+    if not is_nested(old_mask, mask):
+        raise RuntimeError(f"round {index}: the new mask is not nested in round {index - 1}'s")
+    rewind_state = load_checkpoint(ctx.run.round_dir(0) / "rewind.pt")["model"]
+    rewind(model, rewind_state, mask)
+    return mask, {"mask_iou_with_previous": mask_iou(old_mask, mask)}
+
+
+def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: nn.Module,
+                  mask: dict[str, torch.Tensor], outcome: dict[str, Any], extra: dict[str, Any]) -> None:
+    round_dir = ctx.run.round_dir(index)
+    captured = outcome["captured"]
+    if "rewind" in captured:
+        save_checkpoint(round_dir / "rewind.pt", model=captured["rewind"],
+                        iteration=setup.rewind_iteration)
+    if setup.early_bird and "snapshot" in captured and index < setup.pruning_rounds:
+        final = dict(model.named_parameters())
+        snap = captured["snapshot"]
+        extra["early_bird_iou"] = early_bird_iou({n: snap[n] for n in mask},
+                                                 {n: final[n].detach() for n in mask},
+                                                 mask, setup.fraction, setup.distribution)
+    save_checkpoint(round_dir / "checkpoint.pt", model=model.state_dict(), round=index)
+    save_mask(round_dir / "mask.pt", mask)
+    sparsity = sparsity_report(model, mask)
+    write_json(round_dir / "sparsity.json", sparsity)
+    metrics = ctx.evaluate(model, round_dir)
+    metrics.update(val_loss=outcome["val_loss"], **extra)
+    write_json(round_dir / "metrics.json", {"round": index, "sparsity": sparsity["network"]["sparsity"],
+                                            "prunable_sparsity": sparsity["prunable"]["sparsity"],
+                                            "metrics": metrics})
+    (round_dir / "last.pt").unlink(missing_ok=True)
+    shutil.rmtree(round_dir / "sparse_logs", ignore_errors=True)
+    log.info("round %d done: prunable sparsity %.4f, %s", index, sparsity["prunable"]["sparsity"],
+             {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+
+def _round_record(index: int, round_dir: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((round_dir / "metrics.json").read_text())

@@ -1,0 +1,50 @@
+"""COCO metrics of a torch detector on the validation set (the round metric and `eval/torch`)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from compress.atomic import write_json
+from compress.run_setup import IOU_PREFIX, TASK_IOU_TYPES
+
+
+def coco_results(predictions: Iterable[tuple[int, dict]], label_to_cat_id: dict[int, int],
+                 task: str) -> list[dict]:
+    from evaluate.detections import outputs_to_coco_results
+
+    results: list[dict] = []
+    for image_id, outputs in predictions:
+        results.extend(outputs_to_coco_results(image_id, outputs, label_to_cat_id, task))
+    return results
+
+
+def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path) -> dict[str, Any]:
+    """Write results_<iou>.json and metrics.json into out_dir; return the flat round metrics."""
+    from evaluate.coco_metrics import coco_stats
+
+    full: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
+    for iou_type in TASK_IOU_TYPES[task]:
+        stats = coco_stats(gt_path, results, iou_type)
+        full[iou_type] = stats
+        prefix = IOU_PREFIX[iou_type]
+        flat[f"{prefix}_mAP"] = stats["AP"]
+        flat[f"{prefix}_AP50"] = stats["AP50"]
+        flat[f"{prefix}_AP75"] = stats["AP75"]
+    write_json(out_dir / "results.json", results, indent=None)
+    write_json(out_dir / "metrics.json", full)
+    return flat
+
+
+def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path: Path,
+                   label_to_cat_id: dict[int, int], task: str, out_dir: Path,
+                   progress: bool = True) -> dict[str, Any]:
+    from compress.engine import predict
+
+    predictions = predict(model, loader, device, progress=progress)
+    results = coco_results(predictions, label_to_cat_id, task)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return score_results(gt_path, results, task, out_dir)

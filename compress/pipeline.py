@@ -1,0 +1,107 @@
+"""`compress run`: recipe -> rounds -> ticket -> export -> evaluate -> bench -> report.
+
+Each stage writes into its own part of the run folder and is skipped on `--resume` when done.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.errors import UserError
+from compress.lottery import LotteryContext, LotterySetup, run_lottery
+from compress.recipe import load_recipe, recipe_hash, resolved_yaml
+from compress.recipe_schema import Recipe
+from compress.run_folder import MetricsLog, RunFolder
+from compress.atomic import write_text
+
+log = logging.getLogger(__name__)
+
+
+def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
+               smoke: bool = False, overrides: list[str] = (), progress: bool = True) -> RunFolder:
+    recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
+    digest = recipe_hash(recipe)
+    run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
+    _claim_run_folder(run, recipe, digest, resume)
+    log.info("run folder %s (recipe %s)", run.root, digest)
+    from compress.seeding import seed_everything
+
+    seed_everything(recipe.train.seed)
+    records = find_ticket(recipe, run, progress)
+    from compress.stages import finish_run
+
+    finish_run(recipe, run, progress)
+    _print_summary(run, records)
+    return run
+
+
+def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool) -> None:
+    text = resolved_yaml(recipe)
+    if run.recipe.is_file():
+        if not resume:
+            raise UserError(f"run folder already holds a run; add --resume to continue it or "
+                            f"choose another --out", file=str(run.root))
+        from compress.recipe import load_resolved
+
+        if recipe_hash(load_resolved(run.recipe)) != digest:
+            raise UserError("--resume with a different recipe than the one this run folder holds "
+                            f"(see {run.recipe}); use another --out", file=str(run.root))
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text(run.recipe, text)
+    run.update_summary(name=recipe.name, recipe_hash=digest, arch=recipe.model.arch,
+                       backbone=recipe.model.backbone, method=recipe.lottery.method)
+
+
+def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) -> LotterySetup:
+    from compress.prunable import select_prunable
+    from compress.schedule import parse_duration
+
+    lot = recipe.lottery
+    names = select_prunable(model, scope=lot.scope, include=lot.include or None,
+                            exclude=lot.exclude or None)
+    return LotterySetup(method=lot.method, pruning_rounds=lot.pruning_rounds(),
+                        fraction=lot.fraction_per_round() if lot.method != "dense" else 0.0,
+                        distribution=lot.distribution, prunable=tuple(names),
+                        rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
+                        early_bird=lot.early_bird)
+
+
+def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> list[dict[str, Any]]:
+    """Train the rounds and write ticket.pt; returns the per-round records."""
+    from compress import run_setup as rs
+    from compress.model_eval import evaluate_torch
+    from compress.ticket import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
+
+    data = rs.prepare_data(recipe, run.data)
+    loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images)
+    ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size)
+    schedule = rs.make_schedule(recipe, ipe)
+    factory = rs.model_factory(recipe, data)
+    setup = lottery_setup(recipe, factory(), ipe)
+    device = rs.pick_device(recipe.train.device)
+    run.update_summary(task=data.task, prunable_tensors=len(setup.prunable),
+                       iterations_per_round=schedule.total_iterations)
+
+    def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
+        return evaluate_torch(model, loaders["val"], device, data.gt_path, data.label_to_cat_id,
+                              data.task, round_dir / "eval", progress)
+
+    ctx = LotteryContext(run=run, schedule=schedule, loaders=loaders, device=device,
+                         seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),
+                         model_factory=factory, evaluate=evaluate,
+                         initial_mask=initial_mask_fn(recipe, setup),
+                         prune=prune_fn(), optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe),
+                         progress=progress)
+    records = run_lottery(setup, ctx)
+    write_ticket(run, recipe, records)
+    return records
+
+
+def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:
+    from compress.summary_table import format_summary
+
+    print(format_summary(run.read_summary()))

@@ -1,0 +1,221 @@
+"""The recipe: one typed model of the whole YAML file (model, data, schedule, lottery, modifiers,
+export, evaluation, benchmark, smoke profile).
+
+Every key has a default and a range; `compress/recipe.py` loads, merges and validates.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
+Duration = str
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class HeadsCfg(_Section):
+    """torchvision constructor arguments that size the detector heads (lighter = faster)."""
+
+    fpn_channels: int = Field(256, ge=8, le=1024)
+    rpn_pre_nms_top_n_train: int = Field(2000, ge=1, le=100000)
+    rpn_pre_nms_top_n_test: int = Field(1000, ge=1, le=100000)
+    rpn_post_nms_top_n_train: int = Field(2000, ge=1, le=100000)
+    rpn_post_nms_top_n_test: int = Field(1000, ge=1, le=100000)
+    rpn_batch_size_per_image: int = Field(256, ge=1, le=4096)
+    box_batch_size_per_image: int = Field(512, ge=1, le=4096)
+    box_detections_per_img: int = Field(100, ge=1, le=1000)
+    representation_size: int = Field(1024, ge=8, le=8192)
+    mask_head_layers: int = Field(4, ge=1, le=16)
+    mask_head_channels: int = Field(256, ge=8, le=1024)
+    keypoint_head_layers: int = Field(8, ge=1, le=16)
+    keypoint_head_channels: int = Field(512, ge=8, le=1024)
+    anchor_sizes: Optional[list[int]] = None  # one per FPN level; None = torchvision's
+
+
+class ModelCfg(_Section):
+    arch: Literal["fasterrcnn", "maskrcnn", "keypointrcnn"]
+    backbone: Literal["resnet18", "resnet50", "tiny"] = "resnet50"
+    trainable_layers: int = Field(5, ge=0, le=5)
+    norm: Literal["batch", "frozen", "group"] = "batch"
+    weights: Optional[str] = None
+    backbone_weights: Optional[str] = None
+    min_size: int = Field(800, ge=32, le=4096)
+    max_size: int = Field(1333, ge=32, le=8192)
+    heads: HeadsCfg = HeadsCfg()
+
+    @model_validator(mode="after")
+    def _sizes(self) -> "ModelCfg":
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size {self.max_size} must be >= min_size {self.min_size}")
+        return self
+
+
+class SyntheticCfg(_Section):
+    train_images: int = Field(200, ge=1, le=100000)
+    val_images: int = Field(60, ge=1, le=100000)
+    image_size: int = Field(128, ge=32, le=2048)
+    seed: int = Field(0, ge=0)
+
+
+class DataCfg(_Section):
+    dataset: Literal["coco", "voc", "synthetic"] = "synthetic"
+    root: Optional[str] = None
+    train_split: str = "train2017"
+    val_split: str = "val2017"
+    num_workers: int = Field(2, ge=0, le=64)
+    synthetic: SyntheticCfg = SyntheticCfg()
+
+    @model_validator(mode="after")
+    def _root(self) -> "DataCfg":
+        if self.dataset != "synthetic" and not self.root:
+            raise ValueError(f"root is required for dataset '{self.dataset}' (a folder path)")
+        return self
+
+
+class TrainCfg(_Section):
+    epochs: Optional[float] = Field(12.0, gt=0, le=10000)
+    iterations: Optional[int] = Field(None, ge=1, le=10_000_000)
+    batch_size: int = Field(16, ge=1, le=4096)
+    lr: float = Field(0.02, gt=0, le=10)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(1e-4, ge=0, lt=1)
+    warmup_iters: int = Field(1000, ge=0)
+    warmup_factor: float = Field(0.001, gt=0, le=1)
+    lr_steps: list[Duration] = ["8ep", "11ep"]
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    grad_clip: Optional[float] = Field(None, gt=0)
+    seed: int = Field(0, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = False
+    log_every: int = Field(20, ge=1)
+    val_every_epochs: float = Field(1.0, gt=0)
+
+    @field_validator("lr_steps")
+    @classmethod
+    def _steps(cls, steps: list[str]) -> list[str]:
+        for step in steps:
+            _check_duration(step)
+        return steps
+
+    @model_validator(mode="after")
+    def _length(self) -> "TrainCfg":
+        if (self.epochs is None) == (self.iterations is None):
+            raise ValueError("set exactly one of epochs or iterations (the other to null)")
+        return self
+
+
+class LotteryCfg(_Section):
+    method: Literal["imp", "oneshot", "gradual", "mask_transfer", "transfer_ticket", "dense"] = "imp"
+    rounds: int = Field(5, ge=1, le=50)
+    prune_fraction: Optional[float] = Field(0.2, gt=0, lt=1)
+    target_sparsity: Optional[float] = Field(None, gt=0, lt=1)
+    distribution: Literal["global", "layerwise"] = "global"
+    scope: Literal["all", "backbone"] = "all"
+    include: list[str] = []
+    exclude: list[str] = []
+    rewind: Duration = "1ep"
+    source: Optional[str] = None
+    early_bird: bool = True
+
+    @field_validator("rewind")
+    @classmethod
+    def _rewind(cls, value: str) -> str:
+        return _check_duration(value)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "LotteryCfg":
+        if self.method in ("mask_transfer", "transfer_ticket") and not self.source:
+            raise ValueError(f"method '{self.method}' needs lottery.source (a weights or ticket file)")
+        if self.method == "mask_transfer" and self.target_sparsity is None:
+            raise ValueError("method 'mask_transfer' needs lottery.target_sparsity in (0, 1)")
+        if self.prune_fraction is None and self.target_sparsity is None and self.method != "dense":
+            raise ValueError("set prune_fraction or target_sparsity")
+        return self
+
+    def fraction_per_round(self) -> float:
+        """Fraction of the remaining weights each pruning round removes."""
+        if self.method == "oneshot":
+            return self.target_sparsity if self.target_sparsity is not None else self.prune_fraction
+        if self.target_sparsity is not None:
+            return 1.0 - (1.0 - self.target_sparsity) ** (1.0 / self.rounds)
+        return float(self.prune_fraction)
+
+    def pruning_rounds(self) -> int:
+        """Rounds after the dense round 0 (one-shot: one)."""
+        if self.method in ("oneshot",):
+            return 1
+        if self.method in ("imp",):
+            return self.rounds
+        return 0
+
+
+class ExportCfg(_Section):
+    enabled: bool = True
+    opset: int = Field(17, ge=11, le=17)
+    image_size: Optional[int] = Field(None, ge=32, le=4096)
+    compact: bool = True
+
+
+class EvaluateCfg(_Section):
+    enabled: bool = True
+    engines: list[Literal["torch", "onnxruntime", "deepsparse"]] = ["torch", "onnxruntime"]
+    tide: bool = True
+    keypoint_errors: bool = True
+    max_images: Optional[int] = Field(None, ge=1)
+
+
+class BenchCfg(_Section):
+    enabled: bool = True
+    engines: list[Literal["onnxruntime", "onnxruntime-cuda", "deepsparse"]] = [
+        "onnxruntime", "onnxruntime-cuda", "deepsparse"]
+    batch_sizes: list[int] = [1]
+    warmup: int = Field(5, ge=0, le=1000)
+    iterations: int = Field(20, ge=1, le=100000)
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, sizes: list[int]) -> list[int]:
+        if not sizes or any(size < 1 or size > 1024 for size in sizes):
+            raise ValueError(f"{sizes} must be a non-empty list of integers in [1, 1024]")
+        return sizes
+
+
+class Recipe(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    description: str = ""
+    model: ModelCfg
+    data: DataCfg = DataCfg()
+    train: TrainCfg = TrainCfg()
+    lottery: LotteryCfg = LotteryCfg()
+    modifiers: list[dict[str, Any]] = []
+    export: ExportCfg = ExportCfg()
+    evaluate: EvaluateCfg = EvaluateCfg()
+    bench: BenchCfg = BenchCfg()
+    smoke: dict[str, Any] = {}
+
+    @field_validator("modifiers")
+    @classmethod
+    def _tagged(cls, modifiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, modifier in enumerate(modifiers):
+            if "__tag__" not in modifier:
+                raise ValueError(f"entry {index} is not a SparseML modifier: write it as "
+                                 "`- !GMPruningModifier` followed by its arguments")
+        return modifiers
+
+    @model_validator(mode="after")
+    def _gradual_needs_modifiers(self) -> "Recipe":
+        if self.lottery.method == "gradual" and not self.modifiers:
+            raise ValueError("lottery.method 'gradual' needs a modifiers section (a SparseML GMP recipe)")
+        return self
+
+
+def _check_duration(value: str) -> str:
+    import re
+
+    if not re.match(DURATION_PATTERN, value):
+        raise ValueError(f"'{value}' is not a duration: write iterations like '500it' or epochs like '1ep'")
+    return value

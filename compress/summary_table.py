@@ -1,0 +1,38 @@
+"""The run's summary table, printed at the end of `compress run`."""
+from __future__ import annotations
+
+from typing import Any
+
+METRIC_COLUMNS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "val_loss")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    rounds = summary.get("rounds") or []
+    columns = [c for c in METRIC_COLUMNS if any(c in r.get("metrics", {}) for r in rounds)]
+    header = ["round", "sparsity", "prunable"] + columns
+    rows = [[str(r["round"]), f"{r['sparsity']:.4f}", f"{r['prunable_sparsity']:.4f}"]
+            + [_cell(r.get("metrics", {}).get(c)) for c in columns] for r in rounds]
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h)
+              for i, h in enumerate(header)]
+    lines = [f"{summary.get('name', 'run')} ({summary.get('arch', '?')} / "
+             f"{summary.get('backbone', '?')}, {summary.get('method', '?')})",
+             "  ".join(h.rjust(w) for h, w in zip(header, widths)),
+             "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    export = summary.get("export")
+    if export:
+        lines.append(f"export: onnx {export.get('onnx_bytes')} B, compact {export.get('compact_bytes')} B, "
+                     f"zeros preserved {export.get('zeros_preserved')}, max |diff| {export.get('max_abs_diff')}")
+    for row in summary.get("bench") or []:
+        if row.get("p50_ms") is not None:
+            lines.append(f"bench {row['engine']} batch {row['batch']}: p50 {row['p50_ms']:.1f} ms, "
+                         f"{row.get('items_per_s', 0):.2f} items/s")
+    return "\n".join(lines)

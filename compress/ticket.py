@@ -1,0 +1,91 @@
+"""How each lottery method starts, prunes and ends: the pieces the runner is given, and ticket.pt."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import nn
+
+from compress.checkpoint import load_checkpoint, save_checkpoint, state_dict_from_file
+from compress.errors import ModelFileError
+from compress.lottery import LotterySetup
+from compress.masks import load_mask
+from compress.recipe import recipe_hash
+from compress.recipe_schema import Recipe
+from compress.run_folder import RunFolder
+
+log = logging.getLogger(__name__)
+Mask = dict[str, torch.Tensor]
+
+
+def initial_mask_fn(recipe: Recipe, setup: LotterySetup) -> Callable[[nn.Module], Optional[Mask]]:
+    """Round 0's mask: None (dense training) or the transferred mask, with the source values loaded."""
+    lot = recipe.lottery
+
+    def initial(model: nn.Module) -> Optional[Mask]:
+        if lot.method == "mask_transfer":
+            from compress.transfer import mask_transfer
+
+            source = state_dict_from_file(lot.source)
+            return mask_transfer(model, source, list(setup.prunable), lot.target_sparsity,
+                                 lot.distribution)
+        if lot.method == "transfer_ticket":
+            from compress.transfer import transfer_ticket
+
+            state, mask = load_ticket_parts(Path(lot.source))
+            new_mask, matched = transfer_ticket(model, state, mask)
+            log.info("transfer ticket: %d tensors matched", len(matched))
+            return new_mask
+        return None
+    return initial
+
+
+def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
+    """(state dict, mask) of a ticket.pt, a run folder, or a round checkpoint with mask.pt beside it."""
+    if path.is_dir():
+        path = path / "ticket.pt"
+    payload = load_checkpoint(path)
+    if "mask" in payload and "model" in payload:
+        return payload["model"], payload["mask"]
+    mask_path = path.parent / "mask.pt"
+    if "model" in payload and mask_path.is_file():
+        return payload["model"], load_mask(mask_path)
+    raise ModelFileError("not a ticket: expected a dict with 'model' and 'mask' (ticket.pt) or a "
+                         "checkpoint with mask.pt beside it", file=str(path))
+
+
+def prune_fn() -> Callable[..., Mask]:
+    from compress.sparseml_adapter import sparseml_prune
+
+    return sparseml_prune
+
+
+def optimizer_wrapper_fn(recipe: Recipe, run: RunFolder, iters_per_epoch: int) -> Optional[Callable]:
+    """For `gradual`: SparseML's ScheduledOptimizer running the recipe's modifiers."""
+    if recipe.lottery.method != "gradual":
+        return None
+    from compress.recipe_yaml import modifiers_to_sparseml_yaml
+    from compress.sparseml_adapter import gmp_manager
+
+    text = modifiers_to_sparseml_yaml(recipe.modifiers)
+
+    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
+        _, wrapped = gmp_manager(text, model, optimizer, iters_per_epoch,
+                                 log_dir=run.round_dir(0) / "sparse_logs")
+        return wrapped
+    return wrap
+
+
+def write_ticket(run: RunFolder, recipe: Recipe, records: list[dict[str, Any]]) -> Path:
+    """ticket.pt: the last round's weights and mask, stamped with the recipe hash."""
+    last = records[-1]["round"]
+    round_dir = run.round_dir(last)
+    state = load_checkpoint(round_dir / "checkpoint.pt")["model"]
+    mask = load_mask(round_dir / "mask.pt")
+    save_checkpoint(run.ticket, model=state, mask=mask, round=last, recipe_hash=recipe_hash(recipe),
+                    arch=recipe.model.arch, backbone=recipe.model.backbone)
+    run.update_summary(ticket={"round": last, "sparsity": records[-1]["sparsity"],
+                               "prunable_sparsity": records[-1]["prunable_sparsity"]})
+    return run.ticket
