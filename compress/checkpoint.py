@@ -60,8 +60,9 @@ def save_checkpoint(path: str | os.PathLike, **parts: Any) -> str:
 
 
 def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__
+    lines = str(err).strip().splitlines()
+    # torch's messages run on with advice after the first sentence: keep the first one.
+    return lines[0].split(". ")[0] if lines else type(err).__name__
 
 
 def read_torch_file(path: str | os.PathLike) -> Any:

@@ -30,7 +30,9 @@ def _setup_logging(quiet: bool, verbose: bool) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname).1s %(name)s: %(message)s",
                         datefmt="%H:%M:%S", force=True)
     for noisy in ("sparseml", "sparsezoo", "deepsparse", "matplotlib", "PIL"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.ERROR)
+    logging.captureWarnings(True)  # library deprecation warnings: shown with --verbose only
+    logging.getLogger("py.warnings").setLevel(logging.DEBUG if verbose else logging.ERROR)
 
 
 @click.group(help=MAIN_HELP, context_settings={"help_option_names": ["-h", "--help"]})

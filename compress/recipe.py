@@ -106,7 +106,8 @@ def validate(raw: dict[str, Any], source: str) -> Recipe:
     try:
         return Recipe.model_validate(raw)
     except ValidationError as err:
-        raise RecipeError(_describe(err.errors()[0], raw), file=source) from None
+        errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
+        raise RecipeError(_describe(errors[0], raw), file=source) from None
 
 
 def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -170,8 +170,8 @@ def sparseml_prune(model: nn.Module, mask: Mapping[str, Tensor], fraction: float
     """Prune `fraction` of the kept weights with a one-shot SparseML modifier; return the mask.
 
     The model's pruned weights are zeroed first (SparseML ranks zeros lowest), the modifier is
-    applied and finalised, and the new mask is read from the zeros AND the old mask. Its counts
-    are checked against `masks.magnitude_prune` on the same weights (RuntimeError if not equal).
+    applied, its masks are read (before finalize: exact even where a kept weight is 0.0) and
+    ANDed with the old mask, then finalised. Counts are checked against `masks.magnitude_prune` on the same weights (RuntimeError if not equal).
     """
     names = list(mask)
     apply_mask(model, mask)
@@ -188,12 +188,25 @@ def sparseml_prune(model: nn.Module, mask: Mapping[str, Tensor], fraction: float
     _check_not_all(final)
     recipe = oneshot_prune_recipe(active, final, distribution, init_sparsity=init)
     manager = manager_from_yaml(recipe)
-    manager.apply(model, epoch=math.inf, loggers=sparseml_loggers(log_dir), finalize=True)
-    with torch.no_grad():
-        new = {n: (model.state_dict()[n] != 0).cpu() & mask[n].bool().cpu() for n in names}
+    manager.apply(model, epoch=math.inf, loggers=sparseml_loggers(log_dir), finalize=False)
+    pruned = _modifier_masks(manager)
+    manager.finalize(model)
+    new = {n: (pruned[n] if n in pruned else mask[n].bool().cpu()) & mask[n].bool().cpu()
+           for n in names}
     apply_mask(model, new)
     _check_counts(new, {n: t.cpu() for n, t in expected.items()}, distribution)
     return new
+
+
+def _modifier_masks(manager: Any) -> Mask:
+    """SparseML's own masks ({param name: bool}), read before `finalize` drops them."""
+    suffix = ".sparsity_mask"
+    out: Mask = {}
+    for modifier in manager.iter_modifiers():
+        for key, value in modifier.state_dict().items():
+            if key.endswith(suffix):
+                out[key[: -len(suffix)]] = value.detach().cpu() != 0
+    return out
 
 
 def _check_not_all(final: float | Mapping[str, float]) -> None:

@@ -15,6 +15,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -50,12 +51,12 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
-def run_child(argv: Sequence[str], timeout_s: float, result_path: Path,
-              stage: str = "compile") -> dict[str, Any]:
+def run_child(argv: Sequence[str], timeout_s: float, result_path: Path) -> dict[str, Any]:
     """Run `argv` as a child process that writes a JSON result to `result_path`.
 
     Returns that result, or a "failed" row when the child dies from a signal, exits non-zero,
-    times out or writes nothing.
+    times out or writes nothing. The child may name what it is doing ("compile", "run") in
+    `<result_path>.stage`; the reason says in which stage it failed.
     """
     env = dict(os.environ, NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
@@ -63,15 +64,39 @@ def run_child(argv: Sequence[str], timeout_s: float, result_path: Path,
         proc = subprocess.run(list(argv), env=env, capture_output=True, text=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
+        stage = _stage(result_path)
         return _failed(f"{stage} timed out after {timeout_s:.0f} s (child killed)")
+    stage = _stage(result_path)
     if proc.returncode < 0:
         sig = -proc.returncode
         return _failed(f"{stage} crashed ({_signal_name(sig)}, signal {sig})")
     if proc.returncode != 0 or not result_path.is_file():
-        lines = [line for line in (proc.stderr or proc.stdout or "").splitlines() if line.strip()]
-        last = lines[-1].strip() if lines else "no output"
-        return _failed(f"{stage} failed (exit code {proc.returncode}): {last[:300]}")
+        return _failed(_failure_reason(stage, proc.returncode, f"{proc.stdout}\n{proc.stderr}"))
     return json.loads(result_path.read_text())
+
+
+def _stage_path(result_path: str | Path) -> Path:
+    return Path(f"{result_path}.stage")
+
+
+def _stage(result_path: Path) -> str:
+    path = _stage_path(result_path)
+    return path.read_text().strip() if path.is_file() else "compile"
+
+
+def _failure_reason(stage: str, returncode: int, output: str) -> str:
+    """One line from a failed child: DeepSparse's caught signal, else the Python exception."""
+    crash = re.search(r"Received signal: ([^(\n]+?)\s*(\(|$)", output, re.MULTILINE)
+    if crash:
+        name = crash.group(1).strip()
+        number = {"Segmentation fault": 11, "Aborted": 6, "Bus error": 7,
+                  "Floating point exception": 8, "Illegal instruction": 4}.get(name)
+        tag = f"signal {number}" if number else "signal"
+        return f"{stage} crashed ({name}, {tag}; DeepSparse exited with code {returncode})"
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    last = errors[-1] if errors else (lines[-1] if lines else "no output")
+    return f"{stage} failed (exit code {returncode}): {last[:300]}"
 
 
 def _child_argv(request_path: Path) -> list[str]:
@@ -146,6 +171,7 @@ def _child_bench(request: dict[str, Any]) -> dict[str, Any]:
     start = time.perf_counter()
     engine = _compile(request)
     compile_s = time.perf_counter() - start
+    _stage_path(request["result_path"]).write_text("run")
     rng = np.random.default_rng(0)
     inputs = [np.ascontiguousarray(rng.random(shape, dtype=np.float32).astype(dtype))
               for shape, dtype in zip(request["input_shapes"], request["input_dtypes"])]
@@ -165,6 +191,7 @@ def _child_bench(request: dict[str, Any]) -> dict[str, Any]:
 
 def _child_outputs(request: dict[str, Any]) -> dict[str, Any]:
     engine = _compile(request)
+    _stage_path(request["result_path"]).write_text("run")
     with np.load(request["inputs_npz"]) as data:
         inputs = [np.ascontiguousarray(data[f"arr_{i}"]) for i in range(len(data.files))]
     outputs = engine.run(inputs, val_inp=False)

@@ -18,8 +18,9 @@ never by a fixed sparsity threshold); "zero" means the 32-bit pattern 0x00000000
   gaps between the positions of the minority symbol (split into a unary stream of quotients and a
   fixed-width stream of k-bit remainders; k chosen per tensor; within ~1-2% of the mask entropy
   H(s) for random masks), or a zlib-compressed bitmask.
-Values are stored raw or, when smaller, byte-plane shuffled (the 4 bytes of each fp32 value
-grouped by significance) and zlib-compressed.
+Values are split into 4 byte planes (byte i of every fp32 value together); each plane is stored
+raw or zlib-compressed, whichever is smaller (the sign/exponent plane of trained or Gaussian weights
+compresses; the mantissa planes do not).
 """
 from __future__ import annotations
 
@@ -121,17 +122,27 @@ def fp32_payloads(data: bytes) -> list[Payload]:
 
 # ---------------------------------------------------------------- value and mask coding
 def _encode_values(values: np.ndarray) -> tuple[str, bytes]:
-    raw = values.astype("<u4", copy=False).tobytes()
-    shuffled = zlib.compress(np.frombuffer(raw, np.uint8).reshape(-1, 4).T.tobytes(), 9)
-    return ("zlib-shuffle", shuffled) if len(shuffled) < len(raw) else ("raw", raw)
+    """Byte-plane split of the fp32 words; each plane zlib-compressed when that is smaller."""
+    planes = np.frombuffer(values.astype("<u4", copy=False).tobytes(), np.uint8).reshape(-1, 4).T
+    parts = []
+    for plane in planes:
+        raw = plane.tobytes()
+        packed = zlib.compress(raw, 6)
+        flag, body = (1, packed) if len(packed) < len(raw) else (0, raw)
+        parts.append(struct.pack("<BI", flag, len(body)) + body)
+    return "planes", b"".join(parts)
 
 
 def _decode_values(codec: str, blob: bytes, count: int) -> np.ndarray:
-    if codec == "raw":
-        data = blob
-    else:
-        data = np.frombuffer(zlib.decompress(blob), np.uint8).reshape(4, count).T.tobytes()
-    return np.frombuffer(data, "<u4", count=count)
+    if codec != "planes":
+        raise ValueError(f"unknown value codec {codec!r}")
+    planes, pos = [], 0
+    for _ in range(4):
+        flag, length = struct.unpack_from("<BI", blob, pos)
+        body = blob[pos + 5:pos + 5 + length]
+        pos += 5 + length
+        planes.append(np.frombuffer(zlib.decompress(body) if flag else body, np.uint8, count=count))
+    return np.ascontiguousarray(np.stack(planes, axis=1)).view("<u4").ravel()
 
 
 def _rice_bits(gaps: np.ndarray, k: int) -> int:
@@ -228,6 +239,7 @@ def pack(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
         blobs += parts
         stats.append({"name": item.name, "numel": numel, "zeros": zeros, "form": meta["form"],
                       "encoded_bytes": sum(map(len, parts)),
+                      "mask_bytes": sum(map(len, parts[:-1])), "values_bytes": len(parts[-1]),
                       "bound_bytes": bound_bytes(numel, zeros)})
     skeleton += data[cursor:]
     packed_skeleton = lzma.compress(bytes(skeleton), preset=9)

@@ -145,12 +145,15 @@ def _draw_figure(size: int, points: np.ndarray, height: float,
     """Render one figure on a transparent RGBA layer; returns (layer, silhouette mask)."""
     layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
     draw = ImageDraw.Draw(layer)
-    width = max(2, int(round(height / 14)))
+    width = 2 * max(1, int(round(height / 28))) + 1  # odd: centred on the keypoint pixels
+    half = width // 2
     centre, left, right = (_jitter(rng, c, 10) + (255,) for c in (CENTRE_COLOUR, LEFT_COLOUR,
                                                                    RIGHT_COLOUR))
     for limbs, colour in ((_TORSO, centre), (_LIMBS_LEFT, left), (_LIMBS_RIGHT, right)):
         for a, b in limbs:
             draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=width)
+            for x, y in (points[a], points[b]):  # round joints that cover the keypoint pixel
+                draw.ellipse([x - half, y - half, x + half, y + half], fill=colour)
     head_r = 0.085 * height
     nose = points[0]
     draw.ellipse([nose[0] - head_r, nose[1] - head_r, nose[0] + head_r, nose[1] + head_r],

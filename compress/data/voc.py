@@ -20,7 +20,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw
 
 from compress.atomic import write_text
