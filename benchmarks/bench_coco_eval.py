@@ -42,7 +42,9 @@ def make_corpus(n_images: int, n_dets: int, seed: int = 0) -> tuple[dict, list[d
           "annotations": anns, "categories": [{"id": c, "name": f"c{c}"} for c in range(1, CATEGORIES + 1)]}
     n_true = min(n_dets // 2, n_gt)
     src = rng.choice(n_gt, n_true, replace=False)
-    boxes = np.concatenate([xy[src], wh[src]], axis=1) * rng.normal(1, 0.08, (n_true, 4))
+    jitter = rng.normal(0, 0.08, (n_true, 4)) * np.concatenate([wh[src], wh[src]], axis=1)
+    boxes = np.concatenate([xy[src], wh[src]], axis=1) + jitter
+    boxes[:, 2:] = boxes[:, 2:].clip(1)
     n_bg = n_dets - n_true
     bg_wh = np.exp(rng.uniform(np.log(4), np.log(300), (n_bg, 2)))
     bg = np.concatenate([rng.uniform(0, 1, (n_bg, 2)) * (np.array([W, H]) - bg_wh).clip(1), bg_wh], axis=1)

@@ -138,6 +138,7 @@ def train_one_epoch(
         parts = _loss_parts(loss_dict, loss)
         if not all(math.isfinite(v) for v in parts.values()):
             raise NonFiniteLossError(iteration + 1, parts)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         _step(model, optimizer, loss, scaler if amp else None, grad_clip)
         if scheduler is not None:
             scheduler.step()
@@ -147,9 +148,9 @@ def train_one_epoch(
         meter.add(parts)
         bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
         if log is not None and (iteration % log_every == 0):
-            log({"iteration": iteration, "lr": optimizer.param_groups[0]["lr"], **meter.pop_window()})
+            log({"iteration": iteration, "lr": lr, **meter.pop_window()})
     if log is not None and meter.window_count:
-        log({"iteration": iteration, "lr": optimizer.param_groups[0]["lr"], **meter.pop_window()})
+        log({"iteration": iteration, "lr": lr, **meter.pop_window()})
     result: dict[str, float] = meter.means()
     result.update(iterations=iteration - start_iteration, iteration=iteration)
     return result
@@ -189,6 +190,8 @@ def validation_loss(model: nn.Module, loader: Iterable[Batch], device: torch.dev
     finally:
         for module, training in modes.items():
             module.training = training
+    if meter.count == 0:
+        raise ValueError("validation_loss got an empty loader: no batches to evaluate")
     return meter.means()
 
 

@@ -71,7 +71,9 @@ def magnitude_prune(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor], f
     device = next(iter(mask.values())).device if names else torch.device("cpu")
     kept = torch.cat([mask[n].reshape(-1).bool().to(device) for n in names]) if names else \
         torch.zeros(0, dtype=torch.bool)
-    magnitude = torch.cat([weights[n].detach().reshape(-1).abs().float().to(device)
+    dtype = torch.float64 if any(weights[n].dtype == torch.float64 for n in names) \
+        else torch.float32  # float32 holds fp16/bf16 magnitudes exactly
+    magnitude = torch.cat([weights[n].detach().reshape(-1).abs().to(device, dtype)
                            for n in names]) if names else torch.zeros(0)
     flat = _prune_flat(magnitude, kept, round(fraction * int(kept.sum())))
     sizes = [mask[n].numel() for n in names]

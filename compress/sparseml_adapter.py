@@ -112,8 +112,7 @@ def constant_pruning_recipe(param_names: list[str], start_epoch: float = 0.0,
 
 def sparseml_loggers(log_dir: str | os.PathLike) -> Any:
     """A SparseML LoggerManager whose only logger writes `log_dir/sparseml.log`."""
-    from sparseml.core.logger.logger import LoggerManager
-    from sparseml.pytorch.utils.logger import PythonLogger
+    from sparseml.pytorch.utils import LoggerManager, PythonLogger
 
     path = Path(log_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)

@@ -61,7 +61,7 @@ def run_child(argv: Sequence[str], timeout_s: float, result_path: Path) -> dict[
     env = dict(os.environ, NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.run(list(argv), env=env, capture_output=True, text=True,
+        proc = subprocess.run(list(argv), env=env, capture_output=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         stage = _stage(result_path)
@@ -71,7 +71,8 @@ def run_child(argv: Sequence[str], timeout_s: float, result_path: Path) -> dict[
         sig = -proc.returncode
         return _failed(f"{stage} crashed ({_signal_name(sig)}, signal {sig})")
     if proc.returncode != 0 or not result_path.is_file():
-        return _failed(_failure_reason(stage, proc.returncode, f"{proc.stdout}\n{proc.stderr}"))
+        output = (proc.stdout + b"\n" + proc.stderr).decode("utf-8", errors="replace")
+        return _failed(_failure_reason(stage, proc.returncode, output))
     return json.loads(result_path.read_text())
 
 

@@ -161,7 +161,8 @@ def analyze_keypoint_errors(gt: COCO | Mapping[str, Any] | str | os.PathLike, re
     flip = flip_index(cat.get("keypoints"), len(sig))
     base_ap = coco_stats(coco_gt, results, "keypoints")["AP"] if results else 0.0
     if not results:
-        found = {"counts": dict.fromkeys(ERROR_TYPES, 0), "fixes": {}, "fp_ids": [], "matched": 0,
+        found = {"counts": dict.fromkeys(ERROR_TYPES, 0), "fixes": {t: [] for t in FIXABLE_TYPES},
+                 "fp_ids": [], "matched": 0,
                  "fn": sum(1 for a in coco_gt.dataset["annotations"]
                            if not a.get("iscrowd", 0) and a.get("num_keypoints", 0) > 0)}
     else:

@@ -47,6 +47,23 @@ def validate_gt(gt: Any, path: str) -> None:
                             key=key, file=path)
 
 
+def validate_gt_for(gt: dict, iou_type: str, path: str) -> None:
+    """The GT must carry what the iou type scores: masks for segm, keypoints for keypoints."""
+    if iou_type == "segm":
+        bad = sum(1 for a in gt["annotations"] if "segmentation" not in a)
+        if bad:
+            raise DataError(f"{bad} annotation(s) lack 'segmentation': cannot score segm", file=path)
+    if iou_type == "keypoints":
+        kp_cats = {c["id"] for c in gt["categories"] if c.get("keypoints")}
+        if not kp_cats:
+            raise DataError("no category defines 'keypoints': cannot score keypoints", file=path)
+        bad = sum(1 for a in gt["annotations"] if a.get("category_id") in kp_cats
+                  and not ("keypoints" in a and "num_keypoints" in a))
+        if bad:
+            raise DataError(f"{bad} annotation(s) of keypoint categories lack 'keypoints' or "
+                            "'num_keypoints'", file=path)
+
+
 def _unknown(results: list[dict], field: str, known: set[int], path: str) -> None:
     bad = [r.get(field) for r in results if r.get(field) not in known]
     if bad:
@@ -118,6 +135,7 @@ def evaluate_results_file(gt_path: str | os.PathLike, results_path: str | os.Pat
         raise DataError(f"--iou-type {iou_type!r} is not one of {', '.join(IOU_TYPES)}")
     gt = read_json(gt_path)
     validate_gt(gt, str(gt_path))
+    validate_gt_for(gt, iou_type, str(gt_path))
     results = read_json(results_path)
     validate_results(results, gt, iou_type, str(results_path))
     coco_gt = load_gt(gt)

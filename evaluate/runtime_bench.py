@@ -38,6 +38,7 @@ class GraphInput:
     shape: tuple[int, ...]
     dtype: str
     dynamic: bool
+    graph_dims: tuple[int | None, ...]
 
 
 def graph_inputs(onnx_path: str | os.PathLike, batch: int = 1,
@@ -65,7 +66,7 @@ def graph_inputs(onnx_path: str | os.PathLike, batch: int = 1,
         batched = batched and rank_batched
         concrete = _concrete_dims(dims, rank_batched, batch, height, width)
         dtype = onnx.mapping.TENSOR_TYPE_TO_NP_TYPE[tensor.elem_type].name
-        specs.append(GraphInput(value.name, tuple(concrete), dtype, None in dims))
+        specs.append(GraphInput(value.name, tuple(concrete), dtype, None in dims, tuple(dims)))
     if not specs:
         raise ModelFileError("the graph has no inputs", file=str(path))
     return specs, batched
@@ -133,6 +134,11 @@ def _bench_one(engine: str, path: Path, batch: int, image_size: Any, warmup: int
         return _row(engine, batch, "ok", supported_op_fraction=result["supported_op_fraction"],
                     **stats, **base)
     provider = "cuda" if engine == "onnxruntime-cuda" else "cpu"
+    fixed = [s for s in specs if batched and s.graph_dims[0] not in (None, batch)]
+    if fixed:
+        return _row(engine, batch, "skipped", reason=(
+            f"input '{fixed[0].name}' has a fixed batch of {fixed[0].graph_dims[0]}; export "
+            f"with a dynamic batch axis to run batch {batch} on ONNX Runtime"), **base)
     try:
         latencies = _time_ort(path, specs, provider, calls, warmup, iterations, cores)
     except EngineUnavailable as err:

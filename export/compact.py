@@ -1,4 +1,4 @@
-"""Compact sparse archive (`.lthz`) of an ONNX model that unpacks to the original file byte for byte.
+"""Compact sparse archive (`.lthz`) of an ONNX model; unpacks to the original file byte for byte.
 
 Layout (all integers little-endian):
 
@@ -12,7 +12,8 @@ and lengths stay in it, so splicing the decoded payloads back in gives the origi
 whatever serialiser wrote the file.
 
 Each fp32 payload is stored in the smallest of these forms (chosen per tensor by encoded size,
-never by a fixed sparsity threshold); "zero" means the 32-bit pattern 0x00000000 (-0.0 is a value):
+never by a fixed sparsity threshold). "Zero" means the bit pattern 0x00000000: a -0.0 is kept as a
+value (byte-exact, but 4 bytes each), which is why `export.onnx_export` writes canonical +0.0.
 - `dense`: all values;
 - `sparse`: the zero/nonzero mask, then the nonzero values in order. The mask is either Rice-coded
   gaps between the positions of the minority symbol (split into a unary stream of quotients and a
@@ -43,6 +44,7 @@ from export.onnx_export import load_onnx
 MAGIC = b"LTHZ"
 VERSION = 1
 FLOAT = 1  # onnx.TensorProto.FLOAT
+_PROBE = 1 << 16
 
 
 def bound_bytes(numel: int, zeros: int) -> float:
@@ -127,7 +129,9 @@ def _encode_values(values: np.ndarray) -> tuple[str, bytes]:
     parts = []
     for plane in planes:
         raw = plane.tobytes()
-        packed = zlib.compress(raw, 6)
+        # A plane whose first 64 KiB does not compress is mantissa noise: skip the full pass.
+        hopeless = len(raw) > 4 * _PROBE and len(zlib.compress(raw[:_PROBE], 6)) > 0.99 * _PROBE
+        packed = raw if hopeless else zlib.compress(raw, 6)
         flag, body = (1, packed) if len(packed) < len(raw) else (0, raw)
         parts.append(struct.pack("<BI", flag, len(body)) + body)
     return "planes", b"".join(parts)
@@ -174,30 +178,37 @@ def _rice_decode(k: int, unary: bytes, rem: bytes, count: int) -> np.ndarray:
     return np.cumsum(gaps + 1) - 1
 
 
-def _encode_tensor(words: np.ndarray) -> tuple[dict, list[bytes]]:
-    """Choose the smallest form for one fp32 payload (viewed as uint32 words)."""
-    numel = len(words)
-    nonzero = words != 0
-    codec, blob = _encode_values(words)
-    best: tuple[dict, list[bytes]] = ({"form": "dense", "values": codec}, [blob])
-    count = int(nonzero.sum())
-    if count == numel:
-        return best
+def _sparse_candidates(words: np.ndarray, nonzero: np.ndarray) -> list[tuple[dict, list[bytes]]]:
+    numel, count = len(words), int(nonzero.sum())
     codec, vblob = _encode_values(words[nonzero])
     minority = "nonzero" if count <= numel - count else "zero"
     positions = np.flatnonzero(nonzero if minority == "nonzero" else ~nonzero)
     k, unary, rem = _rice_encode(positions)
-    candidates = [
+    return [
         ({"form": "sparse", "mask": "rice", "minority": minority, "k": k,
           "minority_count": len(positions), "nonzero": count, "values": codec},
          [unary, rem, vblob]),
         ({"form": "sparse", "mask": "bitmask-zlib", "nonzero": count, "values": codec},
-         [zlib.compress(np.packbits(nonzero).tobytes(), 9), vblob]),
+         [zlib.compress(np.packbits(nonzero).tobytes(), 6), vblob]),
     ]
-    for meta, blobs in candidates:
-        if sum(map(len, blobs)) < sum(map(len, best[1])):
-            best = (meta, blobs)
-    return best
+
+
+def _encode_tensor(words: np.ndarray) -> tuple[dict, list[bytes]]:
+    """Choose the smallest form for one fp32 payload (viewed as uint32 words).
+
+    The dense form of a big tensor is first sized on an evenly strided 1/16 sample; it is encoded
+    in full only when that estimate is within 10% of the best sparse form.
+    """
+    nonzero = words != 0
+    candidates = _sparse_candidates(words, nonzero) if not nonzero.all() else []
+    best_sparse = min((sum(map(len, blobs)) for _, blobs in candidates), default=None)
+    if best_sparse is not None and len(words) >= 16 * _PROBE:
+        estimate = 16 * len(_encode_values(words[::16])[1])
+        if estimate > 1.1 * best_sparse:
+            return min(candidates, key=lambda c: sum(map(len, c[1])))
+    codec, blob = _encode_values(words)
+    candidates.append(({"form": "dense", "values": codec}, [blob]))
+    return min(candidates, key=lambda c: sum(map(len, c[1])))
 
 
 def _decode_tensor(meta: dict, blobs: list[bytes], numel: int) -> bytes:
@@ -233,7 +244,7 @@ def pack(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
         cursor = item.start + item.length
         words = np.frombuffer(data, "<u4", count=item.length // 4, offset=item.start)
         meta, parts = _encode_tensor(words)
-        numel, zeros = len(words), int((words == 0).sum())
+        numel, zeros = len(words), int(((words & 0x7FFFFFFF) == 0).sum())
         entries.append({"name": item.name, "numel": numel, "at": len(skeleton),
                         "blobs": [len(b) for b in parts], **meta})
         blobs += parts
@@ -290,8 +301,9 @@ def unpack(archive_path: str | os.PathLike) -> bytes:
             out += [skeleton[cursor:entry["at"]], _decode_tensor(entry, parts, entry["numel"])]
             cursor = entry["at"]
         out.append(skeleton[cursor:])
-    except (lzma.LZMAError, zlib.error, ValueError, KeyError, IndexError) as err:
-        raise ModelFileError(f"corrupt or truncated archive ({err})", file=str(archive_path)) from err
+    except (lzma.LZMAError, zlib.error, struct.error, ValueError, KeyError, IndexError) as err:
+        raise ModelFileError(f"corrupt or truncated archive ({err})",
+                             file=str(archive_path)) from err
     result = b"".join(out)
     if hashlib.sha256(result).hexdigest() != header["sha256"]:
         raise ModelFileError("archive does not decode to the original (sha256 mismatch)",

@@ -19,7 +19,9 @@ import warnings
 from collections import OrderedDict
 from pathlib import Path
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import torch
 from google.protobuf.message import DecodeError
 
@@ -73,6 +75,30 @@ def output_names(model: torch.nn.Module) -> list[str]:
     return names
 
 
+def canonical_zeros(path: str | os.PathLike) -> int:
+    """Rewrite -0.0 in fp32 initializers as +0.0 in place; returns how many were rewritten.
+
+    Pruning by multiplication and BatchNorm folding with a negative scale both leave -0.0 where a
+    weight was pruned; the two are numerically equal, but the sign bit costs the compact archive a
+    stored value per pruned weight. Canonical zeros keep it at the information bound.
+    """
+    model = onnx.load(str(path))
+    fixed = 0
+    for tensor in model.graph.initializer:
+        if tensor.data_type != onnx.TensorProto.FLOAT:
+            continue
+        array = onnx.numpy_helper.to_array(tensor).copy()
+        negative_zero = (array == 0) & np.signbit(array)
+        if negative_zero.any():
+            array[negative_zero] = 0.0
+            tensor.CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))
+            fixed += int(negative_zero.sum())
+    if fixed:
+        onnx.save(model, str(path))
+        log.info("%s: rewrote %d negative zeros as +0.0", path, fixed)
+    return fixed
+
+
 def _export_atomic(module: torch.nn.Module, args: tuple, path: Path, **kwargs) -> Path:
     """torch.onnx.export into a temp file beside `path`, full check, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -83,6 +109,7 @@ def _export_atomic(module: torch.nn.Module, args: tuple, path: Path, **kwargs) -
             warnings.simplefilter("ignore")
             torch.onnx.export(module, args, tmp, dynamo=False, do_constant_folding=True,
                               training=torch.onnx.TrainingMode.EVAL, **kwargs)
+        canonical_zeros(tmp)
         onnx.checker.check_model(tmp, full_check=True)
         os.replace(tmp, path)
     finally:

@@ -41,7 +41,8 @@ def scope_to_module(node_name: str, prefixes: set[str]) -> str | None:
     parts: list[str] = []
     for seg in node_name.strip("/").split("/")[:-1]:
         for cand in (seg, re.sub(r"_\d+$", "", seg)):
-            joined = parts[:-1] + [cand] if parts and cand.startswith(parts[-1] + ".") else parts + [cand]
+            nested = parts and cand.startswith(parts[-1] + ".")
+            joined = parts[:-1] + [cand] if nested else parts + [cand]
             if ".".join(joined) in prefixes:
                 parts = joined
                 break
@@ -85,6 +86,8 @@ def _scale_error(onnx_w: np.ndarray, torch_w: np.ndarray) -> float:
         scale = (a * t).sum(1) / np.maximum((t * t).sum(1), 1e-300)
         err = np.abs(a - t * scale[:, None]).max(1) / np.maximum(np.abs(a).max(1), 1e-30)
         best = min(best, float(err.max()) if err.size else 0.0)
+        if best < 1e-6:
+            break
     return best
 
 
@@ -100,9 +103,11 @@ def _check_tensor(onnx_w: np.ndarray, torch_w: np.ndarray, keep: np.ndarray) -> 
     masked_nonzero = np.argwhere(~keep & ~zero)
     extra_zero = np.argwhere(keep & zero & (torch_w != 0))
     scale_error = _scale_error(onnx_w, torch_w)
-    return {"numel": int(keep.size), "mask_zeros": int((~keep).sum()), "onnx_zeros": int(zero.sum()),
+    return {"numel": int(keep.size), "mask_zeros": int((~keep).sum()),
+            "onnx_zeros": int(zero.sum()),
             "masked_but_nonzero": int(len(masked_nonzero)), "kept_but_zero": int(len(extra_zero)),
-            "first_bad_positions": [list(map(int, p)) for p in [*masked_nonzero[:5], *extra_zero[:5]]],
+            "first_bad_positions": [list(map(int, p))
+                                    for p in [*masked_nonzero[:5], *extra_zero[:5]]],
             "scale_error": scale_error,
             "passed": not len(masked_nonzero) and not len(extra_zero) and scale_error < 1e-3}
 

@@ -149,10 +149,14 @@ def gt() -> dict:
     return make_gt()
 
 
+@pytest.mark.parametrize("ties", [False, True])
 @pytest.mark.parametrize("backend", ["auto", "pycocotools", "faster"])
 @pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
-def test_stats_equal_pycocotools(gt, iou_type, backend):
+def test_stats_equal_pycocotools(gt, iou_type, backend, ties):
     results = make_results(gt, iou_type)
+    if ties:  # tied scores: the detection order must be the same stable sort as pycocotools'
+        for i, r in enumerate(results):
+            r["score"] = (0.5, 0.7)[i % 2]
     ref = pycocotools_stats(gt, results, iou_type)
     assert 0.05 < ref[0] < 0.95, ref  # a corpus that exercises the matching, not a trivial 0 or 1
     ours = coco_stats(gt, results, iou_type, backend=backend)
@@ -160,6 +164,9 @@ def test_stats_equal_pycocotools(gt, iou_type, backend):
     assert len(names) == len(ref)
     for name, value in zip(names, ref):
         assert ours[name] == pytest.approx(value, abs=1e-6), name
+    if backend == "faster":
+        slow = coco_stats(gt, results, iou_type, backend="pycocotools")["per_category"]
+        assert ours["per_category"] == pytest.approx(slow, abs=1e-6)
     if iou_type != "keypoints":
         assert ours["per_category"]["ghost"] == -1.0  # category absent from GT
     assert set(ours["per_category"]) >= {"person"}
@@ -244,6 +251,7 @@ def test_results_file_writes_metrics(tmp_path, gt):
     ("unknown_image", "unknown image_id"), ("unknown_cat", "unknown category_id"),
     ("segm_without_segmentation", "segmentation"), ("kp_without_keypoints", "keypoints"),
     ("gt_not_coco", "not a COCO"), ("bad_json", "line"), ("results_not_list", "list"),
+    ("gt_without_keypoints", "keypoints"),
 ])
 def test_bad_input_raises_data_error(tmp_path, gt, case, needle):
     results = make_results(gt, "bbox")
@@ -259,6 +267,9 @@ def test_bad_input_raises_data_error(tmp_path, gt, case, needle):
         iou_type = "keypoints"
     elif case == "gt_not_coco":
         gt_obj = {"foo": []}
+    elif case == "gt_without_keypoints":
+        iou_type, results = "keypoints", make_results(gt, "keypoints")
+        gt_obj = dict(gt, categories=[{"id": c["id"], "name": c["name"]} for c in gt["categories"]])
     elif case == "results_not_list":
         results = {"annotations": results}
     g = _write(tmp_path, "gt.json", gt_obj)

@@ -68,7 +68,8 @@ def test_three_iterations_callbacks_and_log() -> None:
                                     "loss_rpn_box_reg", "loss_mask"))
     assert result["loss"] == pytest.approx(parts, rel=1e-5)
     assert [r["iteration"] for r in records] == [2, 3]
-    assert records[0]["lr"] == pytest.approx(0.01)  # warmup over: factor 1 after 2 steps
+    assert records[0]["lr"] == pytest.approx(0.0075)  # step 2 runs at factor 0.5 + 0.5 * 0.5
+    assert records[1]["lr"] == pytest.approx(0.01)  # warmup over after 2 steps
     assert {"loss", "loss_mask", "seconds_per_iter"} <= set(records[0])
 
 
@@ -155,3 +156,26 @@ def test_seeded_runs_identical() -> None:
     for key in first:
         assert torch.equal(first[key], second[key]), key
     assert any(not torch.equal(first[k], other[k]) for k in first if first[k].is_floating_point())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_on_cuda() -> None:
+    seed_everything(0)
+    model = tiny().to("cuda")
+    optimizer = _sgd(model)
+    scaler = torch.amp.GradScaler("cuda")
+    calls: list[int] = []
+    result = train_one_epoch(model, optimizer, make_loader(2), "cuda", amp=True, grad_clip=10.0,
+                             scaler=scaler, after_step=[calls.append], progress=False)
+    assert calls == [1, 2] and torch.isfinite(torch.tensor(result["loss"]))
+    assert scaler.get_scale() > 0
+    rng = torch.cuda.get_rng_state()
+    assert validation_loss(model, make_loader(1), "cuda") == validation_loss(model, make_loader(1), "cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), rng)
+    results = predict(model, make_loader(1), "cuda", progress=False)
+    assert all(out["boxes"].device.type == "cpu" for _, out in results)
+
+
+def test_validation_loss_empty_loader() -> None:
+    with pytest.raises(ValueError, match="empty"):
+        validation_loss(tiny(), [], "cpu")

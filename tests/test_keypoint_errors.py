@@ -115,3 +115,10 @@ def test_invisible_gt_keypoints_not_counted():
     gt["annotations"][0]["num_keypoints"] = 15
     out = analyze_keypoint_errors(gt, [_det(BASE.copy())])
     assert sum(out["counts"].values()) == 15
+
+
+def test_empty_results_all_false_negatives():
+    out = analyze_keypoint_errors(_gt(2), [])
+    assert out["false_negatives"] == 2 and out["false_positives"] == 0
+    assert set(out["ap_gain"]) == {"jitter", "inversion", "swap", "miss", "false_positives"}
+    assert sum(out["counts"].values()) == 0

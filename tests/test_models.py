@@ -218,6 +218,7 @@ class _Payload:
         return (Path.touch, (self.marker,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
     marker = tmp_path / "payload_ran"
     evil = tmp_path / "evil.pt"

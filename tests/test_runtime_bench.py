@@ -81,11 +81,18 @@ def test_bench_rows_for_ort_and_deepsparse(backbone_onnx: Path, tmp_path: Path) 
     assert "deepsparse" in table and f"{by_engine['onnxruntime']['p50_ms']:.2f}" in table
 
 
-def test_batched_shapes_and_batch_two(backbone_onnx: Path) -> None:
-    specs, batched = graph_inputs(backbone_onnx, batch=2)
-    assert batched and specs[0].shape == (2, 3, SIZE, SIZE)
-    (row,) = bench_onnx(backbone_onnx, engines=("onnxruntime",), batch_sizes=(2,), warmup=1,
-                        iterations=3)
+def test_batch_two_needs_a_dynamic_batch_axis(backbone_onnx: Path, tmp_path: Path) -> None:
+    (fixed,) = bench_onnx(backbone_onnx, engines=("onnxruntime",), batch_sizes=(2,), iterations=1)
+    assert fixed["status"] == "skipped" and "fixed batch of 1" in fixed["reason"]
+    path = tmp_path / "dynamic.onnx"
+    module = _FeatureTuple(_tiny_detector().backbone).eval()
+    torch.onnx.export(module, (torch.rand(1, 3, SIZE, SIZE),), str(path), dynamo=False,
+                      opset_version=17, input_names=["images"],
+                      dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
+    specs, batched = graph_inputs(path, batch=2, image_size=(32, 48))
+    assert batched and specs[0].shape == (2, 3, 32, 48) and specs[0].dynamic
+    (row,) = bench_onnx(path, engines=("onnxruntime",), batch_sizes=(2,), warmup=1,
+                        iterations=3, image_size=32)
     assert row["status"] == "ok" and row["note"] is None
     assert row["items_per_s"] == pytest.approx(2000.0 / row["mean_ms"])
 

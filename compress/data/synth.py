@@ -199,7 +199,7 @@ def _draw_figures(rng: np.random.Generator, image: np.ndarray) -> list[_Object]:
         visibility = np.where(mask[rows, cols] | ~_hidden(drawn, mask, rows, cols), 2.0, 1.0)
         keypoints = np.concatenate([points + 0.5, visibility[:, None]], axis=1)
         objects.append(_Object(1, mask, [round(float(v), 2) for v in keypoints.reshape(-1)]))
-    return objects
+    return [o for o in objects if o.mask.sum() >= 4]
 
 
 def _hidden(drawn: list[tuple[np.ndarray, np.ndarray]], own: np.ndarray, rows: np.ndarray,

@@ -85,7 +85,10 @@ def parse_voc_xml(path: Path) -> dict:
 
 
 def voc_to_coco(root: str | Path, split: str) -> dict:
-    """COCO-format ground truth for a VOC split (difficult objects -> iscrowd=1, ignored)."""
+    """COCO-format ground truth for a VOC split (difficult objects -> iscrowd=1, ignored).
+
+    Each annotation also gets its box as a polygon `segmentation` (tidecv needs the key).
+    """
     root = Path(root)
     images, annotations = [], []
     for image_id, name in enumerate(read_split(root, split), 1):
@@ -100,6 +103,7 @@ def voc_to_coco(root: str | Path, split: str) -> dict:
                 "category_id": VOC_CLASSES.index(obj["name"]) + 1,
                 "bbox": [xmin - 1, ymin - 1, width, height], "area": width * height,
                 "iscrowd": int(obj["difficult"]), "ignore": int(obj["difficult"]),
+                "segmentation": [[xmin - 1, ymin - 1, xmax, ymin - 1, xmax, ymax, xmin - 1, ymax]],
             })
     categories = [{"id": i, "name": name, "supercategory": "voc"}
                   for i, name in enumerate(VOC_CLASSES, 1)]
