@@ -90,20 +90,29 @@ def export(model: nn.Module, size: int, path: Path) -> float:
     return sum(int((a == 0).sum()) for a in weights) / sum(a.size for a in weights)
 
 
-def time_file(path: Path, size: int, cores: int, iterations: int) -> dict[str, dict]:
-    rows = bench_onnx(path, engines=("onnxruntime", "deepsparse"), batch_sizes=(1,),
-                      warmup=3, iterations=iterations, image_size=size, cores=cores)
-    return {row["engine"]: row for row in rows}
+def time_file(path: Path, size: int, cores: int, iterations: int, repeat: int) -> dict[str, dict]:
+    """ORT and DeepSparse rows for `path`; with repeat > 1 the lowest-p50 pass per engine is
+    kept (other work on a shared machine only ever slows a pass down)."""
+    best: dict[str, dict] = {}
+    for _ in range(repeat):
+        rows = bench_onnx(path, engines=("onnxruntime", "deepsparse"), batch_sizes=(1,),
+                          warmup=3, iterations=iterations, image_size=size, cores=cores)
+        for row in rows:
+            old = best.get(row["engine"])
+            if old is None or old["p50_ms"] is None or (row["p50_ms"] or 1e18) < old["p50_ms"]:
+                best[row["engine"]] = row
+    return best
 
 
-def run_model(name: str, size: int, cores: int, iterations: int, workdir: Path) -> list[dict]:
+def run_model(name: str, size: int, cores: int, iterations: int, repeat: int,
+              workdir: Path) -> list[dict]:
     results = []
     for kind, sparsity in LEVELS:
         model = make_model(name)
         achieved = prune(model, kind, sparsity)
         path = workdir / f"{name}_{kind}_{int(sparsity * 100)}.onnx"
         onnx_sparsity = export(model, size, path)
-        timed = time_file(path, size, cores, iterations)
+        timed = time_file(path, size, cores, iterations, repeat)
         ort, ds = timed["onnxruntime"], timed["deepsparse"]
         results.append({"model": name, "image_size": size, "kind": kind, "sparsity": sparsity,
                         "achieved_sparsity": achieved, "onnx_weight_sparsity": onnx_sparsity,
@@ -131,14 +140,14 @@ def add_ratios(results: list[dict]) -> None:
 
 
 def format_table(results: list[dict]) -> str:
-    head = (f"{'model':<10}{'pruning':<11}{'sparsity':>9}{'ORT ms':>9}{'DS ms':>9}"
+    head = (f"{'model':<18}{'pruning':<11}{'sparsity':>9}{'ORT ms':>9}{'DS ms':>9}"
             f"{'DS/ORTd':>9}{'DS/DSd':>8}{'ORT/ORTd':>9}{'ideal':>7}{'DS %ideal':>10}{'ops':>7}")
     lines = [head, "-" * len(head)]
     for r in results:
         def fmt(value, spec):
             return format(value, spec) if value is not None else "-"
         lines.append(
-            f"{r['model']:<10}{r['kind']:<11}{r['achieved_sparsity']:>9.3f}{r['ort_p50_ms']:>9.1f}"
+            f"{r['model']:<18}{r['kind']:<11}{r['achieved_sparsity']:>9.3f}{r['ort_p50_ms']:>9.1f}"
             f"{fmt(r['deepsparse_p50_ms'], '9.1f'):>9}{fmt(r['ds_vs_ort_dense'], '8.2f'):>9}"
             f"{fmt(r['ds_vs_ds_dense'], '7.2f'):>8}{r['ort_vs_ort_dense']:>9.2f}"
             f"{r['ideal_speedup']:>7.1f}{fmt(r['ds_fraction_of_ideal'], '9.0%'):>10}"
@@ -154,6 +163,7 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--backbone-size", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=1, help="timing passes per file (best kept)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.cores)
@@ -163,7 +173,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sparse_bench_") as tmp:
         for name, size in (("resnet50", 224), ("r50_fpn_backbone", args.backbone_size)):
             print(f"{name} at {size} px, batch 1, {args.cores} cores", flush=True)
-            results += run_model(name, size, args.cores, args.iterations, Path(tmp))
+            results += run_model(name, size, args.cores, args.iterations, args.repeat,
+                                 Path(tmp))
     add_ratios(results)
     print(format_table(results))
     import onnxruntime
@@ -171,7 +182,8 @@ def main() -> None:
                "logical_cpus": os.cpu_count(), "load_avg_before": load_before,
                "load_avg_after": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
                "torch": torch.__version__, "wall_s": time.time() - start}
-    write_json(args.out, {"machine": machine, "iterations": args.iterations, "results": results})
+    write_json(args.out, {"machine": machine, "iterations": args.iterations,
+                          "repeat": args.repeat, "results": results})
     print(f"wrote {args.out} in {machine['wall_s']:.0f} s")
 
 

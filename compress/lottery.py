@@ -20,7 +20,7 @@ from torch import nn
 from compress.atomic import write_json
 from compress.checkpoint import load_checkpoint, save_checkpoint
 from compress.masks import (MaskHolder, dense_mask, early_bird_iou, is_nested, load_mask,
-                            mask_iou, rewind, save_mask, sparsity_report)
+                            mask_from_model, mask_iou, rewind, save_mask, sparsity_report)
 from compress.round_training import RoundPlan, Schedule, train_round
 from compress.run_folder import MetricsLog, RunFolder
 
@@ -63,6 +63,7 @@ def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]
         round_dir = ctx.run.round_dir(index)
         if not (round_dir / "metrics.json").is_file():
             _run_round(index, setup, ctx)
+        (round_dir / "last.pt").unlink(missing_ok=True)  # a kill after metrics.json left it
         records.append(_round_record(index, round_dir))
         ctx.run.update_summary(rounds=records)
     return records
@@ -80,8 +81,7 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
         rewind_at = setup.rewind_iteration if setup.pruning_rounds else None
     else:
         mask, extra = _prune_and_rewind(index, setup, ctx, model)
-        start = rewind_at = setup.rewind_iteration
-        rewind_at = None
+        start, rewind_at = setup.rewind_iteration, None
     total = ctx.schedule.total_iterations
     plan = RoundPlan(start_iteration=start, rewind_iteration=rewind_at,
                      snapshot_iteration=start + (total - start) // 2 if setup.early_bird else None,
@@ -95,8 +95,9 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     if holder is not None:
         extra["pruned_nonzero_after_training"] = holder.check(model)
         holder.remove()
-    if mask is None:  # dense or gradual: the mask is what training left
-        mask = {n: p.detach() != 0 for n, p in model.named_parameters() if n in setup.prunable}
+    if mask is None:  # dense training keeps every weight; gradual: the zeros training left
+        mask = mask_from_model(model, list(setup.prunable)) if setup.method == "gradual" \
+            else dense_mask(model, list(setup.prunable))
     _finish_round(index, setup, ctx, model, mask, outcome, extra)
 
 

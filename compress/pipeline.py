@@ -30,10 +30,10 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     from compress.seeding import seed_everything
 
     seed_everything(recipe.train.seed)
-    records = find_ticket(recipe, run, progress)
+    records, data, loaders = find_ticket(recipe, run, progress)
     from compress.stages import finish_run
 
-    finish_run(recipe, run, progress)
+    finish_run(recipe, run, data, loaders, progress)
     _print_summary(run, records)
     return run
 
@@ -70,8 +70,8 @@ def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) 
                         early_bird=lot.early_bird)
 
 
-def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> list[dict[str, Any]]:
-    """Train the rounds and write ticket.pt; returns the per-round records."""
+def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> tuple[list[dict[str, Any]], Any, dict]:
+    """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
     from compress import run_setup as rs
     from compress.model_eval import evaluate_torch
     from compress.ticket import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
@@ -83,7 +83,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> list[dict[str
     factory = rs.model_factory(recipe, data)
     setup = lottery_setup(recipe, factory(), ipe)
     device = rs.pick_device(recipe.train.device)
-    run.update_summary(task=data.task, prunable_tensors=len(setup.prunable),
+    run.update_summary(task=data.task, num_classes=data.num_classes, prunable_tensors=len(setup.prunable),
                        iterations_per_round=schedule.total_iterations)
 
     def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> list[dict[str
                          progress=progress)
     records = run_lottery(setup, ctx)
     write_ticket(run, recipe, records)
-    return records
+    return records, data, loaders
 
 
 def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:

@@ -62,48 +62,89 @@ def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lam(start + i))
 
 
+def _make_scaler(schedule: Schedule, device: torch.device) -> Optional[torch.amp.GradScaler]:
+    """One GradScaler for the whole round (its scale is part of the epoch checkpoint)."""
+    if not schedule.amp:
+        return None
+    if device.type != "cuda":
+        log.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
+        return None
+    return torch.amp.GradScaler("cuda")
+
+
+@dataclass
+class _RoundState:
+    iteration: int
+    captured: dict[str, Any]
+
+
+def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+            scaler: Optional[torch.amp.GradScaler], metrics: MetricsLog,
+            start: int) -> _RoundState:
+    """Load the round's last epoch checkpoint, if any, and drop the log lines written after it."""
+    if not last_path.is_file():
+        return _RoundState(start, {})
+    state = load_checkpoint(last_path)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    metrics.truncate(int(state["metrics_offset"]))
+    log.info("resuming %s at iteration %d", last_path.parent.name, int(state["iteration"]))
+    return _RoundState(int(state["iteration"]), dict(state.get("captured") or {}))
+
+
+def _save_last(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+               scaler: Optional[torch.amp.GradScaler], state: _RoundState,
+               metrics: MetricsLog) -> None:
+    save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
+                    scaler=scaler.state_dict() if scaler is not None else {},
+                    iteration=state.iteration, captured=state.captured,
+                    metrics_offset=metrics.offset())
+
+
 def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: RoundPlan,
                 loaders: dict[str, Any], device: torch.device, seed: int, metrics: MetricsLog,
                 progress: bool = True) -> dict[str, Any]:
-    """Train `model` in place for this round; return {'val_loss': ..., 'snapshot': state|None}."""
+    """Train `model` in place for this round; return {'val_loss': float, 'captured': {...}}.
+
+    `last.pt` is written at the start and after every epoch (model, optimizer, GradScaler,
+    iteration, captured states, metrics-log offset); a rerun continues from it. Each epoch
+    reseeds torch and the loader from (seed, epoch), so a resumed round equals an uninterrupted one.
+    """
     last_path = round_dir / "last.pt"
     optimizer = _make_optimizer(model, schedule)
-    iteration = plan.start_iteration
-    captured: dict[str, Any] = {}
-    if last_path.is_file():
-        state = load_checkpoint(last_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        iteration = int(state["iteration"])
-        captured = dict(state.get("captured") or {})
-        metrics.truncate(int(state["metrics_offset"]))
-        log.info("resuming %s at iteration %d", round_dir.name, iteration)
-    wrapped = plan.optimizer_wrapper(model, optimizer, iteration) if plan.optimizer_wrapper else optimizer
+    scaler = _make_scaler(schedule, device)
+    fresh = not last_path.is_file()
+    state = _resume(last_path, model, optimizer, scaler, metrics, plan.start_iteration)
+    wrapped = plan.optimizer_wrapper(model, optimizer, state.iteration) \
+        if plan.optimizer_wrapper else optimizer
 
     def capture(it: int) -> None:
         for name, at in (("rewind", plan.rewind_iteration), ("snapshot", plan.snapshot_iteration)):
-            if at is not None and it == at and name not in captured:
-                captured[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            if at is not None and it == at and name not in state.captured:
+                state.captured[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
-    capture(iteration)  # a rewind point at the start iteration (e.g. '0it')
+    capture(state.iteration)  # a rewind point at the start iteration (e.g. '0it')
+    if fresh:  # a kill in the first epoch then resumes here, with the log truncated
+        _save_last(last_path, model, optimizer, scaler, state, metrics)
     val: dict[str, float] = {}
-    while iteration < schedule.total_iterations:
-        epoch = iteration // schedule.iterations_per_epoch
+    while state.iteration < schedule.total_iterations:
+        epoch = state.iteration // schedule.iterations_per_epoch
         epoch_end = min((epoch + 1) * schedule.iterations_per_epoch, schedule.total_iterations)
-        torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling: the same per epoch on resume
+        torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling, flips: the same on resume
         loader = loaders["train_factory"](seed + epoch)
-        scheduler = _make_scheduler(optimizer, schedule, iteration)
+        scheduler = _make_scheduler(optimizer, schedule, state.iteration)
         train_one_epoch(model, wrapped, loader, device, scheduler=scheduler,
-                        start_iteration=iteration, max_iterations=epoch_end,
-                        amp=schedule.amp, grad_clip=schedule.grad_clip,
+                        start_iteration=state.iteration, max_iterations=epoch_end,
+                        amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
                         after_step=[*plan.after_step, capture], log=metrics.with_fields(epoch=epoch),
                         log_every=schedule.log_every, progress=progress)
-        iteration = epoch_end
+        state.iteration = epoch_end
         val = validation_loss(model, loaders["val_loss"], device)
-        metrics({"epoch": epoch + 1, "iteration": iteration, "val_loss": val["loss"],
+        metrics({"epoch": epoch + 1, "iteration": state.iteration, "val_loss": val["loss"],
                  "lr": optimizer.param_groups[0]["lr"]})
-        save_checkpoint(last_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        iteration=iteration, captured=captured, metrics_offset=metrics.offset())
+        _save_last(last_path, model, optimizer, scaler, state, metrics)
     if not val:  # resumed after the last epoch had finished
         val = validation_loss(model, loaders["val_loss"], device)
-    return {"val_loss": val.get("loss"), "captured": captured}
+    return {"val_loss": val.get("loss"), "captured": state.captured}

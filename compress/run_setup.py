@@ -74,18 +74,23 @@ def _ground_truth(kind: str, val: Any, root: Path, split: str, data_dir: Path) -
 
 def model_factory(recipe: Recipe, data: DataBundle) -> Callable[[], nn.Module]:
     from compress.models import build_model
-    from compress.models_heads import HeadConfig
 
     m = recipe.model
-    fields = m.heads.model_dump()
-    fields["anchor_sizes"] = tuple(fields["anchor_sizes"]) if fields["anchor_sizes"] else None
-    heads = HeadConfig(**fields)
+    heads = head_config(recipe)
 
     def build() -> nn.Module:
         return build_model(m.arch, m.backbone, data.num_classes, trainable_layers=m.trainable_layers,
                            norm=m.norm, weights_path=m.weights, backbone_weights_path=m.backbone_weights,
                            min_size=m.min_size, max_size=m.max_size, heads=heads)
     return build
+
+
+def head_config(recipe: Recipe) -> Any:
+    from compress.models_heads import HeadConfig
+
+    fields = recipe.model.heads.model_dump()
+    fields["anchor_sizes"] = tuple(fields["anchor_sizes"]) if fields["anchor_sizes"] else None
+    return HeadConfig(**fields)
 
 
 def iterations_per_epoch(dataset_len: int, batch_size: int) -> int:

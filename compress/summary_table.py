@@ -33,6 +33,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                      f"zeros preserved {export.get('zeros_preserved')}, max |diff| {export.get('max_abs_diff')}")
     for row in summary.get("bench") or []:
         if row.get("p50_ms") is not None:
-            lines.append(f"bench {row['engine']} batch {row['batch']}: p50 {row['p50_ms']:.1f} ms, "
+            lines.append(f"bench {row.get('graph', '')} {row['engine']} batch {row['batch']}: "
+                         f"p50 {row['p50_ms']:.1f} ms, "
                          f"{row.get('items_per_s', 0):.2f} items/s")
     return "\n".join(lines)

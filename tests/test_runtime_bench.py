@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from compress.errors import ModelFileError
 from compress.models import build_model
 from evaluate.deepsparse_engine import deepsparse_outputs, run_child
 from evaluate.ort_engine import EngineUnavailable, cuda_unavailable_reason, ort_session
@@ -115,7 +116,9 @@ def test_full_rcnn_graph_crash_is_a_failed_row(full_onnx: Path) -> None:
     ort_row, ds_row = rows
     assert ort_row["status"] == "ok" and "2 sequential calls" in ort_row["note"]
     assert ds_row["status"] == "failed" and ds_row["p50_ms"] is None
-    assert "crashed" in ds_row["reason"] or "failed" in ds_row["reason"], ds_row["reason"]
+    # DeepSparse 1.8 catches the SIGSEGV itself, prints "Received signal: Segmentation fault"
+    # and exits 1; the row names the crash, not just the exit code
+    assert ds_row["reason"].startswith("compile crashed (Segmentation fault, signal 11"), ds_row
 
 
 def test_child_killed_by_sigsegv_becomes_data(tmp_path: Path) -> None:
@@ -137,6 +140,15 @@ def test_cuda_session_raises_clear_error_without_gpu(backbone_onnx: Path) -> Non
         pytest.skip("CUDA provider present: nothing to refuse")
     with pytest.raises(EngineUnavailable, match="onnxruntime-gpu"):
         ort_session(backbone_onnx, provider="cuda")
+
+
+def test_unreadable_onnx_is_a_model_file_error(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a protobuf")
+    with pytest.raises(ModelFileError, match="bad.onnx"):
+        bench_onnx(bad, engines=("onnxruntime",))
+    with pytest.raises(ValueError, match="unknown engine"):
+        bench_onnx(bad, engines=("tensorrt",))
 
 
 def test_latency_stats_known_values() -> None:
