@@ -94,7 +94,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> tuple[list[di
                          seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),
                          model_factory=factory, evaluate=evaluate,
                          initial_mask=initial_mask_fn(recipe, setup),
-                         prune=prune_fn(), optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe),
+                         prune=prune_fn(), optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe, setup.prunable),
                          progress=progress)
     records = run_lottery(setup, ctx)
     write_ticket(run, recipe, records)

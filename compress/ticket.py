@@ -18,6 +18,7 @@ from compress.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 Mask = dict[str, torch.Tensor]
+PRUNABLE_PLACEHOLDER = "__PRUNABLE__"  # in a modifier's params: the toolkit's prunable set
 
 
 def initial_mask_fn(recipe: Recipe, setup: LotterySetup) -> Callable[[nn.Module], Optional[Mask]]:
@@ -28,7 +29,7 @@ def initial_mask_fn(recipe: Recipe, setup: LotterySetup) -> Callable[[nn.Module]
         if lot.method == "mask_transfer":
             from compress.transfer import mask_transfer
 
-            source = state_dict_from_file(lot.source)
+            source = source_weights(lot.source, model)
             return mask_transfer(model, source, list(setup.prunable), lot.target_sparsity,
                                  lot.distribution)
         if lot.method == "transfer_ticket":
@@ -40,6 +41,25 @@ def initial_mask_fn(recipe: Recipe, setup: LotterySetup) -> Callable[[nn.Module]
             return new_mask
         return None
     return initial
+
+
+RANDOM_INIT = "random-init:"
+
+
+def source_weights(source: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Mask Transfer's source: a local weights file, or `random-init:<seed>` (the model's own
+    seeded initialisation, a stand-in for pretrained weights when nothing can be downloaded)."""
+    if source.startswith(RANDOM_INIT):
+        seed = source[len(RANDOM_INIT):]
+        if not seed.isdigit():
+            raise ModelFileError(f"'{source}': write random-init:<integer seed>", file="lottery.source")
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        generator = torch.Generator().manual_seed(int(seed))
+        for name, value in state.items():
+            if value.dim() > 1 and value.is_floating_point():
+                state[name] = torch.randn(value.shape, generator=generator) * value.std()
+        return state
+    return state_dict_from_file(source)
 
 
 def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
@@ -62,14 +82,17 @@ def prune_fn() -> Callable[..., Mask]:
     return sparseml_prune
 
 
-def optimizer_wrapper_fn(recipe: Recipe, run: RunFolder, iters_per_epoch: int) -> Optional[Callable]:
+def optimizer_wrapper_fn(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
+                         prunable: tuple[str, ...] = ()) -> Optional[Callable]:
     """For `gradual`: SparseML's ScheduledOptimizer running the recipe's modifiers."""
     if recipe.lottery.method != "gradual":
         return None
     from compress.recipe_yaml import modifiers_to_sparseml_yaml
     from compress.sparseml_adapter import gmp_manager
 
-    text = modifiers_to_sparseml_yaml(recipe.modifiers)
+    modifiers = [{k: (list(prunable) if v == PRUNABLE_PLACEHOLDER else v) for k, v in m.items()}
+                 for m in recipe.modifiers]
+    text = modifiers_to_sparseml_yaml(modifiers)
 
     def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
         _, wrapped = gmp_manager(text, model, optimizer, iters_per_epoch,

@@ -1,0 +1,144 @@
+"""SIGKILL a tiny `compress run` and continue it with `--resume` (issue 3, must-show 5).
+
+One uninterrupted reference run; one run killed in round 2's prune/rewind step (between rounds 1
+and 2: the child SIGKILLs itself right after the rewind, so the kill lands there every time), then
+resumed and SIGKILLed again from outside while round 2 trains (after its first epoch boundary),
+then resumed to the end. Every round's mask, metrics and final weights must equal the reference
+bit for bit, and the metrics log must hold each step once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "maskrcnn_lth.yaml"
+ROUNDS = 2
+SETS = [
+    "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
+    "data.synthetic.image_size=64", "data.synthetic.train_images=8",
+    "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
+    f"lottery.rounds={ROUNDS}", "lottery.rewind=2it", "train.lr_steps=[6it]",
+    "train.warmup_iters=2", "model.heads.fpn_channels=16", "model.heads.representation_size=32",
+    "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
+    "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
+    "model.heads.rpn_pre_nms_top_n_test=50", "model.heads.rpn_post_nms_top_n_test=20",
+    "model.heads.box_batch_size_per_image=16", "evaluate.max_images=2",
+    "export.enabled=false", "evaluate.enabled=false", "bench.enabled=false",
+]
+# The child of the between-rounds kill: the real CLI, with `rewind` wrapped so that the process
+# SIGKILLs itself right after round 2's prune and rewind, before round 2 trains.
+KILL_AFTER_REWIND = """
+import os, signal, sys
+import compress.lottery as lottery
+real, calls = lottery.rewind, []
+def rewind(*args, **kwargs):
+    real(*args, **kwargs)
+    calls.append(1)
+    if len(calls) == {round}:
+        os.kill(os.getpid(), signal.SIGKILL)
+lottery.rewind = rewind
+from compress.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+TIMEOUT_S = 120
+
+
+def command(out: Path, resume: bool = False) -> list[str]:
+    args = ["--quiet", "run", str(RECIPE), "--smoke", "--out", str(out)]
+    for item in SETS:
+        args += ["--set", item]
+    return args + (["--resume"] if resume else [])
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def run_cli(args: list[str], prelude: list[str] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *(prelude or ["-m", "compress"]), *args]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=TIMEOUT_S)
+
+
+def kill_when(args: list[str], ready, poll_s: float = 0.02) -> int:
+    """Start the CLI, SIGKILL it once `ready()` is true; return its exit status."""
+    proc = subprocess.Popen([sys.executable, "-m", "compress", *args], cwd=REPO, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while proc.poll() is None and not ready():
+            if time.monotonic() > deadline:
+                raise TimeoutError("the run never reached the kill point")
+            time.sleep(poll_s)
+        proc.send_signal(signal.SIGKILL)
+        return proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def log_records(out: Path) -> list[dict[str, Any]]:
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(line).items() if k != "seconds_per_iter"} for line in lines]
+
+
+def round2_epoch_done(out: Path):
+    """True once round 2 has logged its first epoch's validation loss (mid-round 2)."""
+    def ready() -> bool:
+        path = out / "metrics.jsonl"
+        return path.is_file() and any('"round": 2' in line and '"val_loss"' in line
+                                      for line in path.read_text().splitlines())
+    return ready
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("reference") / "run"
+    done = run_cli(command(out))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out
+
+
+def test_sigkill_between_rounds_and_in_round_2_then_resume(reference, tmp_path):
+    out = tmp_path / "run"
+    killed = run_cli(command(out), ["-c", KILL_AFTER_REWIND.format(round=ROUNDS)])
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (out / "rounds/round_1/metrics.json").is_file()
+    assert not (out / "rounds/round_2/last.pt").exists()  # killed before round 2 trained
+
+    status = kill_when(command(out, resume=True), round2_epoch_done(out))
+    assert status == -signal.SIGKILL
+    assert (out / "rounds/round_2/last.pt").is_file()
+    assert not (out / "rounds/round_2/metrics.json").exists()  # killed while round 2 trained
+
+    done = run_cli(command(out, resume=True))
+    assert done.returncode == 0, done.stderr[-2000:]
+    for k in range(ROUNDS + 1):
+        ours, ref = out / f"rounds/round_{k}", reference / f"rounds/round_{k}"
+        mask, ref_mask = load(ours / "mask.pt"), load(ref / "mask.pt")
+        assert list(mask) == list(ref_mask)
+        assert all(torch.equal(mask[n], ref_mask[n]) for n in mask), f"round {k} mask differs"
+        assert json.loads((ours / "metrics.json").read_text()) == \
+            json.loads((ref / "metrics.json").read_text()), f"round {k} metrics differ"
+        weights, ref_weights = load(ours / "checkpoint.pt")["model"], load(ref / "checkpoint.pt")["model"]
+        assert all(torch.equal(weights[n], ref_weights[n]) for n in ref_weights)
+        assert not (ours / "last.pt").exists()
+    ticket, ref_ticket = load(out / "ticket.pt"), load(reference / "ticket.pt")
+    assert all(torch.equal(ticket["mask"][n], ref_ticket["mask"][n]) for n in ref_ticket["mask"])
+    assert log_records(out) == log_records(reference)  # every step logged once
