@@ -105,9 +105,9 @@ def time_file(path: Path, size: int, cores: int, iterations: int, repeat: int) -
 
 
 def run_model(name: str, size: int, cores: int, iterations: int, repeat: int,
-              workdir: Path) -> list[dict]:
+              workdir: Path, levels: list[tuple[str, float]]) -> list[dict]:
     results = []
-    for kind, sparsity in LEVELS:
+    for kind, sparsity in levels:
         model = make_model(name)
         achieved = prune(model, kind, sparsity)
         path = workdir / f"{name}_{kind}_{int(sparsity * 100)}.onnx"
@@ -119,6 +119,7 @@ def run_model(name: str, size: int, cores: int, iterations: int, repeat: int,
                         "ort_p50_ms": ort["p50_ms"], "deepsparse_p50_ms": ds["p50_ms"],
                         "deepsparse_status": ds["status"], "deepsparse_reason": ds["reason"],
                         "supported_op_fraction": ds["supported_op_fraction"],
+                        "load_avg_1min": os.getloadavg()[0],
                         "rows": [ort, ds]})
         print(f"  {name} {kind} {sparsity:.0%}: ORT {ort['p50_ms']:.1f} ms, DeepSparse "
               f"{ds['p50_ms'] if ds['p50_ms'] is None else round(ds['p50_ms'], 1)} ms "
@@ -164,6 +165,9 @@ def main() -> None:
     parser.add_argument("--backbone-size", type=int, default=512)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=1, help="timing passes per file (best kept)")
+    parser.add_argument("--models", default="resnet50,r50_fpn_backbone")
+    parser.add_argument("--levels", default=",".join(f"{k}{int(s * 100)}" for k, s in LEVELS),
+                        help="e.g. dense0,global90 (the dense level is needed for ratios)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.cores)
@@ -171,12 +175,20 @@ def main() -> None:
     load_before = os.getloadavg()
     results = []
     with tempfile.TemporaryDirectory(prefix="sparse_bench_") as tmp:
-        for name, size in (("resnet50", 224), ("r50_fpn_backbone", args.backbone_size)):
+        sizes = {"resnet50": 224, "r50_fpn_backbone": args.backbone_size}
+        wanted = args.levels.split(",")
+        levels = [(k, s) for k, s in LEVELS if f"{k}{int(s * 100)}" in wanted]
+        for name in args.models.split(","):
+            size = sizes[name]
             print(f"{name} at {size} px, batch 1, {args.cores} cores", flush=True)
             results += run_model(name, size, args.cores, args.iterations, args.repeat,
-                                 Path(tmp))
+                                 Path(tmp), levels)
     add_ratios(results)
     print(format_table(results))
+    busiest = max(r["load_avg_1min"] for r in results)
+    if busiest > args.cores + 0.5:
+        print(f"warning: 1-min load average reached {busiest:.1f} on {os.cpu_count()} CPUs "
+              "while timing: other work shared the cores, figures are pessimistic and noisy")
     import onnxruntime
     machine = {"cpu": platform.processor() or platform.machine(), "cores": args.cores,
                "logical_cpus": os.cpu_count(), "load_avg_before": load_before,

@@ -2,7 +2,9 @@
 1 internal error."""
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 
 import click
@@ -62,10 +64,22 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         return 2
-    except Exception:  # noqa: BLE001 - the last line of defence: internal error, exit 1
-        log.exception("internal error")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
+            raise_internal(err)
+            return 1
+        where = f"{err.filename}: " if err.filename else ""
+        click.echo(f"error: {where}{os.strerror(err.errno)}; files already written are intact "
+                   "(writes are atomic), free space or fix permissions and rerun with --resume", err=True)
+        return 2
+    except Exception as err:  # noqa: BLE001 - the last line of defence: internal error, exit 1
+        raise_internal(err)
         return 1
     return 0
+
+
+def raise_internal(err: BaseException) -> None:
+    log.error("internal error", exc_info=err)
 
 
 if __name__ == "__main__":

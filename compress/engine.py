@@ -18,19 +18,27 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from compress.errors import UserError  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 Batch = tuple[Sequence[torch.Tensor], Sequence[dict[str, Any]]]
 
 
-class NonFiniteLossError(RuntimeError):
-    """The training loss became NaN or infinite (the message names the iteration and loss parts)."""
+class NonFiniteLossError(UserError, RuntimeError):
+    """The training loss became NaN or infinite (the message names the iteration and loss parts).
+
+    A UserError: the CLI reports it in one line with exit code 2 (the usual causes are the recipe's
+    learning rate, missing gradient clipping, or FrozenBatchNorm on a backbone trained from scratch).
+    """
 
     def __init__(self, iteration: int, parts: dict[str, float]):
         self.iteration = iteration
         self.parts = parts
         shown = ", ".join(f"{k}={v:.4g}" for k, v in parts.items())
-        super().__init__(f"non-finite loss at iteration {iteration}: {shown}")
+        super().__init__(f"non-finite loss at iteration {iteration}: {shown}; the round stopped "
+                         "(finished rounds are intact): lower train.lr, set train.grad_clip, or use "
+                         "model.norm: batch when training from scratch")
 
 
 def _to_device(batch: Batch, device: torch.device) -> tuple[list[torch.Tensor], list[dict[str, Any]]]:

@@ -25,12 +25,16 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
     digest = recipe_hash(recipe)
     run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
+    from compress.run_setup import prepare_data
+
+    # a user's dataset is checked before anything is written; synthetic data lives in the run folder
+    data = prepare_data(recipe, run.data) if recipe.data.dataset != "synthetic" else None
     _claim_run_folder(run, recipe, digest, resume)
     log.info("run folder %s (recipe %s)", run.root, digest)
     from compress.seeding import seed_everything
 
     seed_everything(recipe.train.seed)
-    records, data, loaders = find_ticket(recipe, run, progress)
+    records, data, loaders = find_ticket(recipe, run, progress, data)
     from compress.stages import finish_run
 
     finish_run(recipe, run, data, loaders, progress)
@@ -70,13 +74,14 @@ def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) 
                         early_bird=lot.early_bird)
 
 
-def find_ticket(recipe: Recipe, run: RunFolder, progress: bool) -> tuple[list[dict[str, Any]], Any, dict]:
+def find_ticket(recipe: Recipe, run: RunFolder, progress: bool,
+                data: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
     """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
     from compress import run_setup as rs
     from compress.model_eval import evaluate_torch
     from compress.ticket import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
 
-    data = rs.prepare_data(recipe, run.data)
+    data = data or rs.prepare_data(recipe, run.data)
     loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images)
     ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size)
     schedule = rs.make_schedule(recipe, ipe)

@@ -61,7 +61,8 @@ def report(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def png_is_a_picture(data: bytes) -> None:
     image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
     assert image.shape[0] > 50 and image.shape[1] > 50
-    assert len(np.unique(image.reshape(-1, 3), axis=0)) > 10, "a single-colour (empty) image"
+    packed = image[..., 0].astype(np.uint32) << 16 | image[..., 1].astype(np.uint32) << 8 | image[..., 2]
+    assert len(np.unique(packed)) > 10, "a single-colour (empty) image"
 
 
 def test_every_section_and_plot(report: Path) -> None:
@@ -207,9 +208,10 @@ def console_problems(events: list[dict]) -> list[str]:
     for event in events:
         method, params = event.get("method"), event.get("params", {})
         if method == "Runtime.exceptionThrown":
-            problems.append(json.dumps(params.get("exceptionDetails", {}))[:300])
+            details = params.get("exceptionDetails", {})
+            problems.append(details.get("exception", {}).get("description") or details.get("text", "?"))
         elif method == "Runtime.consoleAPICalled" and params.get("type") in ("error", "assert", "warning"):
-            problems.append(json.dumps(params.get("args"))[:300])
+            problems.append(" ".join(str(a.get("value", a.get("description"))) for a in params.get("args", [])))
         elif method == "Log.entryAdded" and params.get("entry", {}).get("level") in ("error", "warning"):
             problems.append(params["entry"].get("text", "")[:300])
     return problems
@@ -258,4 +260,5 @@ def test_browser_check_catches_errors(tmp_path: Path) -> None:
                     '<img src="missing.png"><script>undefinedFunction();</script></body></html>')
     problems, state = render(page, tmp_path / "bad.png", tmp_path / "profile")
     assert any("undefinedFunction" in p for p in problems)
+    assert any("Failed to load resource" in p for p in problems)
     assert state["broken"] == 1

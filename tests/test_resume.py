@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,16 +106,29 @@ def round2_epoch_done(out: Path):
     return ready
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("reference") / "run"
-    done = run_cli(command(out))
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out
+def start_reference(out: Path, stderr: Any) -> subprocess.Popen:
+    """The uninterrupted run, started first so it overlaps the interrupted one."""
+    return subprocess.Popen([sys.executable, "-m", "compress", *command(out)], cwd=REPO, env=env(),
+                            stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def test_sigkill_between_rounds_and_in_round_2_then_resume(reference, tmp_path):
-    out = tmp_path / "run"
+def test_sigkill_between_rounds_and_in_round_2_then_resume(tmp_path):
+    reference, out = tmp_path / "reference", tmp_path / "run"
+    with open(tmp_path / "reference.err", "w+", encoding="utf-8") as ref_err:
+        ref_proc = start_reference(reference, ref_err)
+        try:
+            interrupt_and_resume(out)
+            ref_proc.wait(timeout=TIMEOUT_S)
+        finally:
+            if ref_proc.poll() is None:
+                ref_proc.kill()
+                ref_proc.wait()
+        ref_err.seek(0)
+        assert ref_proc.returncode == 0, ref_err.read()[-2000:]
+    assert_same_runs(out, reference)
+
+
+def interrupt_and_resume(out: Path) -> None:
     killed = run_cli(command(out), ["-c", KILL_AFTER_REWIND.format(round=ROUNDS)])
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / "rounds/round_1/metrics.json").is_file()
@@ -129,6 +141,9 @@ def test_sigkill_between_rounds_and_in_round_2_then_resume(reference, tmp_path):
 
     done = run_cli(command(out, resume=True))
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def assert_same_runs(out: Path, reference: Path) -> None:
     for k in range(ROUNDS + 1):
         ours, ref = out / f"rounds/round_{k}", reference / f"rounds/round_{k}"
         mask, ref_mask = load(ours / "mask.pt"), load(ref / "mask.pt")

@@ -153,6 +153,9 @@ def _xyxy(bbox: list[float], width: int, height: int) -> list[float]:
             min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)]
 
 
+MAX_IMAGE_PIXELS = 100_000_000  # 10k x 10k; COCO images are ~640 x 480
+
+
 class CocoDetection(Dataset):
     """A COCO-format dataset yielding (image CxHxW float in [0, 1], target dict).
 
@@ -212,8 +215,13 @@ class CocoDetection(Dataset):
     def _load_image(self, info: dict) -> Image.Image:
         path = self.image_dir / info["file_name"]
         try:
-            image = Image.open(path).convert("RGB")
-        except (FileNotFoundError, OSError) as err:
+            with Image.open(path) as raw:  # reads the header only
+                if raw.width * raw.height > MAX_IMAGE_PIXELS:
+                    raise DataError(f"image {info['file_name']!r} is {raw.width}x{raw.height}: more "
+                                    f"than {MAX_IMAGE_PIXELS:,} pixels is refused (a decompression "
+                                    "bomb or a wrong file)", file=self.source)
+                image = raw.convert("RGB")
+        except (FileNotFoundError, OSError, Image.DecompressionBombError) as err:
             raise DataError(f"image {info['file_name']!r} of image id {info['id']} cannot be "
                             f"read from {self.image_dir} ({err.__class__.__name__})",
                             file=self.source) from err
