@@ -120,3 +120,23 @@ def test_safe_loading_never_constructs_objects(tmp_path):
         load_recipe(path)
     assert "python tags are refused" in str(info.value)
     assert yaml.safe_load("a: 1") == {"a": 1}
+
+
+def _schema_keys(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _schema_keys(ann, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}"
+
+
+def test_readme_recipe_reference_lists_every_key():
+    from compress.recipe_schema import Recipe
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [k for k in _schema_keys(Recipe) if f"`{k}`" not in readme]
+    assert not missing, f"README recipe reference lacks {missing}"
+    assert "compress run recipes/maskrcnn_lth.yaml --smoke" in readme.split("\n\n", 4)[2]
