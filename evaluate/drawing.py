@@ -47,9 +47,11 @@ def _color(label: int) -> tuple[int, int, int]:
     return PALETTE[int(label) % len(PALETTE)]
 
 
-def _keep(outputs: Mapping[str, Any], score_threshold: float) -> np.ndarray:
+def _keep(outputs: Mapping[str, Any], score_threshold: float, max_shown: int | None) -> np.ndarray:
     scores = to_numpy(outputs.get("scores", np.zeros(0))).reshape(-1)
-    return np.flatnonzero(scores >= score_threshold)
+    keep = np.flatnonzero(scores >= score_threshold)
+    keep = keep[np.argsort(-scores[keep], kind="stable")]
+    return keep if max_shown is None else keep[:max_shown]
 
 
 def _paint_masks(canvas: Image.Image, masks: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> Image.Image:
@@ -79,17 +81,18 @@ def _draw_keypoints(draw: ImageDraw.ImageDraw, points: np.ndarray, scale: float,
 
 def draw_detections(image: Any, outputs: Mapping[str, Any], *,
                     class_names: Mapping[int, str] | Sequence[str] | None = None,
-                    score_threshold: float = 0.5, min_side_px: int = 256) -> Image.Image:
+                    score_threshold: float = 0.5, min_side_px: int = 256,
+                    max_shown: int | None = None) -> Image.Image:
     """The image with every detection scoring >= `score_threshold` drawn on it.
 
     `class_names` maps a label to its name (a mapping, or a list indexed by label); labels without
-    a name are shown as numbers. Returns a new RGB image at least `min_side_px` on its short side.
+    a name are shown as numbers; `max_shown` keeps only the best-scoring ones. Returns a new RGB image at least `min_side_px` on its short side.
     """
     canvas = image_to_pil(image)
     scale = max(1.0, min_side_px / max(1, min(canvas.size)))
     if scale > 1.0:
         canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.NEAREST)
-    keep = _keep(outputs, score_threshold)
+    keep = _keep(outputs, score_threshold, max_shown)
     labels = to_numpy(outputs.get("labels", np.zeros(0, np.int64))).reshape(-1).astype(int)
     if "masks" in outputs and len(keep):
         canvas = _paint_masks(canvas, to_numpy(outputs["masks"]), labels, keep)

@@ -40,9 +40,11 @@ def color(index: int) -> str:
 
 
 def plot_sparsity_vs_map(runs: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]],
-                         metrics: Sequence[str], out_png: Path) -> Path:
-    """One panel per metric: mAP against sparsity per round, one line per run; the dense
-    model (a round at sparsity 0) as a dashed horizontal line in the run's colour."""
+                         metrics: Sequence[str], out_png: Path,
+                         dense: Mapping[str, Mapping[str, Any]] | None = None) -> Path:
+    """One panel per metric: mAP against sparsity per round, one line per run; the run's dense
+    model (`dense[run]`, its metrics) as a dashed horizontal line in the run's colour."""
+    dense = dense or {}
     fig = new_figure(4.2 * len(metrics), 3.8)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
     for ax, metric in zip(axes, metrics):
@@ -52,9 +54,8 @@ def plot_sparsity_vs_map(runs: Mapping[str, Sequence[tuple[float, Mapping[str, A
                 continue
             xs, ys = zip(*pts)
             ax.plot(xs, ys, marker="o", color=color(i), label=label)
-            dense = [m[metric] for s, m in points if s == 0 and m.get(metric) is not None]
-            if dense:
-                ax.axhline(dense[0], linestyle="--", linewidth=1, color=color(i),
+            if dense.get(label, {}).get(metric) is not None:
+                ax.axhline(dense[label][metric], linestyle="--", linewidth=1, color=color(i),
                            label=f"{label}: dense")
         ax.set_xlabel("sparsity (% of weights pruned)")
         ax.set_ylabel(METRIC_TITLES.get(metric, metric))
@@ -130,13 +131,16 @@ def plot_round_series(runs: Mapping[str, Mapping[str, Sequence[tuple[int, float]
     """Values per round: one line per (run, series); used for the early-bird and mask IoUs."""
     fig = new_figure(6.5, 3.8)
     ax = fig.add_subplot()
-    styles = ("-", ":", "--", "-.")
+    from matplotlib.ticker import MaxNLocator
+
+    styles, markers = ("-", ":", "--", "-."), ("o", "s", "^", "D")
     for i, (label, series) in enumerate(runs.items()):
         for j, (name, points) in enumerate(series.items()):
             if points:
                 xs, ys = zip(*points)
-                ax.plot(xs, ys, marker="o", linestyle=styles[j % len(styles)], color=color(i),
-                        label=f"{label}: {name}")
+                ax.plot(xs, ys, marker=markers[j % len(markers)], linestyle=styles[j % len(styles)],
+                        color=color(i), label=f"{label}: {name}")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
