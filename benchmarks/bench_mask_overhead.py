@@ -5,11 +5,15 @@ One model, magnitude-pruned to 50% (global); the masked arm holds the mask with
 after every optimizer step), the dense arm trains the same weights without it. Both train through
 `compress.engine.train_one_epoch` on the same fixed batch, each block from the same start state
 and RNG seed, so they do the same work. Blocks of `--steps` steps alternate dense/masked (the
-order flips every repetition) so the load of a shared machine hits both alike; the figure is the
-median over repetitions of the paired ratio masked/dense. Models: Mask R-CNN R-18 FPN with the light heads at 128 px, and
-the tiny test model at 64 px. Prints a table and writes benchmarks/results/mask_overhead.json.
+order flips every repetition) so the load of a shared machine hits both alike; on CPU the clock is
+the process's CPU time (run with one thread, the default), on CUDA wall time. The figure is the
+median over repetitions of the paired ratio masked/dense. Models: Mask R-CNN R-18 FPN with the
+light heads at 128 px and the tiny test model at 64 px (`--models r50`: the paper's R-50 FPN at
+800 px). Prints a table and writes benchmarks/results/mask_overhead.json (`--out`).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_mask_overhead.py [--reps 15] [--steps 4]
+    PYTHONPATH=. python benchmarks/bench_mask_overhead.py --device cuda --models r18,tiny,r50 \
+        --out benchmarks/results/mask_overhead_cuda.json
 """
 from __future__ import annotations
 
@@ -76,15 +80,20 @@ class _Blocks:
         after_step = [holder.after_step] if holder is not None else []
         torch.manual_seed(seed)
         self._sync()
-        start = time.perf_counter()
+        start = self._clock()
         train_one_epoch(self.model, optimizer, self.batches, self.device, after_step=after_step,
                         progress=False, grad_clip=10.0)
         self._sync()
-        elapsed = (time.perf_counter() - start) / len(self.batches)
+        elapsed = (self._clock() - start) / len(self.batches)
         if holder is not None:
             self.pruned_nonzero += holder.check(self.model)
             holder.remove()
         return elapsed
+
+    def _clock(self) -> float:
+        """CPU: this process's CPU time (other jobs on a shared machine do not count);
+        CUDA: wall time."""
+        return time.perf_counter() if self.device.type == "cuda" else time.process_time()
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -114,12 +123,18 @@ def bench_model(label: str, model: nn.Module, size: int, images: int, device: to
             "pruned_nonzero_after": blocks.pruned_nonzero, "reps": reps, "steps_per_block": steps}
 
 
-def models(device: torch.device) -> list[tuple[str, nn.Module, int, int]]:
+def models(names: list[str]) -> list[tuple[str, nn.Module, int, int]]:
+    """(label, model, image size, images per step) for each of `names` (r18, tiny, r50)."""
     torch.manual_seed(0)
-    r18 = build_model("maskrcnn", "resnet18", 3, min_size=128, max_size=128, heads=LIGHT_HEADS)
-    tiny = build_model("maskrcnn", "tiny", 3, min_size=64, max_size=64)
-    return [("maskrcnn R-18 FPN light heads, 128 px", r18, 128, 2),
-            ("maskrcnn tiny, 64 px", tiny, 64, 2)]
+    table = {
+        "r18": lambda: ("maskrcnn R-18 FPN light heads, 128 px", build_model(
+            "maskrcnn", "resnet18", 3, min_size=128, max_size=128, heads=LIGHT_HEADS), 128, 2),
+        "tiny": lambda: ("maskrcnn tiny, 64 px", build_model(
+            "maskrcnn", "tiny", 3, min_size=64, max_size=64), 64, 2),
+        "r50": lambda: ("maskrcnn R-50 FPN (paper), 800 px", build_model(
+            "maskrcnn", "resnet50", 81, min_size=800, max_size=800), 800, 2),
+    }
+    return [table[name]() for name in names]
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -135,16 +150,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="steps per timed block")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--models", default="r18,tiny", help="comma list of r18, tiny, r50")
     parser.add_argument("--out", type=Path, default=OUT)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     rows = [bench_model(label, model, size, images, device, args.reps, args.steps)
-            for label, model, size, images in models(device)]
+            for label, model, size, images in models(args.models.split(","))]
     print_table(rows)
     write_json(args.out, {"device": str(device), "threads": args.threads,
                           "torch": torch.__version__, "target_ratio": TARGET_RATIO,
                           "method": "median of paired masked/dense block times, interleaved",
+                          "clock": "wall" if device.type == "cuda" else "process CPU time",
                           "rows": rows})
 
 

@@ -121,9 +121,12 @@ def apply_mask(model: nn.Module, mask: Mapping[str, Tensor]) -> None:
 class MaskHolder:
     """Keeps pruned weights at exactly zero during training.
 
-    Registers gradient hooks that zero the pruned entries of each gradient, and `after_step()`
-    (call after every optimizer step, or `attach(optimizer)` to have it called) re-zeros the
-    weights, so momentum or weight decay cannot move them. `remove()` takes the hooks off.
+    After each gradient is accumulated, a hook multiplies it in place by the 0/1 mask (so weight
+    decay, momentum and gradient clipping never see a pruned entry), and `after_step()` (call it
+    after every optimizer step, or `attach(optimizer)` to have it called) multiplies the weights
+    by the mask with one `torch._foreach_mul_`. Multiplying by a float mask is ~7x faster on CPU
+    than `masked_fill_` with a bool mask (benchmarks/bench_mask_overhead.py). `remove()` takes
+    the hooks off.
     """
 
     def __init__(self, model: nn.Module, mask: Mapping[str, Tensor]):
@@ -131,14 +134,27 @@ class MaskHolder:
         _check_names(params, mask, "mask", {n: m.shape for n, m in mask.items()})
         self._params = {n: params[n] for n in mask}
         self._mask = {n: m.to(params[n].device, torch.bool) for n, m in mask.items()}
+        self._keep: dict[str, Tensor] = {}
+        self._sync_devices()
         self._handles: list = []
         for name, param in self._params.items():
-            self._handles.append(param.register_hook(self._grad_hook(name)))
+            self._handles.append(param.register_post_accumulate_grad_hook(self._grad_hook(name)))
         apply_mask(model, self._mask)
 
-    def _grad_hook(self, name: str) -> Callable[[Tensor], Tensor]:
-        def hook(grad: Tensor) -> Tensor:
-            return grad.masked_fill(~self._mask[name].to(grad.device), 0.0)
+    def _sync_devices(self) -> None:
+        """(Re)build the 0/1 multipliers where a parameter moved (or on first use)."""
+        for name, param in self._params.items():
+            keep = self._keep.get(name)
+            if keep is None or keep.device != param.device or keep.dtype != param.dtype:
+                self._mask[name] = self._mask[name].to(param.device)
+                self._keep[name] = self._mask[name].to(param.dtype)
+
+    def _grad_hook(self, name: str) -> Callable[[Tensor], None]:
+        def hook(param: Tensor) -> None:
+            keep = self._keep[name]
+            if keep.device != param.grad.device or keep.dtype != param.grad.dtype:
+                keep = keep.to(param.grad.device, param.grad.dtype)
+            param.grad.mul_(keep)
         return hook
 
     @property
@@ -147,11 +163,8 @@ class MaskHolder:
 
     @torch.no_grad()
     def after_step(self, *_args, **_kwargs) -> None:
-        for name, param in self._params.items():
-            kept = self._mask[name]
-            if kept.device != param.device:
-                kept = self._mask[name] = kept.to(param.device)
-            param.masked_fill_(~kept, 0.0)
+        self._sync_devices()
+        torch._foreach_mul_(list(self._params.values()), list(self._keep.values()))
 
     def attach(self, optimizer: torch.optim.Optimizer) -> None:
         """Call `after_step` automatically after every `optimizer.step()`."""

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from compress.stages_report import (RunData, atomic_plot, figure, per_run, read_json, size_macs_series,
-                                    slug, table)
+from compress.stages_report import (RunData, atomic_plot, figure, is_dense, per_run, read_json,
+                                    size_macs_series, slug, table)
 from evaluate import report_plots as plots
 from evaluate.report_page import Missing, Section, fmt
 
@@ -26,7 +26,7 @@ def sec_summary(section: Section, runs: list[RunData], plot_dir: Path) -> None:
     for run in runs:
         for r in run.rounds:
             m = r.get("metrics", {})
-            kind = ("dense" if r.get("sparsity") == 0 else
+            kind = ("dense" if is_dense(r) else
                     "ticket" if r["round"] == run.last_round else "pruned")
             rows.append([run.label, str(r["round"]), kind, fmt(r.get("sparsity")),
                          fmt(r.get("prunable_sparsity")), *(fmt(m.get(k)) for k in METRICS),
@@ -64,10 +64,11 @@ def sec_sparsity_map(section: Section, runs: list[RunData], plot_dir: Path) -> N
         raise Missing("no round recorded bbox_mAP / segm_mAP / kp_mAP")
     series = {run.label: [(r.get("sparsity", 0.0), r.get("metrics", {})) for r in run.rounds]
               for run in runs}
-    path = plots.plot_sparsity_vs_map(series, metrics, plot_dir / "sparsity_vs_map.png")
-    figure(section, path, "mAP per round against sparsity; dashed: the dense model (round at sparsity 0)")
+    dense = {run.label: r.get("metrics", {}) for run in runs for r in run.rounds[:1] if is_dense(r)}
+    path = plots.plot_sparsity_vs_map(series, metrics, plot_dir / "sparsity_vs_map.png", dense)
+    figure(section, path, "mAP per round against sparsity; dashed: the dense model (round 0)")
     for run in runs:
-        if not any(r.get("sparsity") == 0 for r in run.rounds):
+        if run.label not in dense:
             section.text.append(f"{run.label}: no dense round (it starts sparse), so no dense line.")
 
 
@@ -248,7 +249,14 @@ def sec_gallery(section: Section, runs: list[RunData], plot_dir: Path) -> None:
     from compress.stages_predict import gallery_image
 
     def one(run: RunData) -> None:
-        path, caption = gallery_image(run.root, run.last_round, plot_dir / f"gallery_{slug(run.label)}.png")
+        first, last = run.rounds[0], run.rounds[-1]
+        models = [(("dense" if is_dense(first) else f"sparsity {first.get('sparsity', 0):.1%}")
+                   + " (round 0)", run.round_dir(0) / "checkpoint.pt")]
+        if run.last_round > 0:
+            ticket = run.root / "ticket.pt"
+            models.append((f"ticket (round {run.last_round}, sparsity {last.get('sparsity', 0):.1%})",
+                           ticket if ticket.is_file() else run.round_dir(run.last_round) / "checkpoint.pt"))
+        path, caption = gallery_image(run.root, models, plot_dir / f"gallery_{slug(run.label)}.png")
         figure(section, path, f"{run.label}: {caption}")
     per_run(section, runs, one)
 

@@ -32,8 +32,9 @@ def bench_stage(loaded: Any) -> list[dict[str, Any]]:
         path = run.export / graph
         if not path.is_file():
             raise UserError("not exported yet; run `compress export` first", file=str(path))
+        size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
         for row in bench_onnx(path, engines=cfg.engines, batch_sizes=cfg.batch_sizes,
-                              warmup=cfg.warmup, iterations=cfg.iterations):
+                              warmup=cfg.warmup, iterations=cfg.iterations, image_size=size):
             rows.append({"graph": graph, **row})
     write_json(run.bench / "bench.json", rows)
     log.info("benchmark:\n%s", format_bench_table(rows))

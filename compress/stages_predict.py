@@ -130,11 +130,38 @@ def load_predictor(model_path: Path, engine: str) -> tuple[Predictor, LabelInfo]
 
         detector = OnnxDetector(model_path)
         info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))
-        return detector, info
+        return fit_to_graph(detector, detector.session.get_inputs()[0].shape), info
     if run_root is None:
         raise ModelFileError("a torch model must sit in its run folder (recipe.yaml and rounds/ "
                              "beside or above it) so it can be rebuilt", file=str(model_path))
     return torch_predictor(model_path), run_label_info(run_root)
+
+
+def fit_to_graph(detector: Predictor, input_shape: list[Any]) -> Predictor:
+    """A graph with a fixed image size (3 x H x W static) gets each image resized to it, and its
+    boxes, keypoints and masks mapped back to the image's own size; a dynamic graph runs as is."""
+    fixed = [d if isinstance(d, int) else None for d in input_shape[-2:]]
+    if None in fixed:
+        return detector
+    height, width = fixed
+    log.info("the graph takes %dx%d images only: images are resized to it", height, width)
+
+    def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        h0, w0 = image.shape[-2:]
+        if (h0, w0) == (height, width):
+            return detector(image)
+        resized = torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear",
+                                                  align_corners=False)[0]
+        out = dict(detector(resized))
+        scale = torch.tensor([w0 / width, h0 / height])
+        out["boxes"] = out["boxes"] * scale.repeat(2)
+        if "keypoints" in out:
+            out["keypoints"] = torch.cat([out["keypoints"][..., :2] * scale, out["keypoints"][..., 2:]], -1)
+        if "masks" in out and len(out["masks"]):
+            out["masks"] = torch.nn.functional.interpolate(out["masks"], size=(h0, w0), mode="bilinear",
+                                                           align_corners=False)
+        return out
+    return predict
 
 
 def torch_predictor(checkpoint: Path) -> Predictor:
@@ -217,12 +244,14 @@ def _unique_name(file: Path, used: set[str]) -> str:
 
 GALLERY_IMAGES = 3
 GALLERY_SCORE_THRESHOLD = 0.3
+GALLERY_MAX_SHOWN = 10
 
 
-def gallery_image(run_root: Path, last_round: int, out_png: Path, n_images: int = GALLERY_IMAGES,
+def gallery_image(run_root: Path, models: list[tuple[str, Path]], out_png: Path,
+                  n_images: int = GALLERY_IMAGES,
                   score_threshold: float = GALLERY_SCORE_THRESHOLD) -> tuple[Path, str]:
-    """The first validation images predicted by round 0 (the dense model) and by the ticket, one
-    row per image; written to `out_png`. Returns the path and a caption."""
+    """The first validation images of the run predicted by each (title, checkpoint) of `models`
+    side by side, one row per image; written to `out_png`. Returns the path and a caption."""
     from PIL import Image
 
     from evaluate.drawing import draw_detections, side_by_side
@@ -230,11 +259,6 @@ def gallery_image(run_root: Path, last_round: int, out_png: Path, n_images: int 
 
     info = run_label_info(run_root)
     files = _gallery_files(info, n_images)
-    ticket = run_root / "ticket.pt"
-    models = [("round 0 (dense)", run_root / "rounds" / "round_0" / "checkpoint.pt")]
-    if last_round > 0:
-        models.append((f"ticket (round {last_round})", ticket if ticket.is_file() else
-                       run_root / "rounds" / f"round_{last_round}" / "checkpoint.pt"))
     for _, path in models:
         if not path.is_file():
             raise Missing(f"{path} is missing")
@@ -243,7 +267,8 @@ def gallery_image(run_root: Path, last_round: int, out_png: Path, n_images: int 
     for file in files:
         image = read_image(file)
         drawn = [draw_detections(image, predict(image), class_names=info.class_names or None,
-                                 score_threshold=score_threshold, min_side_px=256)
+                                 score_threshold=score_threshold, min_side_px=320,
+                                 max_shown=GALLERY_MAX_SHOWN)
                  for _, predict in predictors]
         rows.append(side_by_side(drawn, [f"{title}: {file.name}" for title, _ in predictors]))
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 8 for r in rows)), (255, 255, 255))
@@ -252,8 +277,8 @@ def gallery_image(run_root: Path, last_round: int, out_png: Path, n_images: int 
         sheet.paste(row, (0, y))
         y += row.height + 8
     write_bytes(out_png, png_bytes(sheet))
-    return out_png, (f"{len(files)} validation image(s); detections scoring >= {score_threshold} "
-                     f"by {' and '.join(t for t, _ in models)}")
+    return out_png, (f"{len(files)} validation image(s); the best {GALLERY_MAX_SHOWN} detections "
+                     f"scoring >= {score_threshold} by {' and '.join(t for t, _ in models)}")
 
 
 def _gallery_files(info: LabelInfo, n_images: int) -> list[Path]:

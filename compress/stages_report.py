@@ -47,6 +47,12 @@ class RunData:
         return found + extra
 
 
+def is_dense(record: dict[str, Any]) -> bool:
+    """A round with no pruned weight (its network sparsity may still count incidental zeros)."""
+    value = record.get("prunable_sparsity", record.get("sparsity"))
+    return value is not None and float(value) == 0.0
+
+
 def read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())

@@ -84,20 +84,25 @@ def prune_fn() -> Callable[..., Mask]:
 
 def optimizer_wrapper_fn(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
                          prunable: tuple[str, ...] = ()) -> Optional[Callable]:
-    """For `gradual`: SparseML's ScheduledOptimizer running the recipe's modifiers."""
+    """For `gradual`: SparseML's step wrapper running the recipe's modifiers.
+
+    The wrapper starts at the round's current iteration (as an epoch fraction), so a resumed
+    round continues the pruning schedule where the checkpoint left it instead of restarting it.
+    """
     if recipe.lottery.method != "gradual":
         return None
     from compress.recipe_yaml import modifiers_to_sparseml_yaml
-    from compress.sparseml_adapter import gmp_manager
+    from compress.sparseml_adapter import manager_from_yaml, sparseml_loggers
 
     modifiers = [{k: (list(prunable) if v == PRUNABLE_PLACEHOLDER else v) for k, v in m.items()}
                  for m in recipe.modifiers]
     text = modifiers_to_sparseml_yaml(modifiers)
 
     def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
-        _, wrapped = gmp_manager(text, model, optimizer, iters_per_epoch,
-                                 log_dir=run.round_dir(0) / "sparse_logs")
-        return wrapped
+        manager = manager_from_yaml(text)
+        return manager.modify(model, optimizer, steps_per_epoch=iters_per_epoch,
+                              epoch=iteration / iters_per_epoch,
+                              loggers=sparseml_loggers(run.round_dir(0) / "sparse_logs"))
     return wrap
 
 

@@ -164,7 +164,16 @@ def _compile(request: dict[str, Any]) -> Any:
     from deepsparse import compile_model  # the one place deepsparse is imported
 
     shapes = request["input_shapes"] if request.get("override_shapes") else None
-    return compile_model(request["onnx_path"], batch_size=request["batch_size"],
+    path = request["onnx_path"]
+    if shapes is not None:
+        # DeepSparse overrides input shapes by rewriting the ONNX file in place: compile a copy,
+        # so the user's (and the run's) ONNX keeps its dynamic image size.
+        import shutil
+        import tempfile
+
+        path = str(Path(tempfile.mkdtemp(prefix="deepsparse_shapes_")) / Path(path).name)
+        shutil.copyfile(request["onnx_path"], path)
+    return compile_model(path, batch_size=request["batch_size"],
                          num_cores=request.get("num_cores"), input_shapes=shapes)
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from compress.cli import main
-from compress.stages_predict import assign_image_ids, keep_scores
+from compress.stages_predict import assign_image_ids, fit_to_graph, keep_scores
 from evaluate.drawing import draw_detections
 from evaluate.results_file import evaluate_results_file
 from test_report import smoke_run_dir  # noqa: E402 (pytest puts tests/ on sys.path)
@@ -47,18 +47,31 @@ def test_onnx_predict_writes_images_and_coco_results(run_dir: Path, tmp_path: Pa
     assert main(["evaluate", "--gt", str(gt), "--results", str(out / "detections.json")]) == 0
 
 
+def test_run_onnx_keeps_dynamic_image_size(run_dir: Path) -> None:
+    """export_full's contract: `images` is 3 x H x W with H, W dynamic, so predict runs any size."""
+    import onnx
+
+    graph = onnx.load(str(run_dir / "export" / "model.onnx"), load_external_data=False)
+    dims = [d.dim_param or d.dim_value for d in graph.graph.input[0].type.tensor_type.shape.dim]
+    assert all(isinstance(d, str) for d in dims[1:]), (
+        f"export/model.onnx takes fixed {dims} images: it was rewritten after export (DeepSparse's "
+        "compile_model(input_shapes=...) overrides the ONNX file in place; compile a copy)")
+
+
 def test_onnx_matches_torch_ticket(run_dir: Path, tmp_path: Path) -> None:
-    """The deployed graph and the torch ticket give the same detections on the same image."""
+    """A fresh export of the ticket and the torch ticket give the same detections on one image
+    (the ONNX sits outside the run folder: category id = label, which the synthetic set shares)."""
     image = run_dir / "data" / "val" / "000001.png"
-    assert _predict([str(run_dir / "export" / "model.onnx"), str(image), "--out", str(tmp_path / "a"),
+    assert main(["-q", "export", str(run_dir), "--out", str(tmp_path / "export")]) == 0
+    assert _predict([str(tmp_path / "export" / "model.onnx"), str(image), "--out", str(tmp_path / "a"),
                      "--score-threshold", "0"]) == 0
     assert _predict([str(run_dir / "ticket.pt"), str(image), "--engine", "torch", "--out",
                      str(tmp_path / "b"), "--score-threshold", "0"]) == 0
-    onnx = json.loads((tmp_path / "a" / "detections.json").read_text())
+    onnx_results = json.loads((tmp_path / "a" / "detections.json").read_text())
     ticket = json.loads((tmp_path / "b" / "detections.json").read_text())
-    assert len(onnx) == len(ticket)
-    for a, b in zip(onnx, ticket):
-        assert a["category_id"] == b["category_id"] and a["image_id"] == b["image_id"]
+    assert len(onnx_results) == len(ticket) > 0
+    for a, b in zip(onnx_results, ticket):
+        assert a["category_id"] == b["category_id"] and a["image_id"] == b["image_id"] == 1
         assert np.allclose(a["bbox"], b["bbox"], atol=1e-3) and abs(a["score"] - b["score"]) < 1e-4
 
 
@@ -117,3 +130,23 @@ def test_drawing_marks_boxes_masks_and_keypoints() -> None:
     assert (drawn[50, 70] != grey).any()  # a keypoint of the kept person
     kept = keep_scores(outputs, 0.5)
     assert kept["boxes"].shape == (1, 4) and kept["masks"].shape == (1, 1, 100, 100)
+
+
+def test_fixed_size_graph_gets_resized_images_and_mapped_back_outputs() -> None:
+    seen = []
+
+    def detector(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        seen.append(tuple(image.shape))
+        masks = torch.zeros(1, 1, 128, 256)
+        masks[..., :64, :128] = 1.0
+        return {"boxes": torch.tensor([[32.0, 16.0, 64.0, 32.0]]), "scores": torch.tensor([0.9]),
+                "labels": torch.tensor([1]), "keypoints": torch.tensor([[[64.0, 32.0, 1.0]]]),
+                "masks": masks}
+
+    predict = fit_to_graph(detector, [3, 128, 256])
+    out = predict(torch.rand(3, 64, 64))
+    assert seen == [(3, 128, 256)]
+    assert torch.allclose(out["boxes"], torch.tensor([[8.0, 8.0, 16.0, 16.0]]))
+    assert torch.allclose(out["keypoints"], torch.tensor([[[16.0, 16.0, 1.0]]]))
+    assert out["masks"].shape == (1, 1, 64, 64) and out["masks"][0, 0, 10, 10] == 1 and out["masks"][0, 0, 50, 50] == 0
+    assert fit_to_graph(detector, [3, "height", "width"]) is detector

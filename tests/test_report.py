@@ -103,6 +103,12 @@ def test_summary_numbers_match_the_run(run_dir: Path, report: Path) -> None:
     # effective MACs of the last round, from masks x one counting pass, equal the bench stage's count
     assert f"{summary['macs']['effective'] / 1e9:.4f}" in md
     assert f"{summary['export']['compact_bytes'] / 2**20:.3f}" in md
+    # the per-round bound from the ticket's mask agrees with the exported file's measured bound
+    # (parameters vs ONNX initializers: BatchNorm folded into the convs is the only difference)
+    size_part = md.split("## Disk size")[1]
+    row = next(line for line in size_part.splitlines() if line.startswith(f"| {run_dir.name} | 1 | "))
+    bound_mib = float(row.split("|")[5])
+    assert abs(bound_mib - summary["export"]["bound_bytes"] / 2**20) / bound_mib < 0.02
 
 
 def test_two_runs_and_missing_inputs(run_dir: Path, tmp_path: Path) -> None:

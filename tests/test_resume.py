@@ -2,9 +2,9 @@
 
 One uninterrupted reference run; one run killed in round 2's prune/rewind step (between rounds 1
 and 2: the child SIGKILLs itself right after the rewind, so the kill lands there every time), then
-resumed and SIGKILLed again from outside while round 2 trains (after its first epoch boundary),
-then resumed to the end. Every round's mask, metrics and final weights must equal the reference
-bit for bit, and the metrics log must hold each step once.
+resumed and SIGKILLed again from outside while round 2 trains its second epoch (the first one
+checkpointed in last.pt), then resumed to the end. Every round's mask, metrics and final weights
+and the ticket must equal the reference bit for bit, and the metrics log must hold each step once.
 """
 from __future__ import annotations
 
@@ -22,11 +22,13 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "maskrcnn_lth.yaml"
 ROUNDS = 2
+REWIND_IT = 2
+ITERS_PER_EPOCH = 4  # 8 images, batch 2; 8 iterations = 2 epochs per round
 SETS = [
     "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
     "data.synthetic.image_size=64", "data.synthetic.train_images=8",
     "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
-    f"lottery.rounds={ROUNDS}", "lottery.rewind=2it", "train.lr_steps=[6it]",
+    f"lottery.rounds={ROUNDS}", f"lottery.rewind={REWIND_IT}it", "train.lr_steps=[6it]",
     "train.warmup_iters=2", "model.heads.fpn_channels=16", "model.heads.representation_size=32",
     "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
     "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
@@ -97,12 +99,15 @@ def log_records(out: Path) -> list[dict[str, Any]]:
     return [{k: v for k, v in json.loads(line).items() if k != "seconds_per_iter"} for line in lines]
 
 
-def round2_epoch_done(out: Path):
-    """True once round 2 has logged its first epoch's validation loss (mid-round 2)."""
+def round2_epoch_saved(out: Path):
+    """True once round 2 has checkpointed its first epoch (last.pt past the rewind iteration)."""
+    path = out / "rounds" / "round_2" / "last.pt"
+
     def ready() -> bool:
-        path = out / "metrics.jsonl"
-        return path.is_file() and any('"round": 2' in line and '"val_loss"' in line
-                                      for line in path.read_text().splitlines())
+        try:
+            return path.is_file() and int(load(path)["iteration"]) > REWIND_IT
+        except (OSError, RuntimeError, KeyError):  # replaced while reading: try again
+            return False
     return ready
 
 
@@ -134,9 +139,9 @@ def interrupt_and_resume(out: Path) -> None:
     assert (out / "rounds/round_1/metrics.json").is_file()
     assert not (out / "rounds/round_2/last.pt").exists()  # killed before round 2 trained
 
-    status = kill_when(command(out, resume=True), round2_epoch_done(out))
+    status = kill_when(command(out, resume=True), round2_epoch_saved(out))
     assert status == -signal.SIGKILL
-    assert (out / "rounds/round_2/last.pt").is_file()
+    assert int(load(out / "rounds/round_2/last.pt")["iteration"]) == ITERS_PER_EPOCH
     assert not (out / "rounds/round_2/metrics.json").exists()  # killed while round 2 trained
 
     done = run_cli(command(out, resume=True))
