@@ -7,11 +7,12 @@ after every optimizer step), the dense arm trains the same weights without it. B
 and RNG seed, so they do the same work. Blocks of `--steps` steps alternate dense/masked (the
 order flips every repetition) so the load of a shared machine hits both alike; on CPU the clock is
 the process's CPU time (run with one thread, the default), on CUDA wall time. The figure is the
-median over repetitions of the paired ratio masked/dense. Models: Mask R-CNN R-18 FPN with the
+median over repetitions of the paired ratio masked/dense. As a low-noise cross-check the holder's
+own work (every gradient hook plus `after_step`) is also timed alone: 1 + holder_ms / dense_ms. Models: Mask R-CNN R-18 FPN with the
 light heads at 128 px and the tiny test model at 64 px (`--models r50`: the paper's R-50 FPN at
 800 px). Prints a table and writes benchmarks/results/mask_overhead.json (`--out`).
 
-    PYTHONPATH=. .venv/bin/python benchmarks/bench_mask_overhead.py [--reps 15] [--steps 4]
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_mask_overhead.py [--reps 30] [--steps 2]
     PYTHONPATH=. python benchmarks/bench_mask_overhead.py --device cuda --models r18,tiny,r50 \
         --out benchmarks/results/mask_overhead_cuda.json
 """
@@ -22,7 +23,7 @@ import copy
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -100,6 +101,29 @@ class _Blocks:
             torch.cuda.synchronize()
 
 
+def holder_cost_ms(model: nn.Module, mask: dict[str, torch.Tensor], device: torch.device,
+                   calls: int = 20) -> float:
+    """The holder's own work per step, timed alone: every gradient hook plus `after_step`."""
+    holder = MaskHolder(model, mask)
+    params = dict(model.named_parameters())
+    for name in mask:
+        params[name].grad = torch.randn_like(params[name])
+    hooks = [(params[name], holder._grad_hook(name)) for name in mask]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = []
+    for _ in range(calls):
+        sync()
+        start = time.perf_counter()
+        for param, hook in hooks:
+            hook(param)
+        holder.after_step()
+        sync()
+        times.append(time.perf_counter() - start)
+    holder.remove()
+    model.zero_grad(set_to_none=True)
+    return 1000 * statistics.median(times)
+
+
 def bench_model(label: str, model: nn.Module, size: int, images: int, device: torch.device,
                 reps: int, steps: int) -> dict[str, Any]:
     model = model.to(device)
@@ -107,6 +131,7 @@ def bench_model(label: str, model: nn.Module, size: int, images: int, device: to
     weights = {n: p.detach().cpu() for n, p in model.named_parameters() if n in names}
     mask = magnitude_prune(weights, dense_mask(model, names), SPARSITY, "global")
     apply_mask(model, mask)  # both arms start from the pruned weights
+    holder_ms = holder_cost_ms(model, mask, device)
     blocks = _Blocks(model, mask, make_batch(size, images), device, steps)
     blocks.run(False, 0), blocks.run(True, 0)  # warm-up
     dense, held = [], []
@@ -120,6 +145,8 @@ def bench_model(label: str, model: nn.Module, size: int, images: int, device: to
             "masked_step_ms": 1000 * statistics.median(held),
             "ratio": statistics.median(ratios),
             "ratio_of_medians": statistics.median(held) / statistics.median(dense),
+            "holder_ms": holder_ms,
+            "holder_ratio": 1 + holder_ms / (1000 * statistics.median(dense)),
             "pruned_nonzero_after": blocks.pruned_nonzero, "reps": reps, "steps_per_block": steps}
 
 
@@ -138,16 +165,17 @@ def models(names: list[str]) -> list[tuple[str, nn.Module, int, int]]:
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
-    print(f"{'model':40s} {'dense ms':>9s} {'masked ms':>9s} {'ratio':>7s}  target <= {TARGET_RATIO}")
+    print(f"{'model':40s} {'dense ms':>9s} {'masked ms':>9s} {'ratio':>7s} {'holder ms':>9s} "
+          f"{'1+holder/dense':>14s}  target <= {TARGET_RATIO}")
     for row in rows:
         print(f"{row['model']:40s} {row['dense_step_ms']:9.1f} {row['masked_step_ms']:9.1f} "
-              f"{row['ratio']:7.3f}")
+              f"{row['ratio']:7.3f} {row['holder_ms']:9.1f} {row['holder_ratio']:14.3f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--reps", type=int, default=15)
-    parser.add_argument("--steps", type=int, default=4, help="steps per timed block")
+    parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--models", default="r18,tiny", help="comma list of r18, tiny, r50")

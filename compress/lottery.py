@@ -54,10 +54,14 @@ class LotteryContext:
     prune: Callable[[nn.Module, dict[str, torch.Tensor], float, str, Path], dict[str, torch.Tensor]]
     optimizer_wrapper: Optional[Callable] = None
     progress: bool = True
+    dist: Any = None  # compress.distributed.Dist; None or a world of one: single process
 
 
 def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]]:
     """Run (or resume) every round; return the per-round records of summary.json."""
+    if ctx.dist is not None and ctx.dist.enabled:
+        raise NotImplementedError("the lottery runner trains in one process: DDP wrapping, "
+                                  "rank-0-only writes and mask agreement are not wired yet")
     records = []
     for index in range(setup.pruning_rounds + 1):
         round_dir = ctx.run.round_dir(index)

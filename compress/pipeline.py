@@ -25,20 +25,29 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
     digest = recipe_hash(recipe)
     run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
+    from compress.distributed import init_from_env, shutdown
     from compress.run_setup import prepare_data
 
+    dist = init_from_env(recipe.train.device)
     # a user's dataset is checked before anything is written; synthetic data lives in the run folder
     data = prepare_data(recipe, run.data) if recipe.data.dataset != "synthetic" else None
-    _claim_run_folder(run, recipe, digest, resume)
-    log.info("run folder %s (recipe %s)", run.root, digest)
+    if dist.is_main:
+        _claim_run_folder(run, recipe, digest, resume)
+        log.info("run folder %s (recipe %s)", run.root, digest)
+    dist.barrier()
     from compress.seeding import seed_everything
 
     seed_everything(recipe.train.seed)
-    records, data, loaders = find_ticket(recipe, run, progress, data)
-    from compress.stages import finish_run
+    try:
+        records, data, loaders = find_ticket(recipe, run, progress and dist.is_main, data, dist)
+        if dist.is_main:
+            from compress.stages import finish_run
 
-    finish_run(recipe, run, data, loaders, progress)
-    _print_summary(run, records)
+            finish_run(recipe, run, data, loaders, progress)
+            _print_summary(run, records)
+        dist.barrier()
+    finally:
+        shutdown()
     return run
 
 
@@ -74,22 +83,34 @@ def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) 
                         early_bird=lot.early_bird)
 
 
-def find_ticket(recipe: Recipe, run: RunFolder, progress: bool,
-                data: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
+def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None,
+                dist: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
     """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
+    from compress.distributed import SINGLE
+
+    dist = dist or SINGLE
     from compress import run_setup as rs
     from compress.model_eval import evaluate_torch
     from compress.ticket import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
 
-    data = data or rs.prepare_data(recipe, run.data)
-    loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images)
-    ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size)
+    if data is None:  # synthetic: rank 0 generates it into the run folder, the others wait
+        if dist.is_main:
+            rs.prepare_data(recipe, run.data)
+        dist.barrier()
+        data = rs.prepare_data(recipe, run.data)
+    loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images, dist.world_size)
+    ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size, dist.world_size)
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
     setup = lottery_setup(recipe, factory(), ipe)
     device = rs.pick_device(recipe.train.device)
-    run.update_summary(task=data.task, num_classes=data.num_classes, prunable_tensors=len(setup.prunable),
-                       iterations_per_round=schedule.total_iterations)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if dist.is_main:
+        run.update_summary(task=data.task, num_classes=data.num_classes,
+                           prunable_tensors=len(setup.prunable),
+                           iterations_per_round=schedule.total_iterations,
+                           world_size=dist.world_size)
 
     def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
         return evaluate_torch(model, loaders["val"], device, data.gt_path, data.label_to_cat_id,
@@ -99,10 +120,12 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool,
                          seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),
                          model_factory=factory, evaluate=evaluate,
                          initial_mask=initial_mask_fn(recipe, setup),
-                         prune=prune_fn(), optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe, setup.prunable),
-                         progress=progress)
+                         prune=prune_fn(),
+                         optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe, setup.prunable),
+                         progress=progress, dist=dist)
     records = run_lottery(setup, ctx)
-    write_ticket(run, recipe, records)
+    if dist.is_main:
+        write_ticket(run, recipe, records)
     return records, data, loaders
 
 

@@ -108,9 +108,9 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
                 progress: bool = True) -> dict[str, Any]:
     """Train `model` in place for this round; return {'val_loss': float, 'captured': {...}}.
 
-    `last.pt` is written at the start and after every epoch (model, optimizer, GradScaler,
-    iteration, captured states, metrics-log offset); a rerun continues from it. Each epoch
-    reseeds torch and the loader from (seed, epoch), so a resumed round equals an uninterrupted one.
+    `last.pt` (model, optimizer, GradScaler, iteration, captured states, log offset) is written
+    at the start and after every epoch; a rerun continues from it. Each epoch reseeds torch and
+    the loader from (seed, epoch), so a resumed round equals an uninterrupted one bit for bit.
     """
     last_path = round_dir / "last.pt"
     optimizer = _make_optimizer(model, schedule)
@@ -133,9 +133,8 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
         epoch = state.iteration // schedule.iterations_per_epoch
         epoch_end = min((epoch + 1) * schedule.iterations_per_epoch, schedule.total_iterations)
         torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling, flips: the same on resume
-        loader = loaders["train_factory"](seed + epoch)
-        scheduler = _make_scheduler(optimizer, schedule, state.iteration)
-        train_one_epoch(model, wrapped, loader, device, scheduler=scheduler,
+        train_one_epoch(model, wrapped, loaders["train_factory"](seed + epoch), device,
+                        scheduler=_make_scheduler(optimizer, schedule, state.iteration),
                         start_iteration=state.iteration, max_iterations=epoch_end,
                         amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
                         after_step=[*plan.after_step, capture], log=metrics.with_fields(epoch=epoch),

@@ -93,8 +93,10 @@ def head_config(recipe: Recipe) -> Any:
     return HeadConfig(**fields)
 
 
-def iterations_per_epoch(dataset_len: int, batch_size: int) -> int:
-    return max(1, math.ceil(dataset_len / batch_size))
+def iterations_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch at the global batch (a DistributedSampler pads each shard to equal size)."""
+    per_rank = batch_size // world_size
+    return max(1, math.ceil(math.ceil(dataset_len / world_size) / per_rank))
 
 
 def make_schedule(recipe: Recipe, iters_per_epoch: int) -> Schedule:
@@ -121,16 +123,27 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def make_loaders(recipe: Recipe, data: DataBundle, max_eval_images: int | None = None) -> dict[str, Any]:
+def make_loaders(recipe: Recipe, data: DataBundle, max_eval_images: int | None = None,
+                 world_size: int = 1) -> dict[str, Any]:
+    """Train loaders (a factory: one seeded loader per epoch) and the validation loaders.
+
+    Under torchrun each rank takes batch_size / world_size images of a DistributedSampler shard,
+    so the global batch is the recipe's.
+    """
     from compress.data.loaders import make_loader
+    from compress.errors import RecipeError
 
     t, workers = recipe.train, recipe.data.num_workers
+    if t.batch_size % world_size:
+        raise RecipeError(f"{t.batch_size} is not divisible by the {world_size} processes; the global "
+                          "batch is split evenly across them", key="train.batch_size")
+    per_rank = t.batch_size // world_size
     val = data.val
     if max_eval_images is not None and len(val) > max_eval_images:
         val = torch.utils.data.Subset(val, range(max_eval_images))
     return {
-        "train_factory": lambda seed: make_loader(data.train, t.batch_size, shuffle=True, seed=seed,
-                                                  num_workers=workers),
+        "train_factory": lambda seed: make_loader(data.train, per_rank, shuffle=True, seed=seed,
+                                                  num_workers=workers, distributed=world_size > 1),
         "val_loss": make_loader(val, t.batch_size, shuffle=False, seed=0, num_workers=workers),
         "val": make_loader(val, t.batch_size, shuffle=False, seed=0, num_workers=workers),
     }
