@@ -76,13 +76,17 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def masks_agree(context: Dist, mask: dict[str, torch.Tensor]) -> bool:
-    """True when every rank holds the same mask (compared by a digest of its bytes)."""
+def mask_digest(mask: dict[str, torch.Tensor]) -> str:
+    """sha256 over a mask's names and bits (the same on every rank when the masks are equal)."""
     import hashlib
 
     digest = hashlib.sha256()
     for name in sorted(mask):
         digest.update(name.encode())
-        digest.update(mask[name].cpu().numpy().tobytes())
-    digests = context.gather(digest.hexdigest())
-    return len(set(digests)) == 1
+        digest.update(mask[name].bool().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rank_mask_digests(context: Dist, mask: dict[str, torch.Tensor]) -> list[str]:
+    """Every rank's mask digest, in rank order."""
+    return context.gather(mask_digest(mask))

@@ -22,7 +22,8 @@ from compress.checkpoint import load_checkpoint, save_checkpoint
 from compress.masks import (MaskHolder, dense_mask, early_bird_iou, is_nested, load_mask,
                             mask_from_model, mask_iou, rewind, save_mask, sparsity_report)
 from compress.round_training import RoundPlan, Schedule, train_round
-from compress.run_folder import MetricsLog, RunFolder
+from compress.distributed import SINGLE, Dist, rank_mask_digests
+from compress.run_folder import MetricsLog, NullMetrics, RunFolder
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +55,27 @@ class LotteryContext:
     prune: Callable[[nn.Module, dict[str, torch.Tensor], float, str, Path], dict[str, torch.Tensor]]
     optimizer_wrapper: Optional[Callable] = None
     progress: bool = True
-    dist: Any = None  # compress.distributed.Dist; None or a world of one: single process
+    dist: Dist = SINGLE  # under torchrun: every rank trains, rank 0 writes
 
 
 def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]]:
-    """Run (or resume) every round; return the per-round records of summary.json."""
-    if ctx.dist is not None and ctx.dist.enabled:
-        raise NotImplementedError("the lottery runner trains in one process: DDP wrapping, "
-                                  "rank-0-only writes and mask agreement are not wired yet")
+    """Run (or resume) every round; return the per-round records of summary.json.
+
+    Under torchrun every rank trains (DDP) and prunes; rank 0's mask is broadcast and checked
+    against each rank's own, rank 0 writes and evaluates, barriers keep the ranks in step.
+    """
     records = []
     for index in range(setup.pruning_rounds + 1):
         round_dir = ctx.run.round_dir(index)
-        if not (round_dir / "metrics.json").is_file():
+        done = ctx.dist.broadcast((round_dir / "metrics.json").is_file())
+        if not done:
             _run_round(index, setup, ctx)
-        (round_dir / "last.pt").unlink(missing_ok=True)  # a kill after metrics.json left it
+        ctx.dist.barrier()
+        if ctx.dist.is_main:
+            (round_dir / "last.pt").unlink(missing_ok=True)  # a kill after metrics.json left it
         records.append(_round_record(index, round_dir))
-        ctx.run.update_summary(rounds=records)
+        if ctx.dist.is_main:
+            ctx.run.update_summary(rounds=records)
     return records
 
 
@@ -94,15 +100,17 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     if holder is not None:
         plan.after_step.append(holder.after_step)
     log.info("round %d: training iterations %d-%d", index, start, total)
+    metrics = ctx.metrics.with_fields(round=index) if ctx.dist.is_main else NullMetrics()
     outcome = train_round(model, round_dir, ctx.schedule, plan, ctx.loaders, ctx.device, ctx.seed,
-                          ctx.metrics.with_fields(round=index), ctx.progress)
+                          metrics, ctx.progress, ctx.dist)
     if holder is not None:
         extra["pruned_nonzero_after_training"] = holder.check(model)
         holder.remove()
     if mask is None:  # dense training keeps every weight; gradual: the zeros training left
         mask = mask_from_model(model, list(setup.prunable)) if setup.method == "gradual" \
             else dense_mask(model, list(setup.prunable))
-    _finish_round(index, setup, ctx, model, mask, outcome, extra)
+    if ctx.dist.is_main:
+        _finish_round(index, setup, ctx, model, mask, outcome, extra)
 
 
 def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
@@ -110,13 +118,23 @@ def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
     previous = ctx.run.round_dir(index - 1)
     model.load_state_dict(load_checkpoint(previous / "checkpoint.pt")["model"])
     old_mask = load_mask(previous / "mask.pt", model)
-    mask = ctx.prune(model, old_mask, setup.fraction, setup.distribution,
-                     ctx.run.round_dir(index) / "sparse_logs")
+    log_dir = ctx.run.round_dir(index) / ("sparse_logs" if ctx.dist.is_main else
+                                          f"sparse_logs_rank{ctx.dist.rank}")
+    mask = ctx.prune(model, old_mask, setup.fraction, setup.distribution, log_dir)
+    extra: dict[str, Any] = {}
+    if ctx.dist.enabled:  # every rank pruned the same weights; rank 0's mask is the one used
+        digests = rank_mask_digests(ctx.dist, mask)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"round {index}: the ranks computed different masks ({digests})")
+        mask = ctx.dist.broadcast(mask)
+        extra["rank_mask_digests"] = digests
+        if not ctx.dist.is_main:
+            shutil.rmtree(log_dir, ignore_errors=True)
     if not is_nested(old_mask, mask):
         raise RuntimeError(f"round {index}: the new mask is not nested in round {index - 1}'s")
     rewind_state = load_checkpoint(ctx.run.round_dir(0) / "rewind.pt")["model"]
     rewind(model, rewind_state, mask)
-    return mask, {"mask_iou_with_previous": mask_iou(old_mask, mask)}
+    return mask, {"mask_iou_with_previous": mask_iou(old_mask, mask), **extra}
 
 
 def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: nn.Module,

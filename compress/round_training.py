@@ -13,6 +13,7 @@ from torch import nn
 
 from compress.checkpoint import load_checkpoint, save_checkpoint
 from compress.engine import train_one_epoch, validation_loss
+from compress.distributed import SINGLE, Dist
 from compress.run_folder import MetricsLog
 from compress.schedule import lr_lambda
 
@@ -103,14 +104,26 @@ def _save_last(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                     metrics_offset=metrics.offset())
 
 
+def _ddp(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module:
+    """The module to train: the model itself, or a DDP wrapper sharing its parameters."""
+    if not dist.enabled:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [device.index] if device.type == "cuda" else None
+    # RoI heads can leave a head unused in a step (no positive proposals): find_unused_parameters
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+
+
 def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: RoundPlan,
                 loaders: dict[str, Any], device: torch.device, seed: int, metrics: MetricsLog,
-                progress: bool = True) -> dict[str, Any]:
+                progress: bool = True, dist: Dist = SINGLE) -> dict[str, Any]:
     """Train `model` in place for this round; return {'val_loss': float, 'captured': {...}}.
 
     `last.pt` (model, optimizer, GradScaler, iteration, captured states, log offset) is written
     at the start and after every epoch; a rerun continues from it. Each epoch reseeds torch and
     the loader from (seed, epoch), so a resumed round equals an uninterrupted one bit for bit.
+    Under torchrun the model trains wrapped in DistributedDataParallel; only rank 0 writes.
     """
     last_path = round_dir / "last.pt"
     optimizer = _make_optimizer(model, schedule)
@@ -126,14 +139,15 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
                 state.captured[name] = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     capture(state.iteration)  # a rewind point at the start iteration (e.g. '0it')
-    if fresh:  # a kill in the first epoch then resumes here, with the log truncated
+    if fresh and dist.is_main:  # a kill in the first epoch then resumes here, log truncated
         _save_last(last_path, model, optimizer, scaler, state, metrics)
+    trained = _ddp(model, device, dist)
     val: dict[str, float] = {}
     while state.iteration < schedule.total_iterations:
         epoch = state.iteration // schedule.iterations_per_epoch
         epoch_end = min((epoch + 1) * schedule.iterations_per_epoch, schedule.total_iterations)
         torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling, flips: the same on resume
-        train_one_epoch(model, wrapped, loaders["train_factory"](seed + epoch), device,
+        train_one_epoch(trained, wrapped, loaders["train_factory"](seed + epoch), device,
                         scheduler=_make_scheduler(optimizer, schedule, state.iteration),
                         start_iteration=state.iteration, max_iterations=epoch_end,
                         amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
@@ -143,7 +157,9 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
         val = validation_loss(model, loaders["val_loss"], device)
         metrics({"epoch": epoch + 1, "iteration": state.iteration, "val_loss": val["loss"],
                  "lr": optimizer.param_groups[0]["lr"]})
-        _save_last(last_path, model, optimizer, scaler, state, metrics)
+        if dist.is_main:
+            _save_last(last_path, model, optimizer, scaler, state, metrics)
+        dist.barrier()
     if not val:  # resumed after the last epoch had finished
         val = validation_loss(model, loaders["val_loss"], device)
     return {"val_loss": val.get("loss"), "captured": state.captured}

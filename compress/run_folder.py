@@ -96,3 +96,22 @@ class MetricsLog:
         if self.path.exists() and self.path.stat().st_size > offset:
             with open(self.path, "r+b") as handle:
                 handle.truncate(offset)
+
+
+class NullMetrics(MetricsLog):
+    """The metrics log of a rank that does not write (only rank 0 writes under torchrun)."""
+
+    def __init__(self, **fixed: Any):
+        super().__init__(Path("/dev/null"), **fixed)
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        return None
+
+    def with_fields(self, **fixed: Any) -> "NullMetrics":
+        return self
+
+    def offset(self) -> int:
+        return 0
+
+    def truncate(self, offset: int) -> None:
+        return None
