@@ -19,6 +19,7 @@ from torch import nn
 
 from compress.atomic import write_json
 from compress.checkpoint import load_checkpoint, save_checkpoint
+from compress.errors import ModelFileError
 from compress.masks import (MaskHolder, dense_mask, early_bird_iou, is_nested, load_mask,
                             mask_from_model, mask_iou, rewind, save_mask, sparsity_report)
 from compress.round_training import RoundPlan, Schedule, train_round
@@ -67,7 +68,8 @@ def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]
     records = []
     for index in range(setup.pruning_rounds + 1):
         round_dir = ctx.run.round_dir(index)
-        done = ctx.dist.broadcast((round_dir / "metrics.json").is_file())
+        done = ctx.dist.broadcast((round_dir / "metrics.json").is_file() and _intact(round_dir)
+                                  if ctx.dist.is_main else None)
         if not done:
             _run_round(index, setup, ctx)
         ctx.dist.barrier()
@@ -163,6 +165,18 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
     shutil.rmtree(round_dir / "sparse_logs", ignore_errors=True)
     log.info("round %d done: prunable sparsity %.4f, %s", index, sparsity["prunable"]["sparsity"],
              {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+
+def _intact(round_dir: Path) -> bool:
+    """A finished round whose checkpoint or mask fails its checks is run again (deterministic)."""
+    try:
+        load_checkpoint(round_dir / "checkpoint.pt")
+        load_mask(round_dir / "mask.pt")
+    except ModelFileError as err:
+        log.warning("%s; %s runs again", err, round_dir.name)
+        (round_dir / "metrics.json").unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _round_record(index: int, round_dir: Path) -> dict[str, Any]:

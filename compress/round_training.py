@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from compress.checkpoint import load_checkpoint, save_checkpoint
+from compress.errors import ModelFileError
 from compress.engine import train_one_epoch, validation_loss
 from compress.distributed import SINGLE, Dist
 from compress.run_folder import MetricsLog
@@ -84,8 +85,15 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
             start: int) -> _RoundState:
     """Load the round's last epoch checkpoint, if any, and drop the log lines written after it."""
     if not last_path.is_file():
+        metrics.drop_own_records()  # a round run again (its files failed their checks)
         return _RoundState(start, {})
-    state = load_checkpoint(last_path)
+    try:
+        state = load_checkpoint(last_path)
+    except ModelFileError as err:  # truncated / corrupt: restart the round from its start
+        log.warning("%s; the round restarts from its start", err)
+        last_path.replace(last_path.with_name("last.pt.corrupt"))
+        metrics.drop_own_records()
+        return _RoundState(start, {})
     model.load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     if scaler is not None and state.get("scaler"):
@@ -128,8 +136,8 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
     last_path = round_dir / "last.pt"
     optimizer = _make_optimizer(model, schedule)
     scaler = _make_scaler(schedule, device)
-    fresh = not last_path.is_file()
     state = _resume(last_path, model, optimizer, scaler, metrics, plan.start_iteration)
+    fresh = not last_path.is_file()
     wrapped = plan.optimizer_wrapper(model, optimizer, state.iteration) \
         if plan.optimizer_wrapper else optimizer
 

@@ -97,6 +97,20 @@ class MetricsLog:
             with open(self.path, "r+b") as handle:
                 handle.truncate(offset)
 
+    def drop_own_records(self) -> None:
+        """Remove the records carrying this log's fixed fields (e.g. one round's) from the file."""
+        if not self.path.exists() or not self.fixed:
+            return
+        from compress.atomic import write_text
+
+        keep = [line for line in self.path.read_text().splitlines()
+                if line.strip() and not _matches(json.loads(line), self.fixed)]
+        write_text(self.path, "".join(line + "\n" for line in keep))
+
+
+def _matches(record: dict[str, Any], fixed: dict[str, Any]) -> bool:
+    return all(record.get(k) == v for k, v in fixed.items())
+
 
 class NullMetrics(MetricsLog):
     """The metrics log of a rank that does not write (only rank 0 writes under torchrun)."""
@@ -114,4 +128,7 @@ class NullMetrics(MetricsLog):
         return 0
 
     def truncate(self, offset: int) -> None:
+        return None
+
+    def drop_own_records(self) -> None:
         return None

@@ -24,9 +24,9 @@ def set_args(overrides: list[str]) -> list[str]:
     return out
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+# One intra-op thread for every test, fixtures included: results then repeat across processes
+# (the summation order of a 2-thread reduction differs from a 1-thread one).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")
