@@ -193,6 +193,7 @@ def kill_chain(out: Path, log: Any) -> list[str]:
         current = segment(out)
         assert 0 <= current < len(MILESTONES) - 1, "killed after the run had finished"
         hits.append(MILESTONES[current][0])
+        print(f"kill {len(hits)}: {hits[-1]}", flush=True)
         left = check_after_kill(out, left)
     if current < len(MILESTONES) - 1:
         done = subprocess.run(command(out, resume=True), cwd=REPO, env=env(), text=True,

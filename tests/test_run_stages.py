@@ -1,0 +1,48 @@
+"""The stages after the lottery on a real smoke run: the run folder of DESIGN.md, the deployed ONNX
+scored like the torch model, and bench.json rows for ONNX Runtime and DeepSparse."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from test_report import smoke_run_dir  # noqa: E402 (pytest puts tests/ on sys.path)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return smoke_run_dir(tmp_path_factory)
+
+
+def test_run_folder_contract(run_dir: Path) -> None:
+    for name in ("recipe.yaml", "ticket.pt", "metrics.jsonl", "summary.json", "report.md", "report.html",
+                 "export/model.onnx", "export/backbone.onnx", "export/verify.json", "export/model.lthz",
+                 "bench/bench.json", "eval/torch/metrics.json", "eval/onnxruntime/metrics.json",
+                 "eval/torch/tide.json"):
+        assert (run_dir / name).is_file(), name
+    for k in (0, 1):
+        for name in ("checkpoint.pt", "mask.pt", "sparsity.json", "metrics.json"):
+            assert (run_dir / "rounds" / f"round_{k}" / name).is_file()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert [r["round"] for r in summary["rounds"]] == [0, 1]
+    assert summary["export"]["zeros_preserved"] is True
+    assert summary["macs"]["effective"] < summary["macs"]["dense"]
+    assert json.loads((run_dir / "export" / "verify.json").read_text())["passed"] is True
+
+
+def test_onnx_on_ort_scores_like_torch(run_dir: Path) -> None:
+    evals = json.loads((run_dir / "summary.json").read_text())["eval"]
+    for key in ("bbox_mAP", "segm_mAP", "bbox_AP50"):
+        assert abs(evals["onnxruntime"][key] - evals["torch"][key]) <= 0.001, key  # 0.1 AP point
+
+
+def test_bench_rows_for_ort_and_deepsparse(run_dir: Path) -> None:
+    rows = json.loads((run_dir / "bench" / "bench.json").read_text())
+    ok = {(r["graph"], r["engine"]): r for r in rows if r["status"] == "ok"}
+    for key in (("model.onnx", "onnxruntime"), ("backbone.onnx", "onnxruntime"),
+                ("backbone.onnx", "deepsparse")):
+        row = ok[key]
+        assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["items_per_s"] > 0
+    full_ds = [r for r in rows if r["graph"] == "model.onnx" and r["engine"] == "deepsparse"]
+    assert full_ds and full_ds[0]["status"] in ("ok", "failed")  # a crash is recorded, not fatal
