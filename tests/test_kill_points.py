@@ -169,8 +169,9 @@ def temp_entries(out: Path) -> set[str]:
 def check_after_kill(out: Path, left_before: set[str]) -> set[str]:
     summary = json.loads((out / "summary.json").read_text())
     assert isinstance(summary, dict) and summary["recipe_hash"]
-    for path in out.rglob("*.json"):
-        json.loads(path.read_text())  # atomic writes: no JSON file is ever half written
+    for path in out.rglob("*.json"):  # atomic writes: no JSON file is ever half written
+        if not any(part.startswith(".") for part in path.relative_to(out).parts):
+            json.loads(path.read_text())  # (a scratch folder's files may be; it is removed)
     left = temp_entries(out)
     stale = left & left_before
     assert not stale, f"temp files left by an earlier kill survived a resume: {sorted(stale)}"
@@ -180,6 +181,7 @@ def check_after_kill(out: Path, left_before: set[str]) -> set[str]:
 def kill_chain(out: Path, log: Any) -> list[str]:
     """Kill at each targeted segment in turn, resuming after each kill; return the points hit."""
     hits: list[str] = []
+    started_s = time.monotonic()
     left: set[str] = set()
     current, resume = -1, False
     while True:
@@ -193,7 +195,7 @@ def kill_chain(out: Path, log: Any) -> list[str]:
         current = segment(out)
         assert 0 <= current < len(MILESTONES) - 1, "killed after the run had finished"
         hits.append(MILESTONES[current][0])
-        print(f"kill {len(hits)}: {hits[-1]}", flush=True)
+        print(f"kill {len(hits)} at {time.monotonic() - started_s:.1f} s: {hits[-1]}", flush=True)
         left = check_after_kill(out, left)
     if current < len(MILESTONES) - 1:
         done = subprocess.run(command(out, resume=True), cwd=REPO, env=env(), text=True,
