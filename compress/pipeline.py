@@ -62,6 +62,8 @@ def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool)
         if recipe_hash(load_resolved(run.recipe)) != digest:
             raise UserError("--resume with a different recipe than the one this run folder holds "
                             f"(see {run.recipe}); use another --out", file=str(run.root))
+        for path in run.remove_stale_temps():
+            log.info("removed %s, left by an interrupted run", path)
         return
     run.root.mkdir(parents=True, exist_ok=True)
     write_text(run.recipe, text)

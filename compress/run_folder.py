@@ -52,6 +52,20 @@ class RunFolder:
     def eval_dir(self, engine: str) -> Path:
         return self.root / "eval" / engine
 
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete what a killed process left half-written: atomic-write temp files (.NAME.XXXX.tmp)
+        and scratch folders (.tide_*, .plot_*). Call only while no other process writes here."""
+        import shutil
+
+        stale = [p for p in self.root.rglob(".*")
+                 if p.name.endswith(".tmp") or p.name.startswith((".tide_", ".plot_"))]
+        for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+        return stale
+
     def finished_rounds(self) -> list[int]:
         rounds = self.root / "rounds"
         done = [int(p.name.split("_")[1]) for p in rounds.glob("round_*") if (p / "metrics.json").is_file()]

@@ -3,12 +3,13 @@ must-show 2).
 
 One chain of kill/resume steps walks through a whole 2-round run with every stage on: each step
 starts `compress run ... --resume`, polls the run folder every few milliseconds and SIGKILLs the
-process as soon as the next target point is reached (round 0 mid-epoch and after its epoch
-checkpoint, the prune/rewind steps, rounds 1 and 2 training, ticket writing, three parts of the
-export, evaluation on torch and on ONNX Runtime, bench, report). After each kill the folder
-state is classified (the segment between the last milestone reached and the next one): that is
-the point actually hit. After every kill summary.json and every JSON file must parse, and the
-temp files a previous kill left must be gone. The finished run must equal an uninterrupted run
+process as soon as the next target point is reached (13 targets: round 0 mid-epoch and after
+its epoch checkpoint, both prune/rewind steps, round 1 mid-epoch, round 2 after its epoch
+checkpoint, ticket writing, two parts of the export, evaluation on torch and on ONNX Runtime,
+bench, report). After each kill the folder state is classified (the segment between the last
+milestone reached and the next one): that is the point actually hit, and at least 10 distinct
+ones must be. After every kill summary.json and every JSON file must parse, and the temp files
+a previous kill left must be gone (none may remain in the finished run). The finished run must equal an uninterrupted run
 with the same seed (started in parallel): every round's mask, metrics and weights bit for bit,
 the ticket, the training log, and each engine's evaluation metrics and predictions.
 """
@@ -41,6 +42,7 @@ SETS = [
     "evaluate.max_images=2", "evaluate.engines=[torch,onnxruntime]", "evaluate.tide=true",
     "bench.iterations=2", "bench.warmup=0", "bench.engines=[onnxruntime]",
 ]  # 8 images at batch 2: 4 iterations an epoch, 2 epochs a round
+EPOCH_ITERS = 4
 POLL_S = 0.005
 STEP_TIMEOUT_S = 120
 MIN_POINTS = 10
@@ -61,13 +63,15 @@ def records(out: Path) -> list[dict[str, Any]]:
     return parsed
 
 
-def logged(round_index: int, epoch: int | None = None) -> Callable[[Path], bool]:
-    """A training step of the round was logged (epoch None), or its epoch-`epoch` validation."""
+def logged(round_index: int, epoch: int | None = None,
+           past: int = 0) -> Callable[[Path], bool]:
+    """A training step of the round past iteration `past` was logged (epoch None), or the round's
+    epoch-`epoch` validation. A step past an epoch end is logged after that epoch's last.pt."""
     def reached(out: Path) -> bool:
         for rec in records(out):
             if rec.get("round") != round_index:
                 continue
-            if epoch is None and "loss" in rec:
+            if epoch is None and "loss" in rec and rec["iteration"] > past:
                 return True
             if epoch is not None and "val_loss" in rec and rec.get("epoch") == epoch:
                 return True
@@ -98,16 +102,21 @@ def in_summary(key: str) -> Callable[[Path], bool]:
 # to the next one; `True` marks the segments the chain aims a kill at.
 MILESTONES: list[tuple[str, Callable[[Path], bool], bool]] = [
     ("round 0 mid-epoch 1", logged(0), True),
-    ("round 0 epoch 2, after the epoch-1 checkpoint", logged(0, epoch=1), True),
+    ("round 0 epoch 2, after the epoch-1 checkpoint", logged(0, past=EPOCH_ITERS), True),
     ("round 0 final evaluation", logged(0, epoch=2), False),
     ("prune + rewind for round 1", exists("rounds/round_0/metrics.json"), True),
-    ("round 1 training", started(1), True),
+    ("round 1 start", started(1), False),
+    ("round 1 mid-epoch 1", logged(1), True),
+    ("round 1 epoch 2, after the epoch-1 checkpoint", logged(1, past=EPOCH_ITERS), False),
     ("prune + rewind for round 2", exists("rounds/round_1/metrics.json"), True),
-    ("round 2 training", started(2), True),
+    ("round 2 start", started(2), False),
+    ("round 2 mid-epoch 1", logged(2), False),
+    ("round 2 epoch 2, after the epoch-1 checkpoint", logged(2, past=EPOCH_ITERS), True),
+    ("round 2 final evaluation", logged(2, epoch=2), False),
     ("ticket writing", exists("rounds/round_2/metrics.json"), True),
     ("export: model.onnx", exists("ticket.pt"), True),
     ("export: backbone + verify", exists("export/model.onnx"), True),
-    ("export: sparse + compact + sizes", exists("export/verify.json"), True),
+    ("export: sparse + compact + sizes", exists("export/verify.json"), False),
     ("evaluate: torch inference", exists("export/sizes.json"), False),
     ("evaluate: torch TIDE + AP deltas", exists("eval/torch/metrics.json"), True),
     ("evaluate: onnxruntime", exists("eval/onnxruntime"), True),
@@ -195,6 +204,9 @@ def kill_chain(out: Path, log: Any) -> list[str]:
         current = segment(out)
         assert 0 <= current < len(MILESTONES) - 1, "killed after the run had finished"
         hits.append(MILESTONES[current][0])
+        if "after the epoch-1 checkpoint" in hits[-1]:  # resumes from last.pt, not the round start
+            last = load(out / f"rounds/round_{hits[-1].split()[1]}/last.pt")
+            assert int(last["iteration"]) == EPOCH_ITERS
         print(f"kill {len(hits)} at {time.monotonic() - started_s:.1f} s: {hits[-1]}", flush=True)
         left = check_after_kill(out, left)
     if current < len(MILESTONES) - 1:
