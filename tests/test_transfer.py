@@ -9,6 +9,7 @@ from compress.masks import MaskHolder, dense_mask, magnitude_prune
 from compress.models import build_model
 from compress.prunable import select_prunable
 from compress.transfer import load_source, mask_transfer, transfer_ticket
+from tiny_training import sgd, train_steps  # noqa: E402
 
 BODY = "backbone.body."
 
@@ -27,27 +28,6 @@ def classification_state(seed: int = 7) -> dict[str, torch.Tensor]:
             value.add_(0.01 * (seed + 1))  # distinct from the target model everywhere
     state["fc.weight"] = torch.randn(10, 16)
     return state
-
-
-def train_steps(model, optimizer, steps: int, after_each=None) -> None:
-    model.train()
-    gen = torch.Generator().manual_seed(0)
-    images = [torch.rand(3, 64, 64, generator=gen) for _ in range(2)]
-    masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
-    masks[0, 10:40, 12:44] = 1
-    targets = [{"boxes": torch.tensor([[12.0, 10.0, 44.0, 40.0]]), "labels": torch.tensor([1]),
-                "masks": masks} for _ in images]
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if after_each is not None:
-            after_each()
-
-
-def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
 
 
 def topk_positions(values: torch.Tensor, k: int) -> set[int]:
