@@ -53,9 +53,6 @@ def _evaluate_all(recipe: Recipe, run: RunFolder, loaded: Any, data: Any, loader
 
 
 def _report(run: RunFolder) -> None:
-    try:
-        from compress.stages_report import report_command
-    except ImportError:  # the report module lands with the report issue
-        log.warning("report: not available in this build")
-        return
+    from compress.stages_report import report_command
+
     report_command([run.root], out=None)
