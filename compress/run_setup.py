@@ -45,7 +45,7 @@ def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
         root, splits = Path(cfg.root), (cfg.train_split, cfg.val_split)
     train = build_dataset(cfg.dataset, root, splits[0], task, train=True)
     val = build_dataset(cfg.dataset, root, splits[1], task, train=False)
-    gt_path = _ground_truth(cfg.dataset, val, root, splits[1], data_dir)
+    gt_path = ground_truth_path(cfg.dataset, val, root, splits[1], data_dir)
     return DataBundle(task, train, val, gt_path, train.num_classes, dict(val.label_to_cat_id))
 
 
@@ -61,7 +61,8 @@ def _ensure_synthetic(root: Path, task: str, cfg: Any) -> None:
                            seed=cfg.synthetic.seed, image_size=cfg.synthetic.image_size)
 
 
-def _ground_truth(kind: str, val: Any, root: Path, split: str, data_dir: Path) -> Path:
+def ground_truth_path(kind: str, val: Any, root: Path, split: str, data_dir: Path) -> Path:
+    """The COCO-format ground truth file of a validation set (VOC: bridged into data_dir once)."""
     if kind == "voc":
         from compress.data.voc import voc_to_coco
 

@@ -96,7 +96,7 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     """`compress evaluate MODEL --data ROOT`: MODEL is a run folder, ticket/checkpoint or ONNX."""
     from compress.data.loaders import build_dataset, make_loader
     from compress.run_models import load_model, run_of
-    from compress.run_setup import ARCH_TASK
+    from compress.run_setup import ARCH_TASK, ground_truth_path
 
     is_onnx = model.suffix == ".onnx"
     engine = engine or ("onnxruntime" if is_onnx else "torch")
@@ -109,8 +109,9 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     loader = make_loader(dataset, 2, shuffle=False, seed=0, num_workers=0)
     onnx_path = model if is_onnx else run.export / "model.onnx"
     out_dir = out or run.eval_dir(engine)
-    metrics = evaluate_engine(engine, onnx_path, loaded, loader, Path(dataset.gt_path),
+    gt_path = ground_truth_path(kind, dataset, data, split, out_dir)
+    metrics = evaluate_engine(engine, onnx_path, loaded, loader, gt_path,
                               dict(dataset.label_to_cat_id), task, out_dir, progress=True)
     if tide and engine != "deepsparse":
-        analyses(run, out_dir, Path(dataset.gt_path), task, tide=True, keypoint_errors=True)
+        analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)
     print(json.dumps(metrics, indent=2))

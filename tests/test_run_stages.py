@@ -46,3 +46,15 @@ def test_bench_rows_for_ort_and_deepsparse(run_dir: Path) -> None:
         assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"] and row["items_per_s"] > 0
     full_ds = [r for r in rows if r["graph"] == "model.onnx" and r["engine"] == "deepsparse"]
     assert full_ds and full_ds[0]["status"] in ("ok", "failed")  # a crash is recorded, not fatal
+
+
+def test_evaluate_command_reproduces_the_run_metrics(run_dir: Path, tmp_path: Path, capsys) -> None:
+    from compress.cli import main
+
+    evals = json.loads((run_dir / "summary.json").read_text())["eval"]
+    for model, engine in ((run_dir / "ticket.pt", "torch"), (run_dir / "export" / "model.onnx", "onnxruntime")):
+        out = tmp_path / engine
+        assert main(["-q", "evaluate", str(model), "--data", str(run_dir / "data"), "--out", str(out)]) == 0
+        capsys.readouterr()
+        scored = json.loads((out / "metrics.json").read_text())
+        assert abs(scored["bbox"]["AP"] - evals[engine]["bbox_mAP"]) < 1e-9
