@@ -111,8 +111,9 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     if mask is None:  # dense training keeps every weight; gradual: the zeros training left
         mask = mask_from_model(model, list(setup.prunable)) if setup.method == "gradual" \
             else dense_mask(model, list(setup.prunable))
+    scores = ctx.evaluate(model, round_dir)  # every rank predicts its share; rank 0 scores
     if ctx.dist.is_main:
-        _finish_round(index, setup, ctx, model, mask, outcome, extra)
+        _finish_round(index, setup, ctx, model, mask, outcome, {**scores, **extra})
 
 
 def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
@@ -156,8 +157,8 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
     save_mask(round_dir / "mask.pt", mask)
     sparsity = sparsity_report(model, mask)
     write_json(round_dir / "sparsity.json", sparsity)
-    metrics = ctx.evaluate(model, round_dir)
-    metrics.update(val_loss=outcome["val_loss"], **extra)
+    metrics = dict(extra)
+    metrics["val_loss"] = outcome["val_loss"]
     write_json(round_dir / "metrics.json", {"round": index, "sparsity": sparsity["network"]["sparsity"],
                                             "prunable_sparsity": sparsity["prunable"]["sparsity"],
                                             "metrics": metrics})

@@ -41,10 +41,29 @@ def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path) 
 
 def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path: Path,
                    label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, dist: Any = None) -> dict[str, Any]:
+    """COCO metrics of `model` on the loader's images.
+
+    Under torchrun (`dist` of more than one rank) each rank predicts its own share of the images,
+    the COCO results are gathered, and rank 0 scores them (the other ranks return {}).
+    """
     from compress.engine import predict
 
+    if dist is not None and dist.enabled:
+        loader = _shard(loader, dist.rank, dist.world_size)
     predictions = predict(model, loader, device, progress=progress)
     results = coco_results(predictions, label_to_cat_id, task)
+    if dist is not None and dist.enabled:
+        results = [r for part in dist.gather(results) for r in part]
+        if not dist.is_main:
+            return {}
+        results.sort(key=lambda r: (r["image_id"], -r["score"]))
     out_dir.mkdir(parents=True, exist_ok=True)
     return score_results(gt_path, results, task, out_dir)
+
+
+def _shard(loader: Any, rank: int, world_size: int) -> Any:
+    from compress.data.loaders import make_loader
+
+    images = torch.utils.data.Subset(loader.dataset, range(rank, len(loader.dataset), world_size))
+    return make_loader(images, loader.batch_size, shuffle=False, seed=0, num_workers=0)

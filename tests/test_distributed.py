@@ -32,6 +32,7 @@ def test_two_rank_imp_masks_identical_across_ranks(tmp_path):
     assert summary["world_size"] == 2
     for k in (1, 2):
         metrics = json.loads((out / "rounds" / f"round_{k}" / "metrics.json").read_text())["metrics"]
+        assert "bbox_mAP" in metrics and "segm_mAP" in metrics  # predicted per rank, gathered
         digests = metrics["rank_mask_digests"]
         assert len(digests) == 2 and digests[0] == digests[1]
         assert digests[0] == mask_digest(load_mask(out / "rounds" / f"round_{k}" / "mask.pt"))
