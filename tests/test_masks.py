@@ -12,39 +12,12 @@ from compress.masks import (MaskHolder, apply_mask, dense_mask, early_bird_iou, 
                             save_mask, sparsity_report)
 from compress.models import build_model
 from compress.prunable import select_prunable
+from tiny_training import sgd, train_steps  # noqa: E402
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     return build_model("maskrcnn", "tiny", 3, min_size=64, max_size=64)
-
-
-def batch(seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    images = [torch.rand(3, 64, 64, generator=gen) for _ in range(2)]
-    targets = []
-    for _ in images:
-        masks = torch.zeros(1, 64, 64, dtype=torch.uint8)
-        masks[0, 10:40, 12:44] = 1
-        targets.append({"boxes": torch.tensor([[12.0, 10.0, 44.0, 40.0]]),
-                        "labels": torch.tensor([1]), "masks": masks})
-    return images, targets
-
-
-def train_steps(model, optimizer, steps: int, after_each=None) -> None:
-    model.train()
-    images, targets = batch()
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        if after_each is not None:
-            after_each()
-
-
-def sgd(model):
-    return torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-2)
 
 
 def kept(mask) -> int:
