@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.atomic import torch_save
+from compress.checkpoint import read_torch_file
 from compress.errors import ModelFileError
 
 _LOGGER = logging.getLogger(__name__)
@@ -246,12 +247,7 @@ def save_mask(path: str | os.PathLike, mask: Mapping[str, Tensor]) -> None:
 
 def load_mask(path: str | os.PathLike, model: nn.Module | None = None) -> Mask:
     """Load a mask (weights_only) and, given a model, check every name and shape against it."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ModelFileError(f"{path}: mask file not found") from err
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ModelFileError(f"{path}: not a mask file ({type(err).__name__})") from err
+    data = read_torch_file(path)  # weights_only, one-line errors
     if not isinstance(data, dict) or not all(
             isinstance(k, str) and isinstance(v, Tensor) and v.dtype == torch.bool
             for k, v in data.items()):

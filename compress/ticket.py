@@ -64,14 +64,15 @@ def source_weights(source: str, model: nn.Module) -> dict[str, torch.Tensor]:
 
 def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
     """(state dict, mask) of a ticket.pt, a run folder, or a round checkpoint with mask.pt beside it."""
+    from compress.transfer import load_source
+
     if path.is_dir():
         path = path / "ticket.pt"
-    payload = load_checkpoint(path)
-    if "mask" in payload and "model" in payload:
-        return payload["model"], payload["mask"]
-    mask_path = path.parent / "mask.pt"
-    if "model" in payload and mask_path.is_file():
-        return payload["model"], load_mask(mask_path)
+    state, mask = load_source(path)
+    if mask is not None:
+        return state, mask
+    if (path.parent / "mask.pt").is_file():
+        return state, load_mask(path.parent / "mask.pt")
     raise ModelFileError("not a ticket: expected a dict with 'model' and 'mask' (ticket.pt) or a "
                          "checkpoint with mask.pt beside it", file=str(path))
 

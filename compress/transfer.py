@@ -18,6 +18,7 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from compress.checkpoint import load_checkpoint
 from compress.errors import ModelFileError
 from compress.masks import Mask, apply_mask, dense_mask, magnitude_prune
 
@@ -29,14 +30,7 @@ BODY_PREFIX = "backbone.body."
 def load_source(path: str | os.PathLike) -> tuple[dict[str, Tensor], Mask | None]:
     """(state dict, mask or None) from a weights file, a checkpoint ({"model": ...}) or a ticket
     ({"model": ..., "mask": ...}); always `weights_only`."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as err:
-        raise ModelFileError(f"{path}: file not found") from err
-    except Exception as err:  # noqa: BLE001 - any unpickling failure is a bad file
-        raise ModelFileError(f"{path}: not a torch weights file ({type(err).__name__})") from err
-    if not isinstance(data, dict):
-        raise ModelFileError(f"{path}: expected a dict of tensors, got {type(data).__name__}")
+    data = load_checkpoint(path)  # weights_only, checksum when present, one-line errors
     mask = data.get("mask") if isinstance(data.get("mask"), dict) else None
     for key in ("model", "state_dict"):
         if isinstance(data.get(key), dict):

@@ -17,6 +17,14 @@ TINY = [
 NO_STAGES = ["export.enabled=false", "evaluate.enabled=false", "bench.enabled=false"]
 
 
+def subprocess_env() -> dict[str, str]:
+    """Environment for a `python -m compress` child: one thread, this checkout importable."""
+    import os
+
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
 def set_args(overrides: list[str]) -> list[str]:
     out: list[str] = []
     for item in overrides:

@@ -15,14 +15,6 @@ from compress.seeding import seed_everything
 SIZE = 64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _sample(generator: torch.Generator, image_id: int):
     image = torch.full((3, SIZE, SIZE), 0.5)
     x0, y0 = (int(v) for v in torch.randint(0, SIZE // 2, (2,), generator=generator))

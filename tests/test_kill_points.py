@@ -16,7 +16,6 @@ the ticket, the training log, and each engine's evaluation metrics and predictio
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+
+from conftest import subprocess_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "maskrcnn_lth.yaml"
@@ -143,15 +144,10 @@ def command(out: Path, resume: bool) -> list[str]:
     return args + (["--resume"] if resume else [])
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def kill_at(out: Path, resume: bool, target: Callable[[Path], bool], log: Any) -> bool:
     """Run one step; SIGKILL it once `target` holds. False: it finished before that."""
-    proc = subprocess.Popen(command(out, resume), cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
-                            stderr=log)
+    proc = subprocess.Popen(command(out, resume), cwd=REPO, env=subprocess_env(),
+                            stdout=subprocess.DEVNULL, stderr=log)
     deadline = time.monotonic() + STEP_TIMEOUT_S
     try:
         while proc.poll() is None and not target(out):
@@ -210,7 +206,7 @@ def kill_chain(out: Path, log: Any) -> list[str]:
         print(f"kill {len(hits)} at {time.monotonic() - started_s:.1f} s: {hits[-1]}", flush=True)
         left = check_after_kill(out, left)
     if current < len(MILESTONES) - 1:
-        done = subprocess.run(command(out, resume=True), cwd=REPO, env=env(), text=True,
+        done = subprocess.run(command(out, resume=True), cwd=REPO, env=subprocess_env(), text=True,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               timeout=STEP_TIMEOUT_S)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -266,7 +262,7 @@ def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(tmp_path):
     out, ref = tmp_path / "run", tmp_path / "reference"
     with open(tmp_path / "reference.err", "w+", encoding="utf-8") as ref_err, \
             open(tmp_path / "chain.err", "w+", encoding="utf-8") as chain_err:
-        ref_proc = subprocess.Popen(command(ref, resume=False), cwd=REPO, env=env(),
+        ref_proc = subprocess.Popen(command(ref, resume=False), cwd=REPO, env=subprocess_env(),
                                     stdout=subprocess.DEVNULL, stderr=ref_err)
         try:
             hits = kill_chain(out, chain_err)

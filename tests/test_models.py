@@ -19,14 +19,6 @@ from compress.schedule import build_scheduler, lr_lambda, parse_duration
 ARCHS = ["fasterrcnn", "maskrcnn", "keypointrcnn"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make_sample(generator: torch.Generator, size: int = 64, image_id: int = 0):
     """A grey image with 1-2 filled rectangles and its target (boxes, labels, masks, keypoints)."""
     image = torch.full((3, size, size), 0.5)

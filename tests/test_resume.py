@@ -9,7 +9,6 @@ and the ticket must equal the reference bit for bit, and the metrics log must ho
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from conftest import subprocess_env  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "maskrcnn_lth.yaml"
@@ -61,20 +62,15 @@ def command(out: Path, resume: bool = False) -> list[str]:
     return args + (["--resume"] if resume else [])
 
 
-def env() -> dict[str, str]:
-    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
-            "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-
-
 def run_cli(args: list[str], prelude: list[str] | None = None) -> subprocess.CompletedProcess:
     cmd = [sys.executable, *(prelude or ["-m", "compress"]), *args]
-    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
+    return subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True,
                           timeout=TIMEOUT_S)
 
 
 def kill_when(args: list[str], ready, poll_s: float = 0.02) -> int:
     """Start the CLI, SIGKILL it once `ready()` is true; return its exit status."""
-    proc = subprocess.Popen([sys.executable, "-m", "compress", *args], cwd=REPO, env=env(),
+    proc = subprocess.Popen([sys.executable, "-m", "compress", *args], cwd=REPO, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -113,7 +109,7 @@ def round2_epoch_saved(out: Path):
 
 def start_reference(out: Path, stderr: Any) -> subprocess.Popen:
     """The uninterrupted run, started first so it overlaps the interrupted one."""
-    return subprocess.Popen([sys.executable, "-m", "compress", *command(out)], cwd=REPO, env=env(),
+    return subprocess.Popen([sys.executable, "-m", "compress", *command(out)], cwd=REPO, env=subprocess_env(),
                             stdout=subprocess.DEVNULL, stderr=stderr)
 
 
