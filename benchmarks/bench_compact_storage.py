@@ -3,7 +3,7 @@
 Two workloads at 50 / 80 / 90 / 95% unstructured sparsity:
 - `random`: one fp32 tensor of `--numel` weights, random-normal values, random zero positions,
   in a one-node ONNX model (the whole archive file is counted);
-- `tiny`: the tiny Mask R-CNN (compress.models, backbone "tiny"), every prunable conv/linear
+- `tiny`: the tiny Mask R-CNN (compress.models.build, backbone "tiny"), every prunable conv/linear
   weight magnitude-pruned per layer, exported with export_full (weights-only and whole-file).
 Prints a table and writes benchmarks/results/compact_storage.json.
 
@@ -22,8 +22,8 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.atomic import write_json
-from compress.models import build_model
+from compress.core.atomic import write_json
+from compress.models.build import build_model
 from export.compact import pack
 from export.onnx_export import export_full
 from export.sparse_initializers import to_sparse_initializers

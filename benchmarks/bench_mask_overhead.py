@@ -1,9 +1,9 @@
 """Training step time with the lottery mask held vs dense training, same model and batch.
 
 One model, magnitude-pruned to 50% (global); the masked arm holds the mask with
-`compress.masks.MaskHolder` exactly as the lottery runner does (gradient hooks + `after_step`
+`compress.lottery.masks.MaskHolder` exactly as the lottery runner does (gradient hooks + `after_step`
 after every optimizer step), the dense arm trains the same weights without it. Both train through
-`compress.engine.train_one_epoch` on the same fixed batch, each block from the same start state
+`compress.training.loop.train_one_epoch` on the same fixed batch, each block from the same start state
 and RNG seed, so they do the same work. Blocks of `--steps` steps alternate dense/masked (the
 order flips every repetition) so the load of a shared machine hits both alike; on CPU the clock is
 the process's CPU time (run with one thread, the default), on CUDA wall time. The figure is the
@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from compress.atomic import write_json
-from compress.engine import train_one_epoch
-from compress.masks import MaskHolder, apply_mask, dense_mask, magnitude_prune
-from compress.models import build_model
-from compress.models_heads import LIGHT_HEADS
-from compress.prunable import select_prunable
+from compress.core.atomic import write_json
+from compress.training.loop import train_one_epoch
+from compress.lottery.masks import MaskHolder, apply_mask, dense_mask, magnitude_prune
+from compress.models.build import build_model
+from compress.models.heads import LIGHT_HEADS
+from compress.models.prunable import select_prunable
 
 OUT = Path(__file__).parent / "results" / "mask_overhead.json"
 TARGET_RATIO = 1.05

@@ -1,7 +1,6 @@
 """Compact sparse archive (`.lthz`) of an ONNX model; unpacks to the original file byte for byte.
 
 Layout (all integers little-endian):
-
     b"LTHZ" | u8 version (=1) | u32 header_len | header | skeleton blob | tensor blobs...
 
 `header` is zlib-compressed JSON: the original file's size and sha256, the skeleton blob's length
@@ -37,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from compress.atomic import write_bytes
-from compress.errors import ModelFileError
+from compress.core.atomic import write_bytes
+from compress.core.errors import ModelFileError
 from export.onnx_export import load_onnx
 
 MAGIC = b"LTHZ"

@@ -25,7 +25,7 @@ import onnx.numpy_helper
 import torch
 from google.protobuf.message import DecodeError
 
-from compress.errors import ModelFileError, UserError
+from compress.core.errors import ModelFileError, UserError
 
 log = logging.getLogger(__name__)
 

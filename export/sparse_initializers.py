@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from compress.atomic import write_bytes
+from compress.core.atomic import write_bytes
 from export.onnx_export import load_onnx
 
 log = logging.getLogger(__name__)

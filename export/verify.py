@@ -19,7 +19,7 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from compress.atomic import write_json
+from compress.core.atomic import write_json
 from export.onnx_export import BackboneGraph, load_onnx
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from compress.errors import DataError
-from evaluate.coco_metrics import CocoEvaluator, coco_stats, stat_names
-from evaluate.detections import outputs_to_coco_results
-from evaluate.results_file import evaluate_results_file, format_stats_table
+from compress.core.errors import DataError
+from evaluate.metrics.coco import CocoEvaluator, coco_stats, stat_names
+from evaluate.metrics.detections import outputs_to_coco_results
+from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
 
 W, H = 200, 160
 KP_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",

@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from compress.errors import DataError
-from evaluate.compare import ap_deltas, format_delta_table, plot_ap_deltas
-from evaluate.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
+from compress.core.errors import DataError
+from evaluate.analysis.ap_deltas import ap_deltas, format_delta_table, plot_ap_deltas
+from evaluate.analysis.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
 
 DENSE = {"AP": 0.40, "AP50": 0.60, "AP75": 0.42, "APs": 0.20, "APm": 0.45, "APl": 0.55,
          "per_category": {"person": 0.50, "kite": 0.30, "ghost": -1.0}}

@@ -7,9 +7,9 @@ import shutil
 
 import torch
 
-from compress.checkpoint import load_checkpoint
+from compress.core.checkpoint import load_checkpoint
 from compress.cli import main
-from compress.masks import load_mask
+from compress.lottery.masks import load_mask
 from conftest import NO_STAGES, ROOT, TINY, set_args
 
 ARGS = ["-q", "run", str(ROOT / "recipes" / "maskrcnn_lth.yaml"), "--smoke", *set_args(TINY + NO_STAGES)]

@@ -14,7 +14,7 @@ from compress.data.coco import CocoDetection, load_coco_json
 from compress.data.loaders import build_dataset, make_loader
 from compress.data.synth import write_synthetic
 from compress.data.transforms import RandomHorizontalFlip, flip_target
-from compress.errors import DataError
+from compress.core.errors import DataError
 
 COCO_FLIP = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]  # torchvision references
 LEFT_WRIST, RIGHT_WRIST = 9, 10

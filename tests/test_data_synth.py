@@ -11,7 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
 from compress.data.synth import (SHAPE_COLOURS, write_synthetic, write_synthetic_splits)
-from compress.errors import DataError
+from compress.core.errors import DataError
 
 # Independent references: the COCO person keypoints, skeleton and flip order as published in
 # person_keypoints_val2017.json and the torchvision detection references.

@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 from compress.data.loaders import build_dataset
 from compress.data.transforms import Compose, ToTensor
 from compress.data.voc import VOCDetection, voc_to_coco, write_tiny_voc
-from compress.errors import DataError
+from compress.core.errors import DataError
 
 # The standard Pascal VOC class order (devkit VOCinit.m).
 VOC_ORDER = [

@@ -10,8 +10,8 @@ import sys
 import pytest
 import torch
 
-from compress.distributed import mask_digest
-from compress.masks import load_mask, mask_iou
+from compress.core.distributed import mask_digest
+from compress.lottery.masks import load_mask, mask_iou
 from conftest import NO_STAGES, ROOT, TINY, set_args
 
 RUN = [str(ROOT / "recipes" / "maskrcnn_lth.yaml"), "--smoke"]

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from compress.engine import NonFiniteLossError, predict, train_one_epoch, validation_loss
-from compress.models import build_model
-from compress.schedule import build_scheduler
-from compress.seeding import seed_everything
+from compress.training.loop import NonFiniteLossError, predict, train_one_epoch, validation_loss
+from compress.models.build import build_model
+from compress.training.schedule import build_scheduler
+from compress.core.seeding import seed_everything
 
 SIZE = 64
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.errors import ModelFileError
+from compress.core.errors import ModelFileError
 from export.compact import bound_bytes, pack, unpack, unpack_to
 from export.onnx_export import export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table

@@ -10,8 +10,8 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from compress.errors import ModelFileError, UserError
-from compress.models import build_model
+from compress.core.errors import ModelFileError, UserError
+from compress.models.build import build_model
 from export.onnx_export import export_backbone, export_full, load_onnx
 from export.verify import (
     VerificationError,

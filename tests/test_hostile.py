@@ -102,7 +102,7 @@ def test_nan_loss_stops_the_round_naming_the_step(tiny_lottery_run, tmp_path, ca
     shutil.copytree(tiny_lottery_run, run)
     _resume_round_1(run)
     before = _digest(run / "rounds" / "round_0")
-    import compress.round_training as rt
+    import compress.training.round as rt
 
     real = rt.train_one_epoch
 
@@ -122,7 +122,7 @@ def test_no_space_left_is_one_line_and_keeps_files(tiny_lottery_run, tmp_path, c
     shutil.copytree(tiny_lottery_run, run)
     _resume_round_1(run)
     before = _digest(run)
-    import compress.atomic as atomic
+    import compress.core.atomic as atomic
 
     def full(_fd):
         raise OSError(errno.ENOSPC, "No space left on device")

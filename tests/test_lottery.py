@@ -1,9 +1,9 @@
 """The lottery runner end to end on a tiny Mask R-CNN (issue 3, must-show 1-3).
 
-Every run goes through the real runner (`compress.pipeline.find_ticket`: recipe -> data -> model ->
+Every run goes through the real runner (`compress.run.pipeline.find_ticket`: recipe -> data -> model ->
 `run_lottery` -> SparseML prune -> rewind -> `train_round`). Probes are attached by wrapping the
-runner's own seams: `compress.lottery.train_round` (the model as the round starts, after every
-optimizer step) and `compress.sparseml_adapter.sparseml_prune` (parameters before and after the
+runner's own seams: `compress.lottery.runner.train_round` (the model as the round starts, after every
+optimizer step) and `compress.lottery.sparseml_adapter.sparseml_prune` (parameters before and after the
 prune). Expected values come from exact arithmetic on the saved masks and checkpoints.
 """
 from __future__ import annotations
@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import torch
 
-import compress.lottery as lottery
-import compress.sparseml_adapter as adapter
-from compress import pipeline
-from compress.recipe import load_recipe
-from compress.run_folder import RunFolder
-from compress.seeding import seed_everything
+import compress.lottery.runner as lottery
+import compress.lottery.sparseml_adapter as adapter
+from compress.run import pipeline as pipeline
+from compress.recipe.load import load_recipe
+from compress.run.folder import RunFolder
+from compress.core.seeding import seed_everything
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "maskrcnn_lth.yaml"
 ROUNDS = 3
@@ -219,7 +219,7 @@ def test_layerwise_every_tensor_exact(layerwise_run):
 
 
 def test_mask_transfer_keeps_exact_top_k(tmp_path, monkeypatch):
-    from compress.models import TinyResNet
+    from compress.models.build import TinyResNet
 
     torch.manual_seed(123)
     source = TinyResNet(torch.nn.BatchNorm2d).state_dict()  # classification names: layer1.0...

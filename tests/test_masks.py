@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-from compress.errors import ModelFileError
-from compress.masks import (MaskHolder, apply_mask, dense_mask, early_bird_iou, is_nested,
+from compress.core.errors import ModelFileError
+from compress.lottery.masks import (MaskHolder, apply_mask, dense_mask, early_bird_iou, is_nested,
                             load_mask, magnitude_prune, mask_from_model, mask_iou, rewind,
                             save_mask, sparsity_report)
-from compress.models import build_model
-from compress.prunable import select_prunable
+from compress.models.build import build_model
+from compress.models.prunable import select_prunable
 from tiny_training import sgd, train_steps  # noqa: E402
 
 

@@ -10,11 +10,11 @@ from torch import nn
 from torchvision.models import resnet18
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from compress.checkpoint import load_checkpoint, save_checkpoint, state_digest
-from compress.errors import ModelFileError
-from compress.models import ARCH_TASK, build_model, model_summary
-from compress.models_heads import LIGHT_HEADS, HeadConfig
-from compress.schedule import build_scheduler, lr_lambda, parse_duration
+from compress.core.checkpoint import load_checkpoint, save_checkpoint, state_digest
+from compress.core.errors import ModelFileError
+from compress.models.build import ARCH_TASK, build_model, model_summary
+from compress.models.heads import LIGHT_HEADS, HeadConfig
+from compress.training.schedule import build_scheduler, lr_lambda, parse_duration
 
 ARCHS = ["fasterrcnn", "maskrcnn", "keypointrcnn"]
 

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from compress.cli import main
-from compress.stages_predict import assign_image_ids, fit_to_graph, keep_scores
-from evaluate.drawing import draw_detections
-from evaluate.results_file import evaluate_results_file
+from compress.stages.predict import assign_image_ids, fit_to_graph, keep_scores
+from compress.report.drawing import draw_detections
+from evaluate.metrics.results_file import evaluate_results_file
 from test_report import smoke_run_dir  # noqa: E402 (pytest puts tests/ on sys.path)
 
 

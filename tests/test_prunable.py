@@ -9,9 +9,9 @@ import torchvision
 from torch import nn
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 
-from compress.errors import RecipeError
-from compress.models import build_model
-from compress.prunable import PrunableSelectionError, select_prunable
+from compress.core.errors import RecipeError
+from compress.models.build import build_model
+from compress.models.prunable import PrunableSelectionError, select_prunable
 
 # Reference built from names only (the implementation selects by module type and role).
 FINAL = re.compile(r"box_predictor|rpn\.head\.(cls_logits|bbox_pred)|mask_fcn_logits|keypoint_predictor")

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from compress.cli import main
-from compress.recipe import load_recipe, load_resolved, recipe_hash, resolved_yaml
+from compress.recipe.load import load_recipe, load_resolved, recipe_hash, resolved_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
@@ -134,7 +134,7 @@ def _schema_keys(model, prefix=""):
 
 
 def test_readme_recipe_reference_lists_every_key():
-    from compress.recipe_schema import Recipe
+    from compress.recipe.schema import Recipe
 
     readme = (ROOT / "README.md").read_text()
     missing = [k for k in _schema_keys(Recipe) if f"`{k}`" not in readme]

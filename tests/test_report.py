@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from compress.cli import main
-from compress.report_sections import SECTIONS
-from compress.stages_report import report_command
+from compress.report.sections import SECTIONS
+from compress.report.build import report_command
 
 SMOKE_ARGS = ["--set", "model.backbone=tiny", "--set", "model.min_size=64", "--set", "model.max_size=64",
               "--set", "data.synthetic.image_size=64", "--set", "data.synthetic.train_images=16",

@@ -41,7 +41,7 @@ SETS = [
 # SIGKILLs itself right after round 2's prune and rewind, before round 2 trains.
 KILL_AFTER_REWIND = """
 import os, signal, sys
-import compress.lottery as lottery
+import compress.lottery.runner as lottery
 real, calls = lottery.rewind, []
 def rewind(*args, **kwargs):
     real(*args, **kwargs)

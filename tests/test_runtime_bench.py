@@ -11,11 +11,11 @@ import pytest
 import torch
 from torch import nn
 
-from compress.errors import ModelFileError
-from compress.models import build_model
-from evaluate.deepsparse_engine import deepsparse_outputs, run_child
-from evaluate.ort_engine import EngineUnavailable, cuda_unavailable_reason, ort_session
-from evaluate.runtime_bench import (
+from compress.core.errors import ModelFileError
+from compress.models.build import build_model
+from evaluate.runtimes.deepsparse import deepsparse_outputs, run_child
+from evaluate.runtimes.ort import EngineUnavailable, cuda_unavailable_reason, ort_session
+from evaluate.runtimes.bench import (
     bench_onnx,
     format_bench_table,
     graph_inputs,

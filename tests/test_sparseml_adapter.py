@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.errors import RecipeError
-from compress.masks import MaskHolder, dense_mask, is_nested, magnitude_prune, mask_from_model
-from compress.models import build_model
-from compress.prunable import select_prunable
-from compress.sparseml_adapter import (constant_pruning_recipe, gmp_manager, known_modifier_names,
+from compress.core.errors import RecipeError
+from compress.lottery.masks import MaskHolder, dense_mask, is_nested, magnitude_prune, mask_from_model
+from compress.models.build import build_model
+from compress.models.prunable import select_prunable
+from compress.lottery.sparseml_adapter import (constant_pruning_recipe, gmp_manager, known_modifier_names,
                                        manager_from_yaml, oneshot_prune_recipe, sparseml_prune,
                                        validate_modifier_tags)
 from tiny_training import sgd, train_steps  # noqa: E402

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
-from compress.errors import DataError
-from evaluate.tide_analysis import MAIN_ERRORS, SPECIAL_ERRORS, compare_tide, run_tide
+from compress.core.errors import DataError
+from evaluate.analysis.tide import MAIN_ERRORS, SPECIAL_ERRORS, compare_tide, run_tide
 
 W = H = 96
 

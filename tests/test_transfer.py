@@ -4,11 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from compress.errors import ModelFileError
-from compress.masks import MaskHolder, dense_mask, magnitude_prune
-from compress.models import build_model
-from compress.prunable import select_prunable
-from compress.transfer import load_source, mask_transfer, transfer_ticket
+from compress.core.errors import ModelFileError
+from compress.lottery.masks import MaskHolder, dense_mask, magnitude_prune
+from compress.models.build import build_model
+from compress.models.prunable import select_prunable
+from compress.lottery.transfer import load_source, mask_transfer, transfer_ticket
 from tiny_training import sgd, train_steps  # noqa: E402
 
 BODY = "backbone.body."

@@ -21,7 +21,8 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from compress.errors import DataError
+from compress.core.errors import DataError
+from compress.data.transforms import default_transforms
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,6 @@ class CocoDetection(Dataset):
 
     def _setup(self, image_dir: str | Path, data: dict, source: str, task: str, train: bool,
                min_keypoints: int, transforms: Transform | None) -> None:
-        from compress.data.transforms import default_transforms
-
         if task not in TASKS:
             raise DataError(f"task '{task}' is unknown; expected one of {', '.join(TASKS)}")
         self.image_dir, self.source = Path(image_dir), source

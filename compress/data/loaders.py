@@ -18,7 +18,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from compress.data.coco import CocoDetection, Transform
 from compress.data.voc import VOC_LAYOUT, VOCDetection
-from compress.errors import DataError
+from compress.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

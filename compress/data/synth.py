@@ -26,8 +26,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
-from compress.atomic import write_text
-from compress.errors import DataError
+from compress.core.atomic import write_text
+from compress.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from compress.atomic import write_text
+from compress.core.atomic import write_text
 from compress.data.coco import CocoDetection, Transform
-from compress.errors import DataError
+from compress.core.errors import DataError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,231 @@
+"""The one module that imports SparseML (lazily, inside functions).
+
+Facts on this stack (sparseml 1.8.0, torch 2.14):
+- One-shot pruning: a `!GlobalMagnitudePruningModifier` / `!MagnitudePruningModifier` with
+  `start_epoch: 0.0, end_epoch: 1.0` (start == end divides by zero) applied with
+  `ScheduledModifierManager.apply(model)`: `apply` initialises every modifier at epoch = inf
+  (a one-shot call computes the final sparsity at once) and, with finalize=True, writes the
+  masked weights and removes the hooks. The masks are then only in the zeros of the weights.
+- After finalize a plain optimizer step regrows pruned weights: hold them with
+  `!ConstantPruningModifier` (it takes its mask from the zeros) or `compress.lottery.masks.MaskHolder`.
+- `final_sparsity` is the tensor's (or, global, all tensors') total target sparsity, counting
+  weights already at zero; SparseML masks exactly round(numel * target) entries. The adapter
+  passes target = (zeros + to_prune) / numel so its counts equal `masks.magnitude_prune`.
+- Without explicit loggers SparseML's default Python logger writes `sparse_logs/` into the
+  current directory: every manager here gets a Python logger writing to `log_dir`.
+- Gradual pruning: `manager.modify(model, optimizer, steps_per_epoch)` returns a wrapped
+  optimizer whose `step()` drives the modifiers (`ScheduledOptimizer` is deprecated).
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from compress.core.errors import RecipeError
+from compress.lottery.masks import Mask, apply_mask, magnitude_prune
+
+_LOGGER = logging.getLogger(__name__)
+
+MODIFIER_FOR = {"global": "GlobalMagnitudePruningModifier", "layerwise": "MagnitudePruningModifier"}
+
+
+@lru_cache(maxsize=1)
+def _known_names() -> tuple[str, ...]:
+    import yaml
+
+    import sparseml.pytorch.sparsification  # noqa: F401 - registers the YAML tags
+
+    prefix = "!pytorch."
+    names = {tag[len(prefix):] for tag in yaml.SafeLoader.yaml_constructors
+             if isinstance(tag, str) and tag.startswith(prefix)}
+    return tuple(sorted(names))
+
+
+def known_modifier_names() -> list[str]:
+    """Names of every modifier SparseML's PyTorch recipes accept (`!Name` tags)."""
+    return list(_known_names())
+
+
+def validate_modifier_tags(names: Iterable[str]) -> None:
+    """Raise RecipeError (with a "did you mean") for a name that is not a SparseML modifier."""
+    known = known_modifier_names()
+    for name in names:
+        bare = name.lstrip("!")
+        if bare not in known:
+            close = difflib.get_close_matches(bare, known, n=1, cutoff=0.6)
+            hint = f" (did you mean '!{close[0]}'?)" if close else ""
+            raise RecipeError(f"unknown SparseML modifier '!{bare}'{hint}", key="modifiers")
+
+
+def _fmt(value: float) -> str:
+    """A YAML float that round-trips exactly (repr keeps the decimal point: 0.0, 0.2)."""
+    return repr(float(value))
+
+
+def oneshot_prune_recipe(param_names: list[str], sparsity: float | Mapping[str, float],
+                         distribution: str, *, init_sparsity: float | str = 0.0,
+                         update_frequency: float = 1.0) -> str:
+    """SparseML recipe text that prunes `param_names` to `sparsity` in one step.
+
+    `sparsity` is the final total sparsity: one float (global, or the same for every tensor), or
+    per tensor {name: sparsity} (layerwise only). `init_sparsity` is the current sparsity (a float
+    or "__FROM_PARAM__").
+    """
+    if distribution not in MODIFIER_FOR:
+        raise ValueError(f"distribution '{distribution}' not in {sorted(MODIFIER_FOR)}")
+    init = init_sparsity if isinstance(init_sparsity, str) else _fmt(init_sparsity)
+    lines = ["modifiers:", f"  - !{MODIFIER_FOR[distribution]}",
+             f"    init_sparsity: {init}"]
+    if isinstance(sparsity, Mapping):
+        if distribution != "layerwise":
+            raise ValueError("per-tensor sparsity needs distribution 'layerwise'")
+        groups: dict[float, list[str]] = {}
+        for name in param_names:
+            groups.setdefault(float(sparsity[name]), []).append(name)
+        lines.append("    final_sparsity:")
+        lines += [f"      {_fmt(value)}: {json.dumps(names)}" for value, names in groups.items()]
+        lines.append("    params: []")
+    else:
+        lines += [f"    final_sparsity: {_fmt(sparsity)}", f"    params: {json.dumps(param_names)}"]
+    lines += ["    start_epoch: 0.0", "    end_epoch: 1.0",
+              f"    update_frequency: {_fmt(update_frequency)}", "    inter_func: linear",
+              "    leave_enabled: true", "    mask_type: unstructured"]
+    return "\n".join(lines) + "\n"
+
+
+def constant_pruning_recipe(param_names: list[str], start_epoch: float = 0.0,
+                            end_epoch: float = -1.0) -> str:
+    """Recipe text holding the current zeros of `param_names` (end_epoch -1: to the end)."""
+    return "\n".join(["modifiers:", "  - !ConstantPruningModifier",
+                      f"    start_epoch: {_fmt(start_epoch)}", f"    end_epoch: {_fmt(end_epoch)}",
+                      f"    params: {json.dumps(param_names)}"]) + "\n"
+
+
+def sparseml_loggers(log_dir: str | os.PathLike) -> Any:
+    """A SparseML LoggerManager whose only logger writes `log_dir/sparseml.log`."""
+    from sparseml.pytorch.utils import LoggerManager, PythonLogger
+
+    path = Path(log_dir).resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger(f"compress.sparseml_log.{abs(hash(str(path)))}")
+    log_file = str(path / "sparseml.log")
+    if not any(getattr(h, "baseFilename", None) == log_file for h in logger.handlers):
+        handler = logging.FileHandler(log_file, delay=True)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return LoggerManager([PythonLogger(logger=logger)])
+
+
+def manager_from_yaml(recipe_yaml_text: str) -> Any:
+    """`ScheduledModifierManager.from_yaml`, its errors turned into RecipeError."""
+    from sparseml.pytorch.optim import ScheduledModifierManager
+
+    try:
+        return ScheduledModifierManager.from_yaml(recipe_yaml_text)
+    except (ValueError, TypeError, KeyError) as err:
+        raise RecipeError(f"SparseML rejected the modifiers: {err}", key="modifiers") from err
+
+
+def _targets(mask: Mapping[str, Tensor], expected: Mapping[str, Tensor],
+             distribution: str) -> tuple[float | dict[str, float], float | str]:
+    """(final_sparsity, init_sparsity) that make SparseML prune exactly the expected count."""
+    if distribution == "global":
+        numel = sum(m.numel() for m in mask.values())
+        zeros_now = sum(int((~m).sum()) for m in mask.values())
+        zeros_next = sum(int((~m).sum()) for m in expected.values())
+        return zeros_next / numel, zeros_now / numel
+    return {n: int((~m).sum()) / m.numel() for n, m in expected.items()}, "__FROM_PARAM__"
+
+
+def _check_counts(new: Mask, expected: Mask, distribution: str) -> None:
+    def count(m: Mask, names) -> int:
+        return sum(int(m[n].sum()) for n in names)
+
+    groups = [list(new)] if distribution == "global" else [[n] for n in new]
+    for names in groups:
+        got, want = count(new, names), count(expected, names)
+        if got != want:
+            raise RuntimeError(f"SparseML kept {got} weights of {names[0]}... where magnitude "
+                               f"pruning keeps {want}")
+    differ = sum(int((new[n] != expected[n]).sum()) for n in new)
+    if differ:
+        _LOGGER.warning("SparseML and the pure pruner agree on counts but differ on %d entries "
+                        "(ties in |w|)", differ)
+
+
+def sparseml_prune(model: nn.Module, mask: Mapping[str, Tensor], fraction: float,
+                   distribution: str, log_dir: str | os.PathLike) -> Mask:
+    """Prune `fraction` of the kept weights with a one-shot SparseML modifier; return the mask.
+
+    The model's pruned weights are zeroed first (SparseML ranks zeros lowest), the modifier is
+    applied, its masks are read (before finalize: exact even where a kept weight is 0.0) and
+    ANDed with the old mask, then finalised. Counts are checked against `masks.magnitude_prune` on the same weights (RuntimeError if not equal).
+    """
+    names = list(mask)
+    apply_mask(model, mask)
+    state = model.state_dict()
+    expected = magnitude_prune({n: state[n] for n in names}, mask, fraction, distribution)
+    final, init = _targets(mask, expected, distribution)
+    if isinstance(final, dict):
+        active = [n for n in names if not bool((expected[n] == mask[n].bool()).all())]
+        final = {n: final[n] for n in active}
+    else:
+        active = names if final > init else []
+    if not active:
+        return {n: m.clone().bool().cpu() for n, m in expected.items()}
+    _check_not_all(final)
+    recipe = oneshot_prune_recipe(active, final, distribution, init_sparsity=init)
+    manager = manager_from_yaml(recipe)
+    manager.apply(model, epoch=math.inf, loggers=sparseml_loggers(log_dir), finalize=False)
+    pruned = _modifier_masks(manager)
+    manager.finalize(model)
+    new = {n: (pruned[n] if n in pruned else mask[n].bool().cpu()) & mask[n].bool().cpu()
+           for n in names}
+    apply_mask(model, new)
+    _check_counts(new, {n: t.cpu() for n, t in expected.items()}, distribution)
+    return new
+
+
+def _modifier_masks(manager: Any) -> Mask:
+    """SparseML's own masks ({param name: bool}), read before `finalize` drops them."""
+    suffix = ".sparsity_mask"
+    out: Mask = {}
+    for modifier in manager.iter_modifiers():
+        for key, value in modifier.state_dict().items():
+            if key.endswith(suffix):
+                out[key[: -len(suffix)]] = value.detach().cpu() != 0
+    return out
+
+
+def _check_not_all(final: float | Mapping[str, float]) -> None:
+    values = final.values() if isinstance(final, Mapping) else [final]
+    if any(v >= 1.0 for v in values):
+        raise ValueError("this prune would remove every remaining weight of a tensor; "
+                         "lower the fraction or the number of rounds")
+
+
+def gmp_manager(recipe_yaml_text: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                steps_per_epoch: int, *, log_dir: str | os.PathLike) -> tuple[Any, Any]:
+    """Start a SparseML recipe (gradual pruning, constant pruning, ...) for a training run.
+
+    Returns (manager, wrapped_optimizer): call `wrapped_optimizer.step()` instead of
+    `optimizer.step()` every iteration (it runs the modifiers), `manager.finalize(model)` at the
+    end. Logs go to `log_dir/sparseml.log` (never to `sparse_logs/` in the CWD).
+    """
+    if steps_per_epoch < 1:
+        raise ValueError(f"steps_per_epoch {steps_per_epoch} must be >= 1")
+    manager = manager_from_yaml(recipe_yaml_text)
+    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, epoch=0.0,
+                             loggers=sparseml_loggers(log_dir))
+    return manager, wrapped

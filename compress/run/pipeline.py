@@ -1,0 +1,134 @@
+"""`compress run`: recipe -> rounds -> ticket -> export -> evaluate -> bench -> report.
+
+Each stage writes into its own part of the run folder and is skipped on `--resume` when done.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compress.core.errors import UserError
+from compress.lottery.runner import LotteryContext, LotterySetup, run_lottery
+from compress.recipe.load import load_recipe, recipe_hash, resolved_yaml
+from compress.recipe.schema import Recipe
+from compress.run.folder import MetricsLog, RunFolder
+from compress.core.atomic import write_text
+from compress.core.distributed import init_from_env, shutdown
+from compress.run.setup import prepare_data
+from compress.core.seeding import seed_everything
+from compress.stages.run_all import finish_run
+from compress.recipe.load import load_resolved
+from compress.models.prunable import select_prunable
+from compress.training.schedule import parse_duration
+from compress.core.distributed import SINGLE
+from compress.run import setup as rs
+from compress.run.torch_eval import evaluate_torch
+from compress.lottery.methods import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
+from compress.run.summary_table import format_summary
+
+log = logging.getLogger(__name__)
+
+
+def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
+               smoke: bool = False, overrides: list[str] = (), progress: bool = True) -> RunFolder:
+    recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
+    digest = recipe_hash(recipe)
+    run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
+
+    dist = init_from_env(recipe.train.device)
+    # a user's dataset is checked before anything is written; synthetic data lives in the run folder
+    data = prepare_data(recipe, run.data) if recipe.data.dataset != "synthetic" else None
+    if dist.is_main:
+        _claim_run_folder(run, recipe, digest, resume)
+        log.info("run folder %s (recipe %s)", run.root, digest)
+    dist.barrier()
+
+    seed_everything(recipe.train.seed)
+    try:
+        records, data, loaders = find_ticket(recipe, run, progress and dist.is_main, data, dist)
+        if dist.is_main:
+            finish_run(recipe, run, data, loaders, progress)
+            _print_summary(run, records)
+        dist.barrier()
+    finally:
+        shutdown()
+    return run
+
+
+def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool) -> None:
+    text = resolved_yaml(recipe)
+    if run.recipe.is_file():
+        if not resume:
+            raise UserError(f"run folder already holds a run; add --resume to continue it or "
+                            f"choose another --out", file=str(run.root))
+
+        if recipe_hash(load_resolved(run.recipe)) != digest:
+            raise UserError("--resume with a different recipe than the one this run folder holds "
+                            f"(see {run.recipe}); use another --out", file=str(run.root))
+        for path in run.remove_stale_temps():
+            log.info("removed %s, left by an interrupted run", path)
+        return
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_text(run.recipe, text)
+    run.update_summary(name=recipe.name, recipe_hash=digest, arch=recipe.model.arch,
+                       backbone=recipe.model.backbone, method=recipe.lottery.method)
+
+
+def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) -> LotterySetup:
+    lot = recipe.lottery
+    names = select_prunable(model, scope=lot.scope, include=lot.include or None,
+                            exclude=lot.exclude or None)
+    return LotterySetup(method=lot.method, pruning_rounds=lot.pruning_rounds(),
+                        fraction=lot.fraction_per_round() if lot.method != "dense" else 0.0,
+                        distribution=lot.distribution, prunable=tuple(names),
+                        rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
+                        early_bird=lot.early_bird)
+
+
+def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None,
+                dist: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
+    """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
+
+    dist = dist or SINGLE
+
+    if data is None:  # synthetic: rank 0 generates it into the run folder, the others wait
+        if dist.is_main:
+            rs.prepare_data(recipe, run.data)
+        dist.barrier()
+        data = rs.prepare_data(recipe, run.data)
+    loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images, dist.world_size)
+    ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size, dist.world_size)
+    schedule = rs.make_schedule(recipe, ipe)
+    factory = rs.model_factory(recipe, data)
+    setup = lottery_setup(recipe, factory(), ipe)
+    device = rs.pick_device(recipe.train.device)
+    if dist.enabled and device.type == "cuda":
+        device = torch.device("cuda", dist.local_rank)
+    if dist.is_main:
+        run.update_summary(task=data.task, num_classes=data.num_classes,
+                           prunable_tensors=len(setup.prunable),
+                           iterations_per_round=schedule.total_iterations,
+                           world_size=dist.world_size)
+
+    def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
+        return evaluate_torch(model, loaders["val"], device, data.gt_path, data.label_to_cat_id,
+                              data.task, round_dir / "eval", progress, dist)
+
+    ctx = LotteryContext(run=run, schedule=schedule, loaders=loaders, device=device,
+                         seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),
+                         model_factory=factory, evaluate=evaluate,
+                         initial_mask=initial_mask_fn(recipe, setup),
+                         prune=prune_fn(),
+                         optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe, setup.prunable),
+                         progress=progress, dist=dist)
+    records = run_lottery(setup, ctx)
+    if dist.is_main:
+        write_ticket(run, recipe, records)
+    return records, data, loaders
+
+
+def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:
+    print(format_summary(run.read_summary()))

@@ -1,0 +1,143 @@
+"""Turn a validated recipe into the plain objects the stages take: data, model factory, schedule."""
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from compress.core.atomic import write_json
+from compress.recipe.schema import Recipe
+from compress.training.round import Schedule
+from compress.data.loaders import build_dataset
+from compress.data.synth import write_synthetic_splits
+from compress.data.voc import voc_to_coco
+from compress.models.build import build_model
+from compress.models.heads import HeadConfig
+from compress.training.schedule import parse_duration
+from compress.core.errors import RecipeError
+from compress.data.loaders import make_loader
+
+log = logging.getLogger(__name__)
+
+ARCH_TASK = {"fasterrcnn": "detection", "maskrcnn": "segmentation", "keypointrcnn": "keypoints"}
+TASK_IOU_TYPES = {"detection": ("bbox",), "segmentation": ("bbox", "segm"),
+                  "keypoints": ("bbox", "keypoints")}
+IOU_PREFIX = {"bbox": "bbox", "segm": "segm", "keypoints": "kp"}
+
+
+@dataclass
+class DataBundle:
+    task: str
+    train: Any
+    val: Any
+    gt_path: Path
+    num_classes: int
+    label_to_cat_id: dict[int, int]
+
+
+def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
+    """Datasets for the recipe; synthetic data is generated into `data_dir` once."""
+
+    cfg, task = recipe.data, ARCH_TASK[recipe.model.arch]
+    if cfg.dataset == "synthetic":
+        root = Path(cfg.root) if cfg.root else data_dir
+        splits = ("train", "val")
+        _ensure_synthetic(root, task, cfg)
+    else:
+        root, splits = Path(cfg.root), (cfg.train_split, cfg.val_split)
+    train = build_dataset(cfg.dataset, root, splits[0], task, train=True)
+    val = build_dataset(cfg.dataset, root, splits[1], task, train=False)
+    gt_path = ground_truth_path(cfg.dataset, val, root, splits[1], data_dir)
+    return DataBundle(task, train, val, gt_path, train.num_classes, dict(val.label_to_cat_id))
+
+
+def _ensure_synthetic(root: Path, task: str, cfg: Any) -> None:
+    done = root / "annotations" / "val.json"
+    if done.is_file():
+        return
+    log.info("generating synthetic %s data (%d train / %d val images) in %s", task,
+             cfg.synthetic.train_images, cfg.synthetic.val_images, root)
+    write_synthetic_splits(root, task, cfg.synthetic.train_images, cfg.synthetic.val_images,
+                           seed=cfg.synthetic.seed, image_size=cfg.synthetic.image_size)
+
+
+def ground_truth_path(kind: str, val: Any, root: Path, split: str, data_dir: Path) -> Path:
+    """The COCO-format ground truth file of a validation set (VOC: bridged into data_dir once)."""
+    if kind == "voc":
+        path = data_dir / f"voc_{split}_gt.json"
+        if not path.is_file():
+            write_json(path, voc_to_coco(root, split), indent=None)
+        return path
+    return Path(val.gt_path)
+
+
+def model_factory(recipe: Recipe, data: DataBundle) -> Callable[[], nn.Module]:
+    m = recipe.model
+    heads = head_config(recipe)
+
+    def build() -> nn.Module:
+        return build_model(m.arch, m.backbone, data.num_classes, trainable_layers=m.trainable_layers,
+                           norm=m.norm, weights_path=m.weights, backbone_weights_path=m.backbone_weights,
+                           min_size=m.min_size, max_size=m.max_size, heads=heads)
+    return build
+
+
+def head_config(recipe: Recipe) -> Any:
+    fields = recipe.model.heads.model_dump()
+    fields["anchor_sizes"] = tuple(fields["anchor_sizes"]) if fields["anchor_sizes"] else None
+    return HeadConfig(**fields)
+
+
+def iterations_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:
+    """Steps per epoch at the global batch (a DistributedSampler pads each shard to equal size)."""
+    per_rank = batch_size // world_size
+    return max(1, math.ceil(math.ceil(dataset_len / world_size) / per_rank))
+
+
+def make_schedule(recipe: Recipe, iters_per_epoch: int) -> Schedule:
+    t = recipe.train
+    total = t.iterations if t.iterations is not None else max(1, round(t.epochs * iters_per_epoch))
+    steps = tuple(parse_duration(s, iters_per_epoch) for s in t.lr_steps)
+    return Schedule(total_iterations=total, iterations_per_epoch=iters_per_epoch, lr=t.lr,
+                    momentum=t.momentum, weight_decay=t.weight_decay,
+                    warmup_iterations=t.warmup_iters, warmup_factor=t.warmup_factor,
+                    lr_steps=steps, lr_gamma=t.lr_gamma, grad_clip=t.grad_clip, amp=t.amp,
+                    log_every=t.log_every)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RecipeError("'cuda' is not available on this machine; allowed: auto, cpu",
+                          key="train.device")
+    return torch.device(name)
+
+
+def make_loaders(recipe: Recipe, data: DataBundle, max_eval_images: int | None = None,
+                 world_size: int = 1) -> dict[str, Any]:
+    """Train loaders (a factory: one seeded loader per epoch) and the validation loaders.
+
+    Under torchrun each rank takes batch_size / world_size images of a DistributedSampler shard,
+    so the global batch is the recipe's.
+    """
+
+    t, workers = recipe.train, recipe.data.num_workers
+    if t.batch_size % world_size:
+        raise RecipeError(f"{t.batch_size} is not divisible by the {world_size} processes; the global "
+                          "batch is split evenly across them", key="train.batch_size")
+    per_rank = t.batch_size // world_size
+    val = data.val
+    if max_eval_images is not None and len(val) > max_eval_images:
+        val = torch.utils.data.Subset(val, range(max_eval_images))
+    return {
+        "train_factory": lambda seed: make_loader(data.train, per_rank, shuffle=True, seed=seed,
+                                                  num_workers=workers, distributed=world_size > 1),
+        "val_loss": make_loader(val, t.batch_size, shuffle=False, seed=0, num_workers=workers),
+        "val": make_loader(val, t.batch_size, shuffle=False, seed=0, num_workers=workers),
+    }

@@ -1,0 +1,52 @@
+"""The benchmark stage (MACs, latency on each runtime) and `compress bench`."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from compress.core.atomic import write_json
+from compress.core.errors import UserError
+from evaluate.analysis.macs import count_macs, macs_summary
+from evaluate.runtimes.bench import bench_onnx, format_bench_table
+from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
+
+log = logging.getLogger(__name__)
+
+
+def macs_stage(loaded: Any) -> dict[str, Any]:
+    """Dense and effective MACs of the ticket at the export image size."""
+
+    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    result = macs_summary(count_macs(loaded.model, size, loaded.mask))
+    write_json(loaded.run.bench / "macs.json", result)
+    return {"dense": result["dense"], "effective": result["effective"],
+            "effective_fraction": result["effective_fraction"], "image_size": size}
+
+
+def bench_stage(loaded: Any) -> list[dict[str, Any]]:
+    """Both exported graphs on every engine of the recipe; bench/bench.json."""
+
+    cfg, run = loaded.recipe.bench, loaded.run
+    rows = []
+    for graph in ("model.onnx", "backbone.onnx"):
+        path = run.export / graph
+        if not path.is_file():
+            raise UserError("not exported yet; run `compress export` first", file=str(path))
+        size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+        for row in bench_onnx(path, engines=cfg.engines, batch_sizes=cfg.batch_sizes,
+                              warmup=cfg.warmup, iterations=cfg.iterations, image_size=size):
+            rows.append({"graph": graph, **row})
+    write_json(run.bench / "bench.json", rows)
+    log.info("benchmark:\n%s", format_bench_table(rows))
+    return rows
+
+
+def bench_command(model: Path, *, engines: list[str], batches: list[int], iterations: int,
+                  warmup: int, out: Path | None) -> None:
+    if model.suffix != ".onnx":
+        raise UserError("compress bench takes an ONNX file (see `compress export`)", file=str(model))
+    rows = bench_onnx(model, engines=engines or ENGINES, batch_sizes=batches, warmup=warmup,
+                      iterations=iterations)
+    write_json(out or model.parent / "bench.json", rows)
+    print(format_bench_table(rows))

@@ -1,0 +1,75 @@
+"""ONNX Runtime sessions for evaluation and benchmarks (CPU, or CUDA with onnxruntime-gpu)."""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import onnxruntime as ort
+
+from compress.core.errors import ModelFileError
+
+_LOGGER = logging.getLogger(__name__)
+
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+class EngineUnavailable(RuntimeError):
+    """The requested runtime cannot run here (package or device missing); the reason says why."""
+
+
+def physical_cores() -> int:
+    """Physical CPU cores usable by this process (hyper-threads not counted)."""
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False)
+    except ImportError:
+        cores = None
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or logical or 1, logical or 1))
+
+
+def cuda_unavailable_reason() -> str | None:
+    """None when ORT's CUDA provider can be used, else one line saying why not."""
+    available = ort.get_available_providers()
+    if PROVIDERS["cuda"] not in available:
+        return (f"onnxruntime {ort.__version__} has no CUDAExecutionProvider (providers: "
+                f"{', '.join(available)}); install onnxruntime-gpu and run on a CUDA GPU")
+    return None
+
+
+def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
+                threads: int | None = None) -> ort.InferenceSession:
+    """An InferenceSession on `provider` ("cpu" or "cuda").
+
+    `threads` sets ORT's intra-op threads (default: the physical cores). Raises
+    `EngineUnavailable` when CUDA is asked for but onnxruntime-gpu or a GPU is missing, and
+    `ModelFileError` when the file is missing or not a valid ONNX model.
+    """
+    if provider not in PROVIDERS:
+        raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
+    path = Path(onnx_path)
+    if not path.is_file():
+        raise ModelFileError("ONNX file not found", file=str(path))
+    if provider == "cuda":
+        reason = cuda_unavailable_reason()
+        if reason:
+            raise EngineUnavailable(reason)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or physical_cores()
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider == "cuda" else [])
+    try:
+        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
+            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
+        raise ModelFileError(f"not a loadable ONNX model ({err})".replace("\n", " "),
+                             file=str(path)) from err
+    if provider == "cuda" and PROVIDERS["cuda"] not in session.get_providers():
+        raise EngineUnavailable("CUDAExecutionProvider is installed but could not start "
+                                "(no CUDA device or CUDA/cuDNN libraries missing)")
+    _LOGGER.debug("ORT session on %s with %d threads", session.get_providers(),
+                  options.intra_op_num_threads)
+    return session
