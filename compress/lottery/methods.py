@@ -1,117 +1,99 @@
-"""How each lottery method starts, prunes and ends: the pieces the runner is given, and ticket.pt."""
+"""The lottery methods, one registry (open_lth's levels, timm's registered models).
+
+Each method says what it needs from the recipe's `lottery:` section, how many pruning rounds follow
+round 0, how much of the remaining weights each of them removes, how round 0 starts (dense, or under
+a transferred mask) and where round 0's mask comes from. The runner asks the method and nothing
+else; the recipe schema takes its names and needs from here. Adding a method is one entry below.
+"""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
-import torch
-from torch import nn
+from torch import Tensor, nn
 
-from compress.core.checkpoint import load_checkpoint, save_checkpoint, state_dict_from_file
-from compress.core.errors import ModelFileError
-from compress.lottery.runner import LotterySetup
-from compress.lottery.masks import load_mask
-from compress.recipe.load import recipe_hash
-from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
-from compress.lottery.transfer import mask_transfer
-from compress.lottery.transfer import transfer_ticket
-from compress.lottery.transfer import load_source
-from compress.lottery.sparseml_adapter import sparseml_prune
-from compress.recipe.safe_yaml import modifiers_to_sparseml_yaml
-from compress.lottery.sparseml_adapter import manager_from_yaml, sparseml_loggers
+from compress.lottery import sparseml_adapter
+from compress.lottery.masks import dense_mask, mask_from_model
+from compress.lottery.transfer import load_ticket_parts, mask_transfer, source_weights, transfer_ticket
 
 log = logging.getLogger(__name__)
-Mask = dict[str, torch.Tensor]
-PRUNABLE_PLACEHOLDER = "__PRUNABLE__"  # in a modifier's params: the toolkit's prunable set
+Mask = dict[str, Tensor]
+Lottery = Any  # the recipe's `lottery:` section (compress.recipe.schema.LotteryCfg)
 
 
-def initial_mask_fn(recipe: Recipe, setup: LotterySetup) -> Callable[[nn.Module], Optional[Mask]]:
-    """Round 0's mask: None (dense training) or the transferred mask, with the source values loaded."""
-    lot = recipe.lottery
-
-    def initial(model: nn.Module) -> Optional[Mask]:
-        if lot.method == "mask_transfer":
-            source = source_weights(lot.source, model)
-            return mask_transfer(model, source, list(setup.prunable), lot.target_sparsity,
-                                 lot.distribution)
-        if lot.method == "transfer_ticket":
-            state, mask = load_ticket_parts(Path(lot.source))
-            new_mask, matched = transfer_ticket(model, state, mask)
-            log.info("transfer ticket: %d tensors matched", len(matched))
-            return new_mask
-        return None
-    return initial
+def _no_rounds(lot: Lottery) -> int:
+    return 0
 
 
-RANDOM_INIT = "random-init:"
+def _geometric(lot: Lottery) -> float:
+    """Per round, so that `rounds` rounds reach target_sparsity (else prune_fraction as given)."""
+    if lot.target_sparsity is not None:
+        return 1.0 - (1.0 - lot.target_sparsity) ** (1.0 / lot.rounds)
+    return float(lot.prune_fraction)
 
 
-def source_weights(source: str, model: nn.Module) -> dict[str, torch.Tensor]:
-    """Mask Transfer's source: a local weights file, or `random-init:<seed>` (the model's own
-    seeded initialisation, a stand-in for pretrained weights when nothing can be downloaded)."""
-    if source.startswith(RANDOM_INIT):
-        seed = source[len(RANDOM_INIT):]
-        if not seed.isdigit():
-            raise ModelFileError(f"'{source}': write random-init:<integer seed>", file="lottery.source")
-        state = {k: v.clone() for k, v in model.state_dict().items()}
-        generator = torch.Generator().manual_seed(int(seed))
-        for name, value in state.items():
-            if value.dim() > 1 and value.is_floating_point():
-                state[name] = torch.randn(value.shape, generator=generator) * value.std()
-        return state
-    return state_dict_from_file(source)
+def _dense_start(model: nn.Module, lot: Lottery, prunable: tuple[str, ...]) -> Optional[Mask]:
+    return None
 
 
-def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
-    """(state dict, mask) of a ticket.pt, a run folder, or a round checkpoint with mask.pt beside it."""
-
-    if path.is_dir():
-        path = path / "ticket.pt"
-    state, mask = load_source(path)
-    if mask is not None:
-        return state, mask
-    if (path.parent / "mask.pt").is_file():
-        return state, load_mask(path.parent / "mask.pt")
-    raise ModelFileError("not a ticket: expected a dict with 'model' and 'mask' (ticket.pt) or a "
-                         "checkpoint with mask.pt beside it", file=str(path))
+def _mask_transfer_start(model: nn.Module, lot: Lottery, prunable: tuple[str, ...]) -> Mask:
+    """Top-k of the source weights (pretrained or `random-init:<seed>`), held from iteration 0."""
+    return mask_transfer(model, source_weights(lot.source, model), list(prunable),
+                         lot.target_sparsity, lot.distribution)
 
 
-def prune_fn() -> Callable[..., Mask]:
-    return sparseml_prune
+def _transfer_ticket_start(model: nn.Module, lot: Lottery, prunable: tuple[str, ...]) -> Mask:
+    """Another run's ticket: its mask and surviving values copied in, zeros held."""
+    state, mask = load_ticket_parts(Path(lot.source))
+    new_mask, matched = transfer_ticket(model, state, mask)
+    log.info("transfer ticket: %d tensors matched", len(matched))
+    return new_mask
 
 
-def optimizer_wrapper_fn(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
-                         prunable: tuple[str, ...] = ()) -> Optional[Callable]:
-    """For `gradual`: SparseML's step wrapper running the recipe's modifiers.
+@dataclass(frozen=True)
+class Method:
+    name: str
+    description: str
+    needs: dict[str, str] = field(default_factory=dict)  # lottery key -> what to write there
+    needs_modifiers: bool = False  # a SparseML `modifiers:` recipe drives round 0's training
+    uses_fraction: bool = True  # prune_fraction or target_sparsity must be set
+    pruning_rounds: Callable[[Lottery], int] = _no_rounds
+    fraction: Callable[[Lottery], float] = _geometric
+    start: Callable[[nn.Module, Lottery, tuple[str, ...]], Optional[Mask]] = _dense_start
+    mask_from_zeros: bool = False  # round 0 ends with the zeros its training left as the mask
 
-    The wrapper starts at the round's current iteration (as an epoch fraction), so a resumed
-    round continues the pruning schedule where the checkpoint left it instead of restarting it.
-    """
-    if recipe.lottery.method != "gradual":
-        return None
+    def initial_mask(self, model: nn.Module, lot: Lottery, prunable: tuple[str, ...]) -> Optional[Mask]:
+        """Round 0's mask, with any source values loaded into `model` (None: train dense)."""
+        return self.start(model, lot, prunable)
 
-    modifiers = [{k: (list(prunable) if v == PRUNABLE_PLACEHOLDER else v) for k, v in m.items()}
-                 for m in recipe.modifiers]
-    text = modifiers_to_sparseml_yaml(modifiers)
+    def round0_mask(self, model: nn.Module, prunable: tuple[str, ...]) -> Mask:
+        """The mask of a round 0 that trained without one."""
+        return mask_from_model(model, list(prunable)) if self.mask_from_zeros \
+            else dense_mask(model, list(prunable))
 
-    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
-        manager = manager_from_yaml(text)
-        return manager.modify(model, optimizer, steps_per_epoch=iters_per_epoch,
-                              epoch=iteration / iters_per_epoch,
-                              loggers=sparseml_loggers(run.round_dir(0) / "sparse_logs"))
-    return wrap
+    @staticmethod
+    def prune(model: nn.Module, mask: Mask, fraction: float, distribution: str, log_dir: Path) -> Mask:
+        """Round k >= 1: prune `fraction` of the kept weights by magnitude through SparseML."""
+        return sparseml_adapter.sparseml_prune(model, mask, fraction, distribution, log_dir)
 
 
-def write_ticket(run: RunFolder, recipe: Recipe, records: list[dict[str, Any]]) -> Path:
-    """ticket.pt: the last round's weights and mask, stamped with the recipe hash."""
-    last = records[-1]["round"]
-    round_dir = run.round_dir(last)
-    state = load_checkpoint(round_dir / "checkpoint.pt")["model"]
-    mask = load_mask(round_dir / "mask.pt")
-    save_checkpoint(run.ticket, model=state, mask=mask, round=last, recipe_hash=recipe_hash(recipe),
-                    arch=recipe.model.arch, backbone=recipe.model.backbone)
-    run.update_summary(ticket={"round": last, "sparsity": records[-1]["sparsity"],
-                               "prunable_sparsity": records[-1]["prunable_sparsity"]})
-    return run.ticket
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("imp", "iterative magnitude pruning with rewinding, `rounds` rounds",
+           pruning_rounds=lambda lot: lot.rounds),
+    Method("oneshot", "one pruning round straight to target_sparsity (or prune_fraction)",
+           pruning_rounds=lambda lot: 1,
+           fraction=lambda lot: lot.target_sparsity if lot.target_sparsity is not None
+           else lot.prune_fraction),
+    Method("gradual", "SparseML gradual magnitude pruning during one training run (`modifiers:`)",
+           needs_modifiers=True, mask_from_zeros=True),
+    Method("mask_transfer", "top-k mask of source weights held through training",
+           needs={"source": "a weights or ticket file", "target_sparsity": "in (0, 1)"},
+           start=_mask_transfer_start),
+    Method("transfer_ticket", "another run's ticket (mask + values) fine-tuned with zeros held",
+           needs={"source": "a weights or ticket file"}, start=_transfer_ticket_start),
+    Method("dense", "train dense only (the baseline)", uses_fraction=False, fraction=lambda lot: 0.0),
+)}
+METHOD_NAMES = tuple(METHODS)

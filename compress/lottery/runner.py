@@ -8,6 +8,7 @@ its last epoch checkpoint.
 """
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from torch import nn
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.errors import ModelFileError
-from compress.lottery.masks import (MaskHolder, dense_mask, early_bird_iou, is_nested, load_mask,
-                            mask_from_model, mask_iou, rewind, save_mask, sparsity_report)
+from compress.lottery.masks import (MaskHolder, early_bird_iou, is_nested, load_mask, mask_iou,
+                                    rewind, save_mask, sparsity_report)
+from compress.lottery.methods import Method
 from compress.training.round import RoundPlan, Schedule, train_round
 from compress.core.distributed import SINGLE, Dist, rank_mask_digests
 from compress.run.folder import MetricsLog, NullMetrics, RunFolder
@@ -31,13 +33,15 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class LotterySetup:
-    method: str  # imp | oneshot | gradual | mask_transfer | transfer_ticket | dense
+    method: Method
+    lottery: Any  # the recipe's lottery section, for the method's round-0 start
     pruning_rounds: int
     fraction: float  # of the remaining weights, per pruning round
     distribution: str  # global | layerwise
     prunable: tuple[str, ...]
     rewind_iteration: int
     early_bird: bool = True
+    round0_wrapper: Optional[Callable] = None  # SparseML modifiers driving round 0's optimizer
 
 
 @dataclass
@@ -52,9 +56,6 @@ class LotteryContext:
     metrics: MetricsLog
     model_factory: Callable[[], nn.Module]
     evaluate: Callable[[nn.Module, Path], dict[str, Any]]
-    initial_mask: Callable[[nn.Module], Optional[dict[str, torch.Tensor]]]
-    prune: Callable[[nn.Module, dict[str, torch.Tensor], float, str, Path], dict[str, torch.Tensor]]
-    optimizer_wrapper: Optional[Callable] = None
     progress: bool = True
     dist: Dist = SINGLE  # under torchrun: every rank trains, rank 0 writes
 
@@ -88,7 +89,7 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     model = ctx.model_factory().to(ctx.device)
     extra: dict[str, Any] = {}
     if index == 0:
-        mask = ctx.initial_mask(model)
+        mask = setup.method.initial_mask(model, setup.lottery, setup.prunable)
         start = 0
         rewind_at = setup.rewind_iteration if setup.pruning_rounds else None
     else:
@@ -97,7 +98,7 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     total = ctx.schedule.total_iterations
     plan = RoundPlan(start_iteration=start, rewind_iteration=rewind_at,
                      snapshot_iteration=start + (total - start) // 2 if setup.early_bird else None,
-                     optimizer_wrapper=ctx.optimizer_wrapper if index == 0 else None)
+                     optimizer_wrapper=setup.round0_wrapper if index == 0 else None)
     holder = MaskHolder(model, mask) if mask is not None else None
     if holder is not None:
         plan.after_step.append(holder.after_step)
@@ -109,8 +110,7 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
         extra["pruned_nonzero_after_training"] = holder.check(model)
         holder.remove()
     if mask is None:  # dense training keeps every weight; gradual: the zeros training left
-        mask = mask_from_model(model, list(setup.prunable)) if setup.method == "gradual" \
-            else dense_mask(model, list(setup.prunable))
+        mask = setup.method.round0_mask(model, setup.prunable)
     scores = ctx.evaluate(model, round_dir)  # every rank predicts its share; rank 0 scores
     if ctx.dist.is_main:
         _finish_round(index, setup, ctx, model, mask, outcome, {**scores, **extra})
@@ -123,7 +123,7 @@ def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
     old_mask = load_mask(previous / "mask.pt", model)
     log_dir = ctx.run.round_dir(index) / ("sparse_logs" if ctx.dist.is_main else
                                           f"sparse_logs_rank{ctx.dist.rank}")
-    mask = ctx.prune(model, old_mask, setup.fraction, setup.distribution, log_dir)
+    mask = setup.method.prune(model, old_mask, setup.fraction, setup.distribution, log_dir)
     extra: dict[str, Any] = {}
     if ctx.dist.enabled:  # every rank pruned the same weights; rank 0's mask is the one used
         digests = rank_mask_digests(ctx.dist, mask)
@@ -181,6 +181,4 @@ def _intact(round_dir: Path) -> bool:
 
 
 def _round_record(index: int, round_dir: Path) -> dict[str, Any]:
-    import json
-
     return json.loads((round_dir / "metrics.json").read_text())

@@ -25,7 +25,7 @@ import math
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from compress.core.errors import RecipeError
 from compress.lottery.masks import Mask, apply_mask, magnitude_prune
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MODIFIER_FOR = {"global": "GlobalMagnitudePruningModifier", "layerwise": "MagnitudePruningModifier"}
 
@@ -55,7 +55,8 @@ def known_modifier_names() -> list[str]:
     return list(_known_names())
 
 
-def validate_modifier_tags(names: Iterable[str]) -> None:
+def validate_modifier_tags(names: Iterable[str], *, file: str | None = None,
+                           key: str = "modifiers") -> None:
     """Raise RecipeError (with a "did you mean") for a name that is not a SparseML modifier."""
     known = known_modifier_names()
     for name in names:
@@ -63,7 +64,8 @@ def validate_modifier_tags(names: Iterable[str]) -> None:
         if bare not in known:
             close = difflib.get_close_matches(bare, known, n=1, cutoff=0.6)
             hint = f" (did you mean '!{close[0]}'?)" if close else ""
-            raise RecipeError(f"unknown SparseML modifier '!{bare}'{hint}", key="modifiers")
+            raise RecipeError(f"unknown SparseML modifier '!{bare}'{hint}; known: "
+                              f"{', '.join(sorted(known)[:12])}, ...", file=file, key=key)
 
 
 def _fmt(value: float) -> str:
@@ -160,7 +162,7 @@ def _check_counts(new: Mask, expected: Mask, distribution: str) -> None:
                                f"pruning keeps {want}")
     differ = sum(int((new[n] != expected[n]).sum()) for n in new)
     if differ:
-        _LOGGER.warning("SparseML and the pure pruner agree on counts but differ on %d entries "
+        log.warning("SparseML and the pure pruner agree on counts but differ on %d entries "
                         "(ties in |w|)", differ)
 
 
@@ -216,16 +218,28 @@ def _check_not_all(final: float | Mapping[str, float]) -> None:
 
 
 def gmp_manager(recipe_yaml_text: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                steps_per_epoch: int, *, log_dir: str | os.PathLike) -> tuple[Any, Any]:
+                steps_per_epoch: int, *, log_dir: str | os.PathLike,
+                start_iteration: int = 0) -> tuple[Any, Any]:
     """Start a SparseML recipe (gradual pruning, constant pruning, ...) for a training run.
 
     Returns (manager, wrapped_optimizer): call `wrapped_optimizer.step()` instead of
     `optimizer.step()` every iteration (it runs the modifiers), `manager.finalize(model)` at the
-    end. Logs go to `log_dir/sparseml.log` (never to `sparse_logs/` in the CWD).
+    end. The wrapper starts at `start_iteration` (as an epoch fraction), so a resumed run continues
+    the schedule where its checkpoint left it. Logs go to `log_dir/sparseml.log` (never to
+    `sparse_logs/` in the CWD).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch {steps_per_epoch} must be >= 1")
     manager = manager_from_yaml(recipe_yaml_text)
-    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, epoch=0.0,
-                             loggers=sparseml_loggers(log_dir))
+    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch,
+                             epoch=start_iteration / steps_per_epoch, loggers=sparseml_loggers(log_dir))
     return manager, wrapped
+
+
+def modifier_wrapper(recipe_yaml_text: str, steps_per_epoch: int,
+                     log_dir: str | os.PathLike) -> Callable[[nn.Module, Any, int], Any]:
+    """The training loop's optimizer wrapper for a run driven by SparseML modifiers."""
+    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
+        return gmp_manager(recipe_yaml_text, model, optimizer, steps_per_epoch, log_dir=log_dir,
+                           start_iteration=iteration)[1]
+    return wrap

@@ -13,16 +13,17 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from compress.core.checkpoint import load_checkpoint
+from compress.core.checkpoint import load_checkpoint, state_dict_from_file
 from compress.core.errors import ModelFileError
-from compress.lottery.masks import Mask, apply_mask, dense_mask, magnitude_prune
+from compress.lottery.masks import Mask, apply_mask, dense_mask, load_mask, magnitude_prune
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 BODY_PREFIX = "backbone.body."
 
@@ -100,7 +101,7 @@ def mask_transfer(model: nn.Module, source_state_dict: Mapping[str, Tensor], par
     sources = _source_for(param_names, source_state_dict, model.state_dict())
     mask = magnitude_prune(sources, dense_mask(model, param_names), sparsity, distribution)
     copied = _copy_matching(model, source_state_dict)
-    _LOGGER.info("mask transfer: loaded %d source tensors, pruned %d tensors to %.4f",
+    log.info("mask transfer: loaded %d source tensors, pruned %d tensors to %.4f",
                  len(copied), len(mask), sparsity)
     apply_mask(model, mask)
     return mask
@@ -131,9 +132,42 @@ def transfer_ticket(model: nn.Module, ticket_state_dict: Mapping[str, Tensor],
                              f"layers matches the model by name and shape (first: "
                              f"{next(iter(ticket_mask), '-')}); pass a name_map")
     if unmatched:
-        _LOGGER.warning("transfer ticket: %d masked layers without a match: %s", len(unmatched),
+        log.warning("transfer ticket: %d masked layers without a match: %s", len(unmatched),
                         ", ".join(unmatched[:8]))
     _copy_matching(model, ticket_state_dict, name_map)
     apply_mask(model, mask)
     matched = [n for n in state if n in mask]
     return {n: mask[n] for n in matched}, matched
+
+
+RANDOM_INIT = "random-init:"
+
+
+def source_weights(source: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Mask Transfer's source: a local weights file, or `random-init:<seed>` (the model's own
+    seeded initialisation, a stand-in for pretrained weights when nothing can be downloaded)."""
+    if source.startswith(RANDOM_INIT):
+        seed = source[len(RANDOM_INIT):]
+        if not seed.isdigit():
+            raise ModelFileError(f"'{source}': write random-init:<integer seed>", file="lottery.source")
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        generator = torch.Generator().manual_seed(int(seed))
+        for name, value in state.items():
+            if value.dim() > 1 and value.is_floating_point():
+                state[name] = torch.randn(value.shape, generator=generator) * value.std()
+        return state
+    return state_dict_from_file(source)
+
+
+def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
+    """(state dict, mask) of a ticket.pt, a run folder, or a round checkpoint with mask.pt beside it."""
+
+    if path.is_dir():
+        path = path / "ticket.pt"
+    state, mask = load_source(path)
+    if mask is not None:
+        return state, mask
+    if (path.parent / "mask.pt").is_file():
+        return state, load_mask(path.parent / "mask.pt")
+    raise ModelFileError("not a ticket: expected a dict with 'model' and 'mask' (ticket.pt) or a "
+                         "checkpoint with mask.pt beside it", file=str(path))

@@ -6,13 +6,12 @@ the `modifiers:` section is SparseML's own recipe syntax in both directions.
 """
 from __future__ import annotations
 
-import difflib
 from typing import Any
 
 import yaml
 
 from compress.core.errors import RecipeError
-from compress.lottery.sparseml_adapter import known_modifier_names
+from compress.lottery.sparseml_adapter import validate_modifier_tags
 
 TAG_KEY = "__tag__"
 
@@ -83,13 +82,7 @@ def _check_modifier_tag(tag: str, source: str, key: str) -> None:
     if not (key.startswith("modifiers[") or key.startswith("smoke.modifiers[")):
         raise RecipeError(f"tag '!{tag}' is only allowed on entries of the modifiers list",
                           file=source, key=key)
-
-    known = known_modifier_names()
-    if tag not in known:
-        close = difflib.get_close_matches(tag, known, n=1, cutoff=0.6)
-        hint = f" (did you mean '!{close[0]}'?)" if close else ""
-        raise RecipeError(f"unknown SparseML modifier '!{tag}'{hint}; known: "
-                          f"{', '.join(sorted(known)[:12])}, ...", file=source, key=key)
+    validate_modifier_tags([tag], file=source, key=key)
 
 
 def dump_recipe_yaml(data: dict[str, Any]) -> str:

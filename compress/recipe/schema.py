@@ -5,9 +5,12 @@ Every key has a default and a range; `compress/recipe.py` loads, merges and vali
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from compress.lottery.methods import METHOD_NAMES, METHODS
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
@@ -109,7 +112,7 @@ class TrainCfg(_Section):
 
 
 class LotteryCfg(_Section):
-    method: Literal["imp", "oneshot", "gradual", "mask_transfer", "transfer_ticket", "dense"] = "imp"
+    method: Literal[METHOD_NAMES] = "imp"
     rounds: int = Field(5, ge=1, le=50)
     prune_fraction: Optional[float] = Field(0.2, gt=0, lt=1)
     target_sparsity: Optional[float] = Field(None, gt=0, lt=1)
@@ -128,29 +131,13 @@ class LotteryCfg(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "LotteryCfg":
-        if self.method in ("mask_transfer", "transfer_ticket") and not self.source:
-            raise ValueError(f"method '{self.method}' needs lottery.source (a weights or ticket file)")
-        if self.method == "mask_transfer" and self.target_sparsity is None:
-            raise ValueError("method 'mask_transfer' needs lottery.target_sparsity in (0, 1)")
-        if self.prune_fraction is None and self.target_sparsity is None and self.method != "dense":
+        method = METHODS[self.method]
+        for key, what in method.needs.items():
+            if not getattr(self, key):
+                raise ValueError(f"method '{self.method}' needs lottery.{key} ({what})")
+        if self.prune_fraction is None and self.target_sparsity is None and method.uses_fraction:
             raise ValueError("set prune_fraction or target_sparsity")
         return self
-
-    def fraction_per_round(self) -> float:
-        """Fraction of the remaining weights each pruning round removes."""
-        if self.method == "oneshot":
-            return self.target_sparsity if self.target_sparsity is not None else self.prune_fraction
-        if self.target_sparsity is not None:
-            return 1.0 - (1.0 - self.target_sparsity) ** (1.0 / self.rounds)
-        return float(self.prune_fraction)
-
-    def pruning_rounds(self) -> int:
-        """Rounds after the dense round 0 (one-shot: one)."""
-        if self.method in ("oneshot",):
-            return 1
-        if self.method in ("imp",):
-            return self.rounds
-        return 0
 
 
 class ExportCfg(_Section):
@@ -208,14 +195,13 @@ class Recipe(_Section):
 
     @model_validator(mode="after")
     def _gradual_needs_modifiers(self) -> "Recipe":
-        if self.lottery.method == "gradual" and not self.modifiers:
-            raise ValueError("lottery.method 'gradual' needs a modifiers section (a SparseML GMP recipe)")
+        if METHODS[self.lottery.method].needs_modifiers and not self.modifiers:
+            raise ValueError(f"lottery.method '{self.lottery.method}' needs a modifiers section "
+                             "(a SparseML GMP recipe)")
         return self
 
 
 def _check_duration(value: str) -> str:
-    import re
-
     if not re.match(DURATION_PATTERN, value):
         raise ValueError(f"'{value}' is not a duration: write iterations like '500it' or epochs like '1ep'")
     return value

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 import torch
 
@@ -19,17 +19,23 @@ from compress.core.atomic import write_text
 from compress.core.distributed import init_from_env, shutdown
 from compress.run.setup import prepare_data
 from compress.core.seeding import seed_everything
-from compress.stages.run_all import finish_run
+from compress.stages.base import StageContext
+from compress.stages.sequence import run_stages
 from compress.recipe.load import load_resolved
 from compress.models.prunable import select_prunable
 from compress.training.schedule import parse_duration
 from compress.core.distributed import SINGLE
 from compress.run import setup as rs
 from compress.run.torch_eval import evaluate_torch
-from compress.lottery.methods import initial_mask_fn, optimizer_wrapper_fn, prune_fn, write_ticket
+from compress.lottery.methods import METHODS
+from compress.lottery.sparseml_adapter import modifier_wrapper
+from compress.recipe.safe_yaml import modifiers_to_sparseml_yaml
+from compress.core.checkpoint import load_checkpoint, save_checkpoint
+from compress.lottery.masks import load_mask
 from compress.run.summary_table import format_summary
 
 log = logging.getLogger(__name__)
+PRUNABLE_PLACEHOLDER = "__PRUNABLE__"  # in a modifier's params: the toolkit's prunable set
 
 
 def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
@@ -50,7 +56,7 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     try:
         records, data, loaders = find_ticket(recipe, run, progress and dist.is_main, data, dist)
         if dist.is_main:
-            finish_run(recipe, run, data, loaders, progress)
+            run_stages(StageContext(recipe, run, data, loaders, progress))
             _print_summary(run, records)
         dist.barrier()
     finally:
@@ -77,15 +83,29 @@ def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool)
                        backbone=recipe.model.backbone, method=recipe.lottery.method)
 
 
-def lottery_setup(recipe: Recipe, model: torch.nn.Module, iters_per_epoch: int) -> LotterySetup:
+def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
+                  iters_per_epoch: int) -> LotterySetup:
     lot = recipe.lottery
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
-    return LotterySetup(method=lot.method, pruning_rounds=lot.pruning_rounds(),
-                        fraction=lot.fraction_per_round() if lot.method != "dense" else 0.0,
-                        distribution=lot.distribution, prunable=tuple(names),
+    method = METHODS[lot.method]
+    return LotterySetup(method=method, lottery=lot, pruning_rounds=method.pruning_rounds(lot),
+                        fraction=method.fraction(lot), distribution=lot.distribution,
+                        prunable=tuple(names),
                         rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
-                        early_bird=lot.early_bird)
+                        early_bird=lot.early_bird,
+                        round0_wrapper=round0_wrapper(recipe, run, iters_per_epoch, tuple(names)))
+
+
+def round0_wrapper(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
+                   prunable: tuple[str, ...]) -> Optional[Callable]:
+    """SparseML's optimizer wrapper running the recipe's modifiers (methods that take them)."""
+    if not METHODS[recipe.lottery.method].needs_modifiers:
+        return None
+    modifiers = [{k: (list(prunable) if v == PRUNABLE_PLACEHOLDER else v) for k, v in m.items()}
+                 for m in recipe.modifiers]
+    return modifier_wrapper(modifiers_to_sparseml_yaml(modifiers), iters_per_epoch,
+                            run.round_dir(0) / "sparse_logs")
 
 
 def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None,
@@ -103,7 +123,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
     ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size, dist.world_size)
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
-    setup = lottery_setup(recipe, factory(), ipe)
+    setup = lottery_setup(recipe, run, factory(), ipe)
     device = rs.pick_device(recipe.train.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
@@ -119,11 +139,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
 
     ctx = LotteryContext(run=run, schedule=schedule, loaders=loaders, device=device,
                          seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),
-                         model_factory=factory, evaluate=evaluate,
-                         initial_mask=initial_mask_fn(recipe, setup),
-                         prune=prune_fn(),
-                         optimizer_wrapper=optimizer_wrapper_fn(recipe, run, ipe, setup.prunable),
-                         progress=progress, dist=dist)
+                         model_factory=factory, evaluate=evaluate, progress=progress, dist=dist)
     records = run_lottery(setup, ctx)
     if dist.is_main:
         write_ticket(run, recipe, records)
@@ -132,3 +148,16 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
 
 def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:
     print(format_summary(run.read_summary()))
+
+
+def write_ticket(run: RunFolder, recipe: Recipe, records: list[dict[str, Any]]) -> Path:
+    """ticket.pt: the last round's weights and mask, stamped with the recipe hash."""
+    last = records[-1]["round"]
+    round_dir = run.round_dir(last)
+    state = load_checkpoint(round_dir / "checkpoint.pt")["model"]
+    mask = load_mask(round_dir / "mask.pt")
+    save_checkpoint(run.ticket, model=state, mask=mask, round=last, recipe_hash=recipe_hash(recipe),
+                    arch=recipe.model.arch, backbone=recipe.model.backbone)
+    run.update_summary(ticket={"round": last, "sparsity": records[-1]["sparsity"],
+                               "prunable_sparsity": records[-1]["prunable_sparsity"]})
+    return run.ticket

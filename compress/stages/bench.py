@@ -8,7 +8,9 @@ from typing import Any
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from evaluate.analysis.macs import count_macs, macs_summary
-from evaluate.runtimes.bench import bench_onnx, format_bench_table
+from compress.recipe.schema import Recipe
+from compress.run.folder import RunFolder
+from compress.stages.base import StageContext
 from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,32 @@ def bench_stage(loaded: Any) -> list[dict[str, Any]]:
     write_json(run.bench / "bench.json", rows)
     log.info("benchmark:\n%s", format_bench_table(rows))
     return rows
+
+
+class MacsStage:
+    name = "macs"
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.bench.enabled
+
+    def done(self, run: RunFolder) -> bool:
+        return "macs" in run.read_summary()
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return macs_stage(ctx.loaded)
+
+
+class BenchStage:
+    name = "bench"
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.bench.enabled and recipe.export.enabled
+
+    def done(self, run: RunFolder) -> bool:
+        return "bench" in run.read_summary()
+
+    def run(self, ctx: StageContext) -> list[dict[str, Any]]:
+        return bench_stage(ctx.loaded)
 
 
 def bench_command(model: Path, *, engines: list[str], batches: list[int], iterations: int,

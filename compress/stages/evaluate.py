@@ -13,7 +13,9 @@ import torch
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from compress.run.torch_eval import coco_results, evaluate_torch, score_results
+from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
+from compress.stages.base import StageContext
 from compress.run.setup import TASK_IOU_TYPES
 from evaluate.runtimes.onnx_predict import OnnxDetector, predict_onnx
 from evaluate.runtimes.deepsparse import deepsparse_outputs
@@ -89,6 +91,36 @@ def analyses(run: RunFolder, engine_dir: Path, gt_path: Path, task: str, tide: b
         write_json(engine_dir / "ap_deltas.json", deltas)
         plot_ap_deltas(deltas["bbox"], run.plots / "ap_deltas_bbox.png")
     return out
+
+
+class EvaluateStage:
+    """The ticket on every engine of the recipe, with the analyses; summary.json `eval`."""
+    name = "eval"
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.evaluate.enabled
+
+    def done(self, run: RunFolder) -> bool:
+        return "eval" in run.read_summary()
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        recipe, run, data = ctx.recipe, ctx.run, ctx.data
+        results: dict[str, Any] = {}
+        for engine in recipe.evaluate.engines:
+            if engine != "torch" and not recipe.export.enabled:
+                log.warning("evaluate: %s needs the export stage; skipped", engine)
+                continue
+            out_dir = run.eval_dir(engine)
+            results[engine] = evaluate_engine(engine, run.export / "model.onnx", ctx.loaded,
+                                              ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
+                                              data.task, out_dir, ctx.progress)
+            if engine != "deepsparse":
+                results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
+                                                recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
+        if "torch" in results and "onnxruntime" in results:
+            results["onnxruntime_minus_torch_bbox_mAP"] = (results["onnxruntime"]["bbox_mAP"]
+                                                           - results["torch"]["bbox_mAP"])
+        return results
 
 
 def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,

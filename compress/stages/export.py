@@ -10,13 +10,15 @@ import torch
 
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
+from compress.recipe.schema import Recipe
+from compress.run.folder import RunFolder
 from compress.run.loaded import LoadedModel, load_model
-from export.compact import pack
+from compress.stages.base import StageContext
+from export.compact import pack, unpack_to
 from export.onnx_export import check_opset, export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
 from export.sparse_initializers import to_sparse_initializers
 from export.verify import verify_parity, verify_zeros, write_verify
-from export.compact import unpack_to
 
 log = logging.getLogger(__name__)
 PARITY_IMAGES = 3
@@ -65,14 +67,17 @@ def _parity_images(size: int) -> list[torch.Tensor]:
     return images
 
 
-def export_stage(loaded: LoadedModel, progress: bool) -> dict[str, Any]:
-    run = loaded.run
-    if (run.export / "verify.json").is_file() and "export" in run.read_summary():
-        log.info("export: done, skipped")
-        return run.read_summary()["export"]
-    summary = export_ticket(loaded, run.export)
-    run.update_summary(export=summary)
-    return summary
+class ExportStage:
+    name = "export"
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.export.enabled
+
+    def done(self, run: RunFolder) -> bool:
+        return (run.export / "verify.json").is_file() and "export" in run.read_summary()
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        return export_ticket(ctx.loaded, ctx.run.export)
 
 
 def export_command(source: Path | None, *, opset: int | None, out: Path | None,

@@ -16,7 +16,7 @@ from compress.core.errors import ModelFileError
 from compress.training.loop import train_one_epoch, validation_loss
 from compress.core.distributed import SINGLE, Dist
 from compress.run.folder import MetricsLog
-from compress.training.schedule import lr_lambda
+from compress.training.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +56,10 @@ def _make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimiz
                            weight_decay=schedule.weight_decay)
 
 
-def _make_scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start: int):
-    lam = lr_lambda(warmup_iters=schedule.warmup_iterations, warmup_factor=schedule.warmup_factor,
-                    steps=sorted(schedule.lr_steps), gamma=schedule.lr_gamma)
-    for group in optimizer.param_groups:
-        group["initial_lr"] = schedule.lr
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: lam(start + i))
+def _scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start: int) -> Any:
+    return build_scheduler(optimizer, warmup_iters=schedule.warmup_iterations,
+                           warmup_factor=schedule.warmup_factor, steps=sorted(schedule.lr_steps),
+                           gamma=schedule.lr_gamma, last_iteration=start - 1, base_lr=schedule.lr)
 
 
 def _make_scaler(schedule: Schedule, device: torch.device) -> Optional[torch.amp.GradScaler]:
@@ -156,7 +154,7 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
         epoch_end = min((epoch + 1) * schedule.iterations_per_epoch, schedule.total_iterations)
         torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling, flips: the same on resume
         train_one_epoch(trained, wrapped, loaders["train_factory"](seed + epoch), device,
-                        scheduler=_make_scheduler(optimizer, schedule, state.iteration),
+                        scheduler=_scheduler(optimizer, schedule, state.iteration),
                         start_iteration=state.iteration, max_iterations=epoch_end,
                         amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
                         after_step=[*plan.after_step, capture], log=metrics.with_fields(epoch=epoch),

@@ -42,10 +42,14 @@ def lr_lambda(
 def build_scheduler(
     optimizer: torch.optim.Optimizer, *, warmup_iters: int = 0, warmup_factor: float = 0.001,
     steps: Sequence[int] = (), gamma: float = 0.1, last_iteration: int = -1,
+    base_lr: float | None = None,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-iteration `LambdaLR` over `lr_lambda` (pass last_iteration when resuming without state)."""
-    if last_iteration >= 0:
-        for group in optimizer.param_groups:
+    """A per-iteration `LambdaLR` over `lr_lambda`; pass last_iteration (the iteration before the
+    first step) when resuming, and base_lr to fix the rate the multipliers apply to."""
+    for group in optimizer.param_groups:
+        if base_lr is not None:
+            group["initial_lr"] = base_lr
+        elif last_iteration >= 0:
             group.setdefault("initial_lr", group["lr"])
     fn = lr_lambda(warmup_iters=warmup_iters, warmup_factor=warmup_factor, steps=steps, gamma=gamma)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, fn, last_epoch=last_iteration)
