@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ValidationError
 
 from compress.core.errors import RecipeError

@@ -68,7 +68,7 @@ def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool)
     text = resolved_yaml(recipe)
     if run.recipe.is_file():
         if not resume:
-            raise UserError(f"run folder already holds a run; add --resume to continue it or "
+            raise UserError("run folder already holds a run; add --resume to continue it or "
                             f"choose another --out", file=str(run.root))
 
         if recipe_hash(load_resolved(run.recipe)) != digest:

@@ -34,7 +34,7 @@ from evaluate.runtimes.onnx_predict import OnnxDetector
 from compress.run.loaded import load_model
 from evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections
-from compress.report.drawing import draw_detections, side_by_side
+from compress.report.drawing import side_by_side
 from compress.report.page import Missing
 
 log = logging.getLogger(__name__)

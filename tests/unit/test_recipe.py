@@ -11,7 +11,7 @@ import yaml
 from compress.cli import main
 from compress.recipe.load import load_recipe, load_resolved, recipe_hash, resolved_yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
 
 GOOD = """\

@@ -11,7 +11,7 @@ from compress.models.prunable import select_prunable
 from compress.lottery.sparseml_adapter import (constant_pruning_recipe, gmp_manager, known_modifier_names,
                                        manager_from_yaml, oneshot_prune_recipe, sparseml_prune,
                                        validate_modifier_tags)
-from tiny_training import sgd, train_steps  # noqa: E402
+from support.tiny_training import sgd, train_steps
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:

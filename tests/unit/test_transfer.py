@@ -9,7 +9,7 @@ from compress.lottery.masks import MaskHolder, dense_mask, magnitude_prune
 from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.lottery.transfer import load_source, mask_transfer, transfer_ticket
-from tiny_training import sgd, train_steps  # noqa: E402
+from support.tiny_training import sgd, train_steps
 
 BODY = "backbone.body."
 

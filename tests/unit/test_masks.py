@@ -12,7 +12,7 @@ from compress.lottery.masks import (MaskHolder, apply_mask, dense_mask, early_bi
                             save_mask, sparsity_report)
 from compress.models.build import build_model
 from compress.models.prunable import select_prunable
-from tiny_training import sgd, train_steps  # noqa: E402
+from support.tiny_training import sgd, train_steps
 
 
 def tiny_model(seed: int = 0) -> torch.nn.Module:

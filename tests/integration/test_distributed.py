@@ -12,7 +12,7 @@ import torch
 
 from compress.core.distributed import mask_digest
 from compress.lottery.masks import load_mask, mask_iou
-from conftest import NO_STAGES, ROOT, TINY, set_args
+from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
 RUN = [str(ROOT / "recipes" / "maskrcnn_lth.yaml"), "--smoke"]
 SETTINGS = [o for o in TINY if not o.startswith(("lottery.rounds", "train.batch_size", "train.iterations"))] \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from test_report import smoke_run_dir  # noqa: E402 (pytest puts tests/ on sys.path)
+from support.smoke import smoke_run_dir
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ from compress.recipe.load import load_recipe
 from compress.run.folder import RunFolder
 from compress.core.seeding import seed_everything
 
-RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "maskrcnn_lth.yaml"
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
 ROUNDS = 3
 TINY = [
     "model.backbone=tiny", "model.min_size=64", "model.max_size=64",

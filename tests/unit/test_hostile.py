@@ -8,11 +8,10 @@ import pickle
 import shutil
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from compress.cli import main
-from conftest import NO_STAGES, ROOT, TINY, set_args
+from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
 RECIPE = str(ROOT / "recipes" / "maskrcnn_lth.yaml")
 

@@ -16,7 +16,7 @@ from export.compact import bound_bytes, pack, unpack, unpack_to
 from export.onnx_export import export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
 from export.sparse_initializers import to_sparse_initializers
-from test_export_onnx import SIZE, pruned_tiny
+from support.onnx_models import SIZE, pruned_tiny
 
 
 def matmul_model(path, weights: dict[str, np.ndarray]) -> None:

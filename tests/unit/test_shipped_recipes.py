@@ -6,7 +6,7 @@ import json
 import pytest
 
 from compress.cli import main
-from conftest import NO_STAGES, ROOT, TINY, set_args
+from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
 CASES = {
     "keypointrcnn_lth": ["lottery.rounds=1"],

@@ -18,9 +18,9 @@ from typing import Any
 
 import torch
 
-from conftest import subprocess_env  # noqa: E402
+from support.recipes import subprocess_env
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "maskrcnn_lth.yaml"
 ROUNDS = 2
 REWIND_IT = 2

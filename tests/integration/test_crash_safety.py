@@ -10,7 +10,7 @@ import torch
 from compress.core.checkpoint import load_checkpoint
 from compress.cli import main
 from compress.lottery.masks import load_mask
-from conftest import NO_STAGES, ROOT, TINY, set_args
+from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
 ARGS = ["-q", "run", str(ROOT / "recipes" / "maskrcnn_lth.yaml"), "--smoke", *set_args(TINY + NO_STAGES)]
 

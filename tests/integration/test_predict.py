@@ -14,7 +14,7 @@ from compress.cli import main
 from compress.stages.predict import assign_image_ids, fit_to_graph, keep_scores
 from compress.report.drawing import draw_detections
 from evaluate.metrics.results_file import evaluate_results_file
-from test_report import smoke_run_dir  # noqa: E402 (pytest puts tests/ on sys.path)
+from support.smoke import smoke_run_dir
 
 
 @pytest.fixture(scope="module")
