@@ -32,10 +32,12 @@ from compress.core.atomic import write_json
 from compress.training.loop import train_one_epoch
 from compress.lottery.masks import MaskHolder, apply_mask, dense_mask, magnitude_prune
 from compress.models.build import build_model
-from compress.models.heads import LIGHT_HEADS
+from compress.recipe.load import load_recipe
 from compress.models.prunable import select_prunable
 
 OUT = Path(__file__).parent / "results" / "mask_overhead.json"
+# the lightened heads the smoke run trains with
+SMOKE_HEADS = load_recipe(Path(__file__).parents[1] / "recipes" / "maskrcnn_lth.yaml", smoke=True).model.heads
 TARGET_RATIO = 1.05
 SPARSITY = 0.5
 
@@ -155,7 +157,7 @@ def models(names: list[str]) -> list[tuple[str, nn.Module, int, int]]:
     torch.manual_seed(0)
     table = {
         "r18": lambda: ("maskrcnn R-18 FPN light heads, 128 px", build_model(
-            "maskrcnn", "resnet18", 3, min_size=128, max_size=128, heads=LIGHT_HEADS), 128, 2),
+            "maskrcnn", "resnet18", 3, min_size=128, max_size=128, heads=SMOKE_HEADS), 128, 2),
         "tiny": lambda: ("maskrcnn tiny, 64 px", build_model(
             "maskrcnn", "tiny", 3, min_size=64, max_size=64), 64, 2),
         "r50": lambda: ("maskrcnn R-50 FPN (paper), 800 px", build_model(

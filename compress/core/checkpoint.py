@@ -21,7 +21,7 @@ import torch
 from compress.core.atomic import torch_save
 from compress.core.errors import ModelFileError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 CHECKSUM_KEY = "checksum"
 
@@ -90,7 +90,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise ModelFileError(f"expected a dict checkpoint, got {type(payload).__name__}", file=str(path))
     stored = payload.get(CHECKSUM_KEY)
     if stored is None:
-        logger.debug("%s has no checksum; content not verified", path)
+        log.debug("%s has no checksum; content not verified", path)
         return payload
     actual = state_digest(payload)
     if stored != actual:

@@ -8,7 +8,7 @@ import random
 import numpy as np
 import torch
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 
 def seed_everything(seed: int, *, deterministic_algorithms: bool = False) -> None:
@@ -26,7 +26,7 @@ def seed_everything(seed: int, *, deterministic_algorithms: bool = False) -> Non
     if deterministic_algorithms:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
-    logger.debug("seeded everything with %d", seed)
+    log.debug("seeded everything with %d", seed)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -34,10 +34,3 @@ def seed_worker(worker_id: int) -> None:
     worker_seed = torch.initial_seed() % 2**32
     np.random.seed(worker_seed)
     random.seed(worker_seed)
-
-
-def make_generator(seed: int) -> torch.Generator:
-    """A CPU generator for `DataLoader(generator=...)` so shuffling is repeatable."""
-    generator = torch.Generator()
-    generator.manual_seed(seed)
-    return generator

@@ -21,6 +21,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
+from compress.core.coco_person import flip_permutation
 from compress.core.errors import DataError
 from compress.data.transforms import default_transforms
 
@@ -127,21 +128,6 @@ def check_file_name(file_name: str, source: str, key: str) -> None:
                         "relative to it without '..'", file=source, key=key)
 
 
-def keypoint_flip_permutation(names: list[str]) -> list[int]:
-    """Index permutation swapping each `left_*` keypoint with its `right_*` partner."""
-    index = {name: i for i, name in enumerate(names)}
-    perm = []
-    for name in names:
-        if name.startswith("left_"):
-            partner = "right_" + name[len("left_"):]
-        elif name.startswith("right_"):
-            partner = "left_" + name[len("right_"):]
-        else:
-            partner = name
-        perm.append(index.get(partner, index[name]))
-    return perm
-
-
 def _num_labelled(ann: dict) -> int:
     if "num_keypoints" in ann:
         return int(ann["num_keypoints"])
@@ -201,7 +187,7 @@ class CocoDetection(Dataset):
             raise DataError("no category has a 'keypoints' list; expected a person_keypoints "
                             "file (category 'person' with keypoint names)", file=self.source)
         self.keypoint_names = list(people[0]["keypoints"])
-        self.keypoint_flip_perm = keypoint_flip_permutation(self.keypoint_names)
+        self.keypoint_flip_perm = flip_permutation(self.keypoint_names)
         return people
 
     def __len__(self) -> int:

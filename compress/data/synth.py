@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from compress.core.atomic import write_text
+from compress.core.coco_person import COCO_SKELETON, KEYPOINT_NAMES
 from compress.core.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -40,20 +41,9 @@ SHAPE_CATEGORIES = [
 ]
 SHAPE_COLOURS = {1: (220, 40, 40), 2: (40, 200, 40), 3: (40, 70, 230)}
 
-KEYPOINT_NAMES = [
-    "nose", "left_eye", "right_eye", "left_ear", "right_ear",
-    "left_shoulder", "right_shoulder", "left_elbow", "right_elbow",
-    "left_wrist", "right_wrist", "left_hip", "right_hip",
-    "left_knee", "right_knee", "left_ankle", "right_ankle",
-]
-# The COCO person skeleton (1-based keypoint indices), as in person_keypoints_*.json.
-COCO_SKELETON = [
-    [16, 14], [14, 12], [17, 15], [15, 13], [12, 13], [6, 12], [7, 13], [6, 7], [6, 8],
-    [7, 9], [8, 10], [9, 11], [2, 3], [1, 2], [1, 3], [2, 4], [3, 5], [4, 6], [5, 7],
-]
 PERSON_CATEGORY = {
     "id": 1, "name": "person", "supercategory": "person",
-    "keypoints": KEYPOINT_NAMES, "skeleton": COCO_SKELETON,
+    "keypoints": list(KEYPOINT_NAMES), "skeleton": [list(pair) for pair in COCO_SKELETON],
 }
 LEFT_COLOUR = (255, 150, 20)
 RIGHT_COLOUR = (20, 220, 230)

@@ -16,7 +16,7 @@ from compress.core.atomic import torch_save
 from compress.core.checkpoint import read_torch_file
 from compress.core.errors import ModelFileError
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Mask = dict[str, Tensor]
 DISTRIBUTIONS = ("global", "layerwise")

@@ -27,14 +27,13 @@ from compress.core.errors import ModelFileError
 from compress.models.heads import (
     TINY_HEADS,
     HeadConfig,
-    check_heads,
     common_kwargs,
     keypoint_kwargs,
     mask_kwargs,
     rpn_parts,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ARCH_TASK: dict[str, str] = {
     "fasterrcnn": "detection",
@@ -140,7 +139,6 @@ def build_model(
         raise ValueError(f"num_classes counts the background and must be >= 2, got {num_classes}")
     if heads is None:
         heads = TINY_HEADS if backbone == "tiny" else HeadConfig()
-    check_heads(heads)
     body = build_backbone(backbone, norm=norm, trainable_layers=trainable_layers,
                           fpn_channels=heads.fpn_channels, backbone_weights_path=backbone_weights_path)
     featmaps = ["0", "1"] if backbone == "tiny" else ["0", "1", "2", "3"]
@@ -180,18 +178,4 @@ def load_checked(module: nn.Module, state: dict[str, torch.Tensor], path: str | 
     if problems:
         raise ModelFileError("does not fit the model: " + "; ".join(problems), file=str(path))
     module.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    logger.info("loaded %d tensors from %s", len(state), path)
-
-
-def model_summary(model: nn.Module) -> dict[str, int | dict[str, int]]:
-    """Parameter counts: total, trainable, and per part (backbone.body, backbone.fpn, rpn, roi heads)."""
-    parts: dict[str, int] = {}
-    for name, param in model.named_parameters():
-        fields = name.split(".")
-        part = ".".join(fields[:2]) if fields[0] in ("backbone", "roi_heads") else fields[0]
-        parts[part] = parts.get(part, 0) + param.numel()
-    return {
-        "params_total": sum(p.numel() for p in model.parameters()),
-        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "params_by_part": parts,
-    }
+    log.info("loaded %d tensors from %s", len(state), path)

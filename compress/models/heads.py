@@ -1,14 +1,14 @@
 """Head settings and head builders for torchvision R-CNN detectors.
 
-`HeadConfig` holds plain fields whose defaults are torchvision's own; `LIGHT_HEADS` is the
-lightened set that trains Mask R-CNN R-18 FPN at ~0.5 s/iteration on 2 CPU cores (DESIGN.md).
+`HeadConfig` holds the head sizes (torchvision's defaults; recipes lighten them for CPU runs).
 Module names match torchvision exactly (`roi_heads.box_head.fc6`, `roi_heads.mask_head.0.0`,
 `roi_heads.mask_predictor.conv5_mask`, `roi_heads.keypoint_predictor.kps_score_lowres`, ...).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
@@ -20,56 +20,30 @@ from torchvision.ops import MultiScaleRoIAlign
 ASPECT_RATIOS = (0.5, 1.0, 2.0)
 
 
-@dataclass
-class HeadConfig:
-    """Sizes of the FPN, RPN and RoI heads. Defaults are torchvision's.
+class HeadConfig(BaseModel):
+    """Sizes of the FPN, RPN and RoI heads (torchvision constructor arguments; lighter = faster).
 
+    Defaults are torchvision's. The recipe's `model.heads` section is this model.
     `anchor_sizes`: one anchor size per feature level (None = torchvision's 32..512 for a ResNet
     FPN, 16/32/64 for the tiny backbone).
     """
 
-    fpn_channels: int = 256
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512
-    box_detections_per_img: int = 100
-    representation_size: int = 1024
-    mask_head_layers: int = 4
-    mask_head_channels: int = 256
-    keypoint_head_layers: int = 8
-    keypoint_head_channels: int = 512
-    anchor_sizes: tuple[int, ...] | None = None
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
-
-# The smoke lightening measured in DESIGN.md (FPN 64 ch, 64 sampled RoIs, proposals 600/300,
-# box head 256, 2-conv 64-ch mask head); the keypoint head is lightened the same way.
-LIGHT_HEADS = HeadConfig(
-    fpn_channels=64,
-    rpn_pre_nms_top_n_train=600,
-    rpn_pre_nms_top_n_test=600,
-    rpn_post_nms_top_n_train=300,
-    rpn_post_nms_top_n_test=300,
-    rpn_batch_size_per_image=256,
-    box_batch_size_per_image=64,
-    box_detections_per_img=100,
-    representation_size=256,
-    mask_head_layers=2,
-    mask_head_channels=64,
-    keypoint_head_layers=2,
-    keypoint_head_channels=64,
-)
-
-
-def check_heads(heads: HeadConfig) -> None:
-    for name, value in vars(heads).items():
-        if name == "anchor_sizes":
-            if value is not None and (not value or any(int(v) <= 0 for v in value)):
-                raise ValueError(f"heads.anchor_sizes must be positive integers, got {value!r}")
-        elif not isinstance(value, int) or value <= 0:
-            raise ValueError(f"heads.{name} must be a positive integer, got {value!r}")
+    fpn_channels: int = Field(256, ge=8, le=1024)
+    rpn_pre_nms_top_n_train: int = Field(2000, ge=1, le=100000)
+    rpn_pre_nms_top_n_test: int = Field(1000, ge=1, le=100000)
+    rpn_post_nms_top_n_train: int = Field(2000, ge=1, le=100000)
+    rpn_post_nms_top_n_test: int = Field(1000, ge=1, le=100000)
+    rpn_batch_size_per_image: int = Field(256, ge=1, le=4096)
+    box_batch_size_per_image: int = Field(512, ge=1, le=4096)
+    box_detections_per_img: int = Field(100, ge=1, le=1000)
+    representation_size: int = Field(1024, ge=8, le=8192)
+    mask_head_layers: int = Field(4, ge=1, le=16)
+    mask_head_channels: int = Field(256, ge=8, le=1024)
+    keypoint_head_layers: int = Field(8, ge=1, le=16)
+    keypoint_head_channels: int = Field(512, ge=8, le=1024)
+    anchor_sizes: Optional[list[PositiveInt]] = Field(None, min_length=1)
 
 
 def rpn_parts(heads: HeadConfig, num_levels: int, default_sizes: tuple[int, ...]) -> dict[str, Any]:

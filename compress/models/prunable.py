@@ -22,7 +22,7 @@ from torch import nn
 
 from compress.core.errors import RecipeError
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.modules.conv._ConvNd, nn.Linear)
 SCOPES = ("all", "backbone")
@@ -149,5 +149,5 @@ def select_prunable(model: nn.Module, scope: str = "all", include: list[str] | N
         raise PrunableSelectionError(
             f"scope '{scope}' with include {include or []} / exclude {exclude or []} selects no "
             "prunable weight", key="lottery.scope")
-    _LOGGER.debug("prunable: %d tensors", len(ordered))
+    log.debug("prunable: %d tensors", len(ordered))
     return ordered

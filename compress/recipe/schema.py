@@ -11,6 +11,7 @@ from typing import Any, Literal, Optional
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.lottery.methods import METHOD_NAMES, METHODS
+from compress.models.heads import HeadConfig
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
@@ -18,25 +19,6 @@ Duration = str
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
-
-
-class HeadsCfg(_Section):
-    """torchvision constructor arguments that size the detector heads (lighter = faster)."""
-
-    fpn_channels: int = Field(256, ge=8, le=1024)
-    rpn_pre_nms_top_n_train: int = Field(2000, ge=1, le=100000)
-    rpn_pre_nms_top_n_test: int = Field(1000, ge=1, le=100000)
-    rpn_post_nms_top_n_train: int = Field(2000, ge=1, le=100000)
-    rpn_post_nms_top_n_test: int = Field(1000, ge=1, le=100000)
-    rpn_batch_size_per_image: int = Field(256, ge=1, le=4096)
-    box_batch_size_per_image: int = Field(512, ge=1, le=4096)
-    box_detections_per_img: int = Field(100, ge=1, le=1000)
-    representation_size: int = Field(1024, ge=8, le=8192)
-    mask_head_layers: int = Field(4, ge=1, le=16)
-    mask_head_channels: int = Field(256, ge=8, le=1024)
-    keypoint_head_layers: int = Field(8, ge=1, le=16)
-    keypoint_head_channels: int = Field(512, ge=8, le=1024)
-    anchor_sizes: Optional[list[int]] = None  # one per FPN level; None = torchvision's
 
 
 class ModelCfg(_Section):
@@ -48,7 +30,7 @@ class ModelCfg(_Section):
     backbone_weights: Optional[str] = None
     min_size: int = Field(800, ge=32, le=4096)
     max_size: int = Field(1333, ge=32, le=8192)
-    heads: HeadsCfg = HeadsCfg()
+    heads: HeadConfig = HeadConfig()
 
     @model_validator(mode="after")
     def _sizes(self) -> "ModelCfg":

@@ -13,14 +13,13 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from compress.core.coco_person import COCO_SKELETON
+
 PALETTE = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128))
 MASK_THRESHOLD = 0.5
 MASK_ALPHA = 0.45
-# COCO person skeleton (0-based keypoint indices), as in the COCO keypoint annotations.
-COCO_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6),
-                 (5, 7), (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5),
-                 (4, 6))
+SKELETON = tuple((a - 1, b - 1) for a, b in COCO_SKELETON)  # 0-based
 
 
 def to_numpy(value: Any) -> np.ndarray:
@@ -70,7 +69,7 @@ def _draw_keypoints(draw: ImageDraw.ImageDraw, points: np.ndarray, scale: float,
     xy = points[:, :2] * scale
     visible = points[:, 2] > 0 if points.shape[1] > 2 else np.ones(len(points), bool)
     if len(points) == 17:
-        for a, b in COCO_SKELETON:
+        for a, b in SKELETON:
             if visible[a] and visible[b]:
                 draw.line([tuple(xy[a]), tuple(xy[b])], fill=color, width=max(1, radius // 2))
     for (x, y), shown in zip(xy, visible):

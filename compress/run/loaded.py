@@ -14,7 +14,6 @@ from compress.recipe.load import load_resolved
 from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.models.build import build_model
-from compress.run.setup import head_config
 
 
 @dataclass
@@ -61,4 +60,4 @@ def build_for_run(recipe: Recipe, num_classes: int | None) -> nn.Module:
         raise UserError("summary.json has no num_classes; rerun with --resume to refresh it")
     m = recipe.model
     return build_model(m.arch, m.backbone, num_classes, trainable_layers=m.trainable_layers,
-                       norm=m.norm, min_size=m.min_size, max_size=m.max_size, heads=head_config(recipe))
+                       norm=m.norm, min_size=m.min_size, max_size=m.max_size, heads=recipe.model.heads)

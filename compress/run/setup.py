@@ -16,15 +16,13 @@ from compress.training.round import Schedule
 from compress.data.loaders import build_dataset
 from compress.data.synth import write_synthetic_splits
 from compress.data.voc import voc_to_coco
-from compress.models.build import build_model
-from compress.models.heads import HeadConfig
+from compress.models.build import ARCH_TASK, build_model
 from compress.training.schedule import parse_duration
 from compress.core.errors import RecipeError
 from compress.data.loaders import make_loader
 
 log = logging.getLogger(__name__)
 
-ARCH_TASK = {"fasterrcnn": "detection", "maskrcnn": "segmentation", "keypointrcnn": "keypoints"}
 TASK_IOU_TYPES = {"detection": ("bbox",), "segmentation": ("bbox", "segm"),
                   "keypoints": ("bbox", "keypoints")}
 IOU_PREFIX = {"bbox": "bbox", "segm": "segm", "keypoints": "kp"}
@@ -78,19 +76,13 @@ def ground_truth_path(kind: str, val: Any, root: Path, split: str, data_dir: Pat
 
 def model_factory(recipe: Recipe, data: DataBundle) -> Callable[[], nn.Module]:
     m = recipe.model
-    heads = head_config(recipe)
+    heads = recipe.model.heads
 
     def build() -> nn.Module:
         return build_model(m.arch, m.backbone, data.num_classes, trainable_layers=m.trainable_layers,
                            norm=m.norm, weights_path=m.weights, backbone_weights_path=m.backbone_weights,
                            min_size=m.min_size, max_size=m.max_size, heads=heads)
     return build
-
-
-def head_config(recipe: Recipe) -> Any:
-    fields = recipe.model.heads.model_dump()
-    fields["anchor_sizes"] = tuple(fields["anchor_sizes"]) if fields["anchor_sizes"] else None
-    return HeadConfig(**fields)
 
 
 def iterations_per_epoch(dataset_len: int, batch_size: int, world_size: int = 1) -> int:

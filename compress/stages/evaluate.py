@@ -25,7 +25,8 @@ from evaluate.analysis.tide import compare_tide, run_tide
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from compress.data.loaders import build_dataset, make_loader
 from compress.run.loaded import load_model, run_of
-from compress.run.setup import ARCH_TASK, ground_truth_path
+from compress.models.build import ARCH_TASK
+from compress.run.setup import ground_truth_path
 
 log = logging.getLogger(__name__)
 

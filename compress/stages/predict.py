@@ -28,7 +28,7 @@ from compress.core.atomic import write_bytes, write_json
 from compress.core.errors import DataError, ModelFileError, UserError
 from compress.data.loaders import build_dataset
 from compress.recipe.load import load_resolved
-from compress.run.setup import ARCH_TASK
+from compress.models.build import ARCH_TASK
 from compress.run.loaded import run_of
 from evaluate.runtimes.onnx_predict import OnnxDetector
 from compress.run.loaded import load_model

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from compress.core.errors import UserError  # noqa: E402
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 Batch = tuple[Sequence[torch.Tensor], Sequence[dict[str, Any]]]
 
@@ -54,9 +54,10 @@ def _progress(loader: Iterable, enabled: bool, desc: str, total: int | None = No
     return tqdm(loader, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True)
 
 
-def _use_amp(amp: bool, device: torch.device) -> bool:
+def use_amp(amp: bool, device: torch.device) -> bool:
+    """AMP runs on CUDA only; elsewhere a request for it trains in float32 (with a warning)."""
     if amp and device.type != "cuda":
-        logger.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
+        log.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
         return False
     return amp
 
@@ -116,20 +117,20 @@ def train_one_epoch(
     model: nn.Module, optimizer: torch.optim.Optimizer, loader: Iterable[Batch], device: torch.device | str,
     *, scheduler: Any = None, start_iteration: int = 0, max_iterations: int | None = None, amp: bool = False,
     grad_clip: float | None = None, after_step: Sequence[Callable[[int], None]] = (),
-    log: Callable[[dict[str, Any]], None] | None = None, log_every: int = 20, progress: bool = True,
+    on_record: Callable[[dict[str, Any]], None] | None = None, log_every: int = 20, progress: bool = True,
     scaler: torch.amp.GradScaler | None = None,
 ) -> dict[str, float]:
     """Train over `loader` once (or until the global iteration reaches `max_iterations`).
 
     After each optimizer step (and scheduler step, once per iteration) every `after_step`
-    callback is called as cb(iteration). `log(record)` gets, every `log_every` iterations and at
+    callback is called as cb(iteration). `on_record(record)` gets, every `log_every` iterations and at
     the end, {iteration, lr, loss, loss_<part>..., seconds_per_iter} averaged over the window.
     Returns the epoch means of the loss parts plus `iterations` (run here) and `iteration` (global).
     Raises NonFiniteLossError before stepping on a NaN/inf loss. Pass `scaler` to keep a
     GradScaler's state across epochs (else one is made per call when AMP is on).
     """
     device = torch.device(device)
-    amp = _use_amp(amp, device)
+    amp = use_amp(amp, device)
     if amp and scaler is None:
         scaler = torch.amp.GradScaler("cuda")
     model.train()
@@ -155,10 +156,10 @@ def train_one_epoch(
             callback(iteration)
         meter.add(parts)
         bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
-        if log is not None and (iteration % log_every == 0):
-            log({"iteration": iteration, "lr": lr, **meter.pop_window()})
-    if log is not None and meter.window_count:
-        log({"iteration": iteration, "lr": lr, **meter.pop_window()})
+        if on_record is not None and (iteration % log_every == 0):
+            on_record({"iteration": iteration, "lr": lr, **meter.pop_window()})
+    if on_record is not None and meter.window_count:
+        on_record({"iteration": iteration, "lr": lr, **meter.pop_window()})
     result: dict[str, float] = meter.means()
     result.update(iterations=iteration - start_iteration, iteration=iteration)
     return result

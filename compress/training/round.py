@@ -13,7 +13,7 @@ from torch import nn
 
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.errors import ModelFileError
-from compress.training.loop import train_one_epoch, validation_loss
+from compress.training.loop import train_one_epoch, use_amp, validation_loss
 from compress.core.distributed import SINGLE, Dist
 from compress.run.folder import MetricsLog
 from compress.training.schedule import build_scheduler
@@ -64,12 +64,7 @@ def _scheduler(optimizer: torch.optim.Optimizer, schedule: Schedule, start: int)
 
 def _make_scaler(schedule: Schedule, device: torch.device) -> Optional[torch.amp.GradScaler]:
     """One GradScaler for the whole round (its scale is part of the epoch checkpoint)."""
-    if not schedule.amp:
-        return None
-    if device.type != "cuda":
-        log.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
-        return None
-    return torch.amp.GradScaler("cuda")
+    return torch.amp.GradScaler("cuda") if use_amp(schedule.amp, device) else None
 
 
 @dataclass
@@ -157,7 +152,7 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
                         scheduler=_scheduler(optimizer, schedule, state.iteration),
                         start_iteration=state.iteration, max_iterations=epoch_end,
                         amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
-                        after_step=[*plan.after_step, capture], log=metrics.with_fields(epoch=epoch),
+                        after_step=[*plan.after_step, capture], on_record=metrics.with_fields(epoch=epoch),
                         log_every=schedule.log_every, progress=progress)
         state.iteration = epoch_end
         val = validation_loss(model, loaders["val_loss"], device)

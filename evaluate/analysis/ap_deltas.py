@@ -43,17 +43,6 @@ def ap_deltas(metrics_a: Mapping[str, Any], metrics_b: Mapping[str, Any],
     }
 
 
-def format_delta_table(deltas: Mapping[str, Any], label_a: str = "dense", label_b: str = "ticket") -> str:
-    """Plain-text table of the deltas in AP points (x100)."""
-    lines = [f"AP delta ({label_b} - {label_a}), AP points"]
-    for group in ("overall", "size", "per_category"):
-        lines.append(f"[{group}]")
-        for name, value in deltas[group].items():
-            text = "n/a" if value is None else f"{100 * value:+.2f}"
-            lines.append(f"  {name:<24}{text:>8}")
-    return "\n".join(lines)
-
-
 def plot_ap_deltas(deltas: Mapping[str, Any], out_png: str | os.PathLike,
                    title: str = "ticket - dense") -> Path:
     """Two panels: AP delta per object size, and per category (sorted, worst first)."""

@@ -23,7 +23,7 @@ from typing import Any, Iterator, Mapping
 import torch
 from torch import nn
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 COUNTED_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d,
                  nn.ConvTranspose3d, nn.Linear)
@@ -156,7 +156,7 @@ def count_macs(model: nn.Module, image_size: int | tuple[int, int],
         non_prunable += 0 if pruned else entry["dense"]
         by_type[entry["type"]] = by_type.get(entry["type"], 0) + entry["dense"]
     dense = sum(entry["dense"] for entry in layers.values())
-    _LOGGER.info("MACs at %sx%s: dense %.3g, effective %.3g", size[0], size[1], dense,
+    log.info("MACs at %sx%s: dense %.3g, effective %.3g", size[0], size[1], dense,
                  float(total_effective))
     return {"image_size": list(size), "batch": batch, "layers": layers, "dense": dense,
             "effective": float(total_effective), "effective_exact": total_effective,

@@ -23,7 +23,7 @@ from compress.core.atomic import write_json
 from compress.core.errors import DataError
 from evaluate.metrics.results_file import read_json, validate_gt, validate_results
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 MAIN_ERRORS = ("Cls", "Loc", "Both", "Dupe", "Bkg", "Miss")
 SPECIAL_ERRORS = ("FalsePos", "FalseNeg")
@@ -111,7 +111,7 @@ def _tidecv_plot(tide: Any, fig_dir: Path) -> None:
         setattr(plotter, attr, max(getattr(plotter, attr), math.ceil(top / 5) * 5))
     for name, run in tide.runs.items():
         if sum(errors["main"][name].values()) <= 0:
-            logger.warning("TIDE: run %s has no errors; tidecv's pie chart is undefined, skipped", name)
+            log.warning("TIDE: run %s has no errors; tidecv's pie chart is undefined, skipped", name)
             continue
         plotter.make_summary_plot(str(fig_dir), errors, name, run.mode, hbar_names=True)
 

@@ -19,7 +19,6 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from compress.core.errors import DataError
-from evaluate.metrics.detections import outputs_to_coco_results
 
 logger = logging.getLogger(__name__)
 
@@ -182,33 +181,3 @@ def coco_stats(gt: COCO | Mapping[str, Any] | str | os.PathLike,
     stats["size"] = {"small": stats.get("APs", -1.0), "medium": stats["APm"], "large": stats["APl"]}
     stats["backend"] = "faster-coco-eval" if use_fast else "pycocotools"
     return stats
-
-
-class CocoEvaluator:
-    """Evaluator protocol (detectron2 style): reset / process(image_id, outputs) / evaluate -> dict.
-
-    `outputs` is one torchvision detector output dict (boxes, scores, labels, masks, keypoints).
-    """
-
-    def __init__(self, gt: COCO | Mapping[str, Any] | str | os.PathLike, iou_types: Sequence[str],
-                 label_to_cat_id: Mapping[int, int] | None = None, backend: str = "auto") -> None:
-        for t in iou_types:
-            _check_iou_type(t)
-        self.gt = load_gt(gt)
-        self.iou_types = tuple(iou_types)
-        self.label_to_cat_id = dict(label_to_cat_id) if label_to_cat_id else None
-        self.backend = backend
-        self.task = ("keypoints" if "keypoints" in self.iou_types
-                     else "segmentation" if "segm" in self.iou_types else "detection")
-        self.results: list[dict] = []
-
-    def reset(self) -> None:
-        self.results = []
-
-    def process(self, image_id: int, outputs: Mapping[str, Any]) -> None:
-        label_map = self.label_to_cat_id or {c: c for c in self.gt.getCatIds()}
-        self.results.extend(outputs_to_coco_results(int(image_id), outputs, label_map, self.task))
-
-    def evaluate(self) -> dict[str, dict[str, Any]]:
-        """{iou_type: stats dict} over everything processed since the last reset."""
-        return {t: coco_stats(self.gt, self.results, t, backend=self.backend) for t in self.iou_types}

@@ -17,7 +17,6 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from compress.core.atomic import write_json
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse import deepsparse_bench
 from evaluate.runtimes.ort import EngineUnavailable, ort_session, physical_cores
@@ -172,11 +171,6 @@ def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = ENGINES,
                          f"p50 {row['p50_ms']:.2f} ms" if row["p50_ms"] else row["reason"])
             rows.append(row)
     return rows
-
-
-def write_bench_json(path: str | os.PathLike, rows: Sequence[dict[str, Any]]) -> None:
-    """Write `{"rows": [...]}` atomically (bench/bench.json)."""
-    write_json(path, {"rows": [dict(row) for row in rows]})
 
 
 def _fmt(value: Any, spec: str) -> str:

@@ -9,7 +9,7 @@ import onnxruntime as ort
 
 from compress.core.errors import ModelFileError
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
@@ -70,6 +70,6 @@ def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
     if provider == "cuda" and PROVIDERS["cuda"] not in session.get_providers():
         raise EngineUnavailable("CUDAExecutionProvider is installed but could not start "
                                 "(no CUDA device or CUDA/cuDNN libraries missing)")
-    _LOGGER.debug("ORT session on %s with %d threads", session.get_providers(),
+    log.debug("ORT session on %s with %d threads", session.get_providers(),
                   options.intra_op_num_threads)
     return session

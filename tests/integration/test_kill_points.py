@@ -1,5 +1,4 @@
-"""SIGKILL one tiny smoke run at every stage of `compress run` and resume it each time (issue 7,
-must-show 2).
+"""SIGKILL one tiny smoke run at every stage of `compress run` and resume it each time.
 
 One chain of kill/resume steps walks through a whole 2-round run with every stage on: each step
 starts `compress run ... --resume`, polls the run folder every few milliseconds and SIGKILLs the

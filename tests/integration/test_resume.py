@@ -1,4 +1,4 @@
-"""SIGKILL a tiny `compress run` and continue it with `--resume` (issue 3, must-show 5).
+"""SIGKILL a tiny `compress run` and continue it with `--resume`.
 
 One uninterrupted reference run; one run killed in round 2's prune/rewind step (between rounds 1
 and 2: the child SIGKILLs itself right after the rewind, so the kill lands there every time), then

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from compress.models.heads import HeadConfig
+
 ROOT = Path(__file__).resolve().parents[2]
 
 TINY = [
@@ -27,3 +29,12 @@ def set_args(overrides: list[str]) -> list[str]:
     for item in overrides:
         out += ["--set", item]
     return out
+
+
+# The smoke profile's lightened heads (recipes/maskrcnn_lth.yaml `smoke:`), keypoint head lightened alike.
+LIGHT_HEADS = HeadConfig(
+    fpn_channels=64, rpn_pre_nms_top_n_train=600, rpn_pre_nms_top_n_test=600,
+    rpn_post_nms_top_n_train=300, rpn_post_nms_top_n_test=300, box_batch_size_per_image=64,
+    representation_size=256, mask_head_layers=2, mask_head_channels=64,
+    keypoint_head_layers=2, keypoint_head_channels=64,
+)

@@ -15,7 +15,8 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from compress.core.errors import DataError
-from evaluate.metrics.coco import CocoEvaluator, coco_stats, stat_names
+from compress.run.torch_eval import coco_results
+from evaluate.metrics.coco import coco_stats, stat_names
 from evaluate.metrics.detections import outputs_to_coco_results
 from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
 
@@ -200,24 +201,23 @@ def test_segm_ignores_bbox_key(gt):
     assert coco_stats(gt, with_box, "segm")["APs"] == pytest.approx(coco_stats(gt, results, "segm")["APs"])
 
 
-def test_evaluator_protocol_perfect_detections(gt):
-    ev = CocoEvaluator(gt, ["bbox", "segm"], label_to_cat_id={1: 1, 2: 2, 3: 3})
+def test_perfect_detections_through_the_evaluation_path(gt):
+    """Outputs as the detector returns them -> the results the torch evaluation writes -> AP 1."""
     coco_gt = COCO()
     coco_gt.dataset = gt
     with contextlib.redirect_stdout(io.StringIO()):
         coco_gt.createIndex()
+    predictions = []
     for img_id in range(1, 5):
         anns = [a for a in coco_gt.imgToAnns[img_id] if not a["iscrowd"]]
         boxes = torch.tensor([[a["bbox"][0], a["bbox"][1], a["bbox"][0] + a["bbox"][2],
                                a["bbox"][1] + a["bbox"][3]] for a in anns])
         masks = torch.stack([torch.from_numpy(coco_gt.annToMask(a)).float() for a in anns])[:, None]
-        ev.process(img_id, {"boxes": boxes, "scores": torch.ones(len(anns)),
-                            "labels": torch.tensor([a["category_id"] for a in anns]), "masks": masks})
-    out = ev.evaluate()
-    assert out["bbox"]["AP"] == pytest.approx(1.0, abs=1e-6)
-    assert out["segm"]["AP"] == pytest.approx(1.0, abs=1e-6)
-    ev.reset()
-    assert ev.results == []
+        predictions.append((img_id, {"boxes": boxes, "scores": torch.ones(len(anns)),
+                                     "labels": torch.tensor([a["category_id"] for a in anns]), "masks": masks}))
+    results = coco_results(predictions, {1: 1, 2: 2, 3: 3}, "segmentation")
+    assert coco_stats(gt, results, "bbox")["AP"] == pytest.approx(1.0, abs=1e-6)
+    assert coco_stats(gt, results, "segm")["AP"] == pytest.approx(1.0, abs=1e-6)
 
 
 def test_outputs_to_coco_results_keypoints():

@@ -51,7 +51,7 @@ def test_three_iterations_callbacks_and_log() -> None:
     scheduler = build_scheduler(optimizer, warmup_iters=2, warmup_factor=0.5)
     calls, records = [], []
     result = train_one_epoch(model, optimizer, make_loader(3), "cpu", scheduler=scheduler,
-                             start_iteration=0, after_step=[calls.append], log=records.append,
+                             start_iteration=0, after_step=[calls.append], on_record=records.append,
                              log_every=2, progress=False)
     assert calls == [1, 2, 3]
     assert result["iterations"] == 3 and result["iteration"] == 3

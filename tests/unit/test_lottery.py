@@ -1,4 +1,4 @@
-"""The lottery runner end to end on a tiny Mask R-CNN (issue 3, must-show 1-3).
+"""The lottery runner end to end on a tiny Mask R-CNN.
 
 Every run goes through the real runner (`compress.run.pipeline.find_ticket`: recipe -> data -> model ->
 `run_lottery` -> SparseML prune -> rewind -> `train_round`). Probes are attached by wrapping the

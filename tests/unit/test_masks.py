@@ -1,4 +1,4 @@
-"""Pure magnitude pruning, mask holding and rewinding on the tiny Mask R-CNN (issue 3 must-show 1-2)."""
+"""Pure magnitude pruning, mask holding and rewinding on the tiny Mask R-CNN."""
 from __future__ import annotations
 
 import copy

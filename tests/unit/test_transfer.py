@@ -1,4 +1,4 @@
-"""Mask Transfer and Transfer Ticket (issue 3 must-show 3) on the tiny detectors."""
+"""Mask Transfer and Transfer Ticket on the tiny detectors."""
 from __future__ import annotations
 
 import pytest
