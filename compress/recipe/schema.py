@@ -1,7 +1,7 @@
 """The recipe: one typed model of the whole YAML file (model, data, schedule, lottery, modifiers,
 export, evaluation, benchmark, smoke profile).
 
-Every key has a default and a range; `compress/recipe.py` loads, merges and validates.
+Every key has a default and a range; `compress/recipe/load.py` loads, merges and validates.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """COCO metrics: the 12 (keypoints: 10) COCO stats, per-category AP, and a detectron2-style evaluator.
 
 pycocotools is the reference. faster-coco-eval is used as the fast path only for the iou types
-where the test corpus (tests/test_coco_metrics.py) shows it equals pycocotools to 1e-6.
+where the test corpus (tests/unit/test_coco_metrics.py) shows it equals pycocotools to 1e-6.
 """
 from __future__ import annotations
 
