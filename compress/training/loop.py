@@ -1,6 +1,6 @@
-"""One training / validation / prediction engine for Faster, Mask and Keypoint R-CNN.
+"""One training / validation / prediction loop for Faster, Mask and Keypoint R-CNN.
 
-In the style of torchvision's references/detection/engine.py. Iterations are counted globally:
+In the style of torchvision's detection reference scripts. Iterations are counted globally:
 `iteration` is the number of optimizer steps taken so far (step k is the k-th step, 1-based).
 Batches are `(images, targets)`: sequences of CxHxW tensors and target dicts (the usual
 `collate_fn=lambda b: tuple(zip(*b))`).
