@@ -3,7 +3,7 @@
 No downloads: every model starts from `weights=None`; weights come from local files only
 (`backbone_weights_path`: a ResNet state dict, e.g. ImageNet, `fc.*` ignored; `weights_path`: a
 whole-model state dict or checkpoint dict with `model`). Norm: "batch" (trainable BatchNorm, the
-from-scratch default: FrozenBatchNorm from random weights diverged, DESIGN.md), "frozen"
+from-scratch default: FrozenBatchNorm from random weights diverged), "frozen"
 (FrozenBatchNorm2d, for pretrained backbones) or "group" (GroupNorm, up to 32 groups).
 Note: with norm="batch" and trainable_layers < 5 the frozen stages' BatchNorm running statistics
 still update in train mode; use norm="frozen" to freeze them too.

@@ -1,4 +1,4 @@
-"""The run folder of DESIGN.md: paths, the summary digest and the metrics log."""
+"""The run folder (its layout is in the README): paths, the summary digest and the metrics log."""
 from __future__ import annotations
 
 import json

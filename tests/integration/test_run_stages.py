@@ -1,4 +1,4 @@
-"""The stages after the lottery on a real smoke run: the run folder of DESIGN.md, the deployed ONNX
+"""The stages after the lottery on a real smoke run: the run-folder contract, the deployed ONNX
 scored like the torch model, and bench.json rows for ONNX Runtime and DeepSparse."""
 from __future__ import annotations
 
