@@ -20,7 +20,8 @@ value (byte-exact, but 4 bytes each), which is why `export.onnx_export` writes c
   H(s) for random masks), or a zlib-compressed bitmask.
 Values are split into 4 byte planes (byte i of every fp32 value together); each plane is stored
 raw or zlib-compressed, whichever is smaller (the sign/exponent plane of trained or Gaussian weights
-compresses; the mantissa planes do not).
+compresses; the mantissa planes do not). The codecs live in `export.compact_codec`; reading
+(`export.compact_unpack`, re-exported here) treats every archive as hostile input.
 """
 from __future__ import annotations
 
@@ -38,12 +39,13 @@ import numpy as np
 
 from compress.core.atomic import write_bytes
 from compress.core.errors import ModelFileError
+from export.compact_codec import MAGIC, VERSION, encode_tensor
+from export.compact_unpack import read_header, read_layout, unpack, unpack_to
 from export.onnx_export import load_onnx
 
-MAGIC = b"LTHZ"
-VERSION = 1
+__all__ = ["MAGIC", "VERSION", "bound_bytes", "fp32_payloads", "pack", "read_header", "read_layout",
+           "unpack", "unpack_to"]
 FLOAT = 1  # onnx.TensorProto.FLOAT
-_PROBE = 1 << 16
 
 
 def bound_bytes(numel: int, zeros: int) -> float:
@@ -121,112 +123,6 @@ def fp32_payloads(data: bytes) -> list[Payload]:
     return found
 
 
-# ---------------------------------------------------------------- value and mask coding
-def _encode_values(values: np.ndarray) -> tuple[str, bytes]:
-    """Byte-plane split of the fp32 words; each plane zlib-compressed when that is smaller."""
-    planes = np.frombuffer(values.astype("<u4", copy=False).tobytes(), np.uint8).reshape(-1, 4).T
-    parts = []
-    for plane in planes:
-        raw = plane.tobytes()
-        # A plane whose first 64 KiB does not compress is mantissa noise: skip the full pass.
-        hopeless = len(raw) > 4 * _PROBE and len(zlib.compress(raw[:_PROBE], 6)) > 0.99 * _PROBE
-        packed = raw if hopeless else zlib.compress(raw, 6)
-        flag, body = (1, packed) if len(packed) < len(raw) else (0, raw)
-        parts.append(struct.pack("<BI", flag, len(body)) + body)
-    return "planes", b"".join(parts)
-
-
-def _decode_values(codec: str, blob: bytes, count: int) -> np.ndarray:
-    if codec != "planes":
-        raise ValueError(f"unknown value codec {codec!r}")
-    planes, pos = [], 0
-    for _ in range(4):
-        flag, length = struct.unpack_from("<BI", blob, pos)
-        body = blob[pos + 5:pos + 5 + length]
-        pos += 5 + length
-        planes.append(np.frombuffer(zlib.decompress(body) if flag else body, np.uint8, count=count))
-    return np.ascontiguousarray(np.stack(planes, axis=1)).view("<u4").ravel()
-
-
-def _rice_bits(gaps: np.ndarray, k: int) -> int:
-    return int(((gaps >> k) + 1).sum()) + k * len(gaps)
-
-
-def _rice_encode(positions: np.ndarray) -> tuple[int, bytes, bytes]:
-    """Rice-code the gaps between sorted positions with the best k; returns (k, unary, rem)."""
-    gaps = np.diff(positions, prepend=-1) - 1
-    k = 0
-    if len(gaps):
-        guess = int(math.log2(float(gaps.mean()) + 1.0))
-        k = min(range(max(0, guess - 3), guess + 4), key=lambda kk: _rice_bits(gaps, kk))
-    q = gaps >> k
-    unary = np.ones(int((q + 1).sum()), np.uint8)
-    unary[np.cumsum(q + 1) - 1] = 0
-    shifts = np.arange(k - 1, -1, -1, dtype=np.int64)
-    rem_bits = ((gaps[:, None] >> shifts) & 1).astype(np.uint8).ravel()
-    return k, np.packbits(unary).tobytes(), np.packbits(rem_bits).tobytes()
-
-
-def _rice_decode(k: int, unary: bytes, rem: bytes, count: int) -> np.ndarray:
-    ubits = np.unpackbits(np.frombuffer(unary, np.uint8))
-    zeros = np.flatnonzero(ubits == 0)[:count]
-    q = np.diff(zeros, prepend=-1) - 1
-    rbits = np.unpackbits(np.frombuffer(rem, np.uint8))[: count * k].reshape(count, k)
-    r = rbits.astype(np.int64) @ (1 << np.arange(k - 1, -1, -1, dtype=np.int64))
-    gaps = (q.astype(np.int64) << k) | r
-    return np.cumsum(gaps + 1) - 1
-
-
-def _sparse_candidates(words: np.ndarray, nonzero: np.ndarray) -> list[tuple[dict, list[bytes]]]:
-    numel, count = len(words), int(nonzero.sum())
-    codec, vblob = _encode_values(words[nonzero])
-    minority = "nonzero" if count <= numel - count else "zero"
-    positions = np.flatnonzero(nonzero if minority == "nonzero" else ~nonzero)
-    k, unary, rem = _rice_encode(positions)
-    return [
-        ({"form": "sparse", "mask": "rice", "minority": minority, "k": k,
-          "minority_count": len(positions), "nonzero": count, "values": codec},
-         [unary, rem, vblob]),
-        ({"form": "sparse", "mask": "bitmask-zlib", "nonzero": count, "values": codec},
-         [zlib.compress(np.packbits(nonzero).tobytes(), 6), vblob]),
-    ]
-
-
-def _encode_tensor(words: np.ndarray) -> tuple[dict, list[bytes]]:
-    """Choose the smallest form for one fp32 payload (viewed as uint32 words).
-
-    The dense form of a big tensor is first sized on an evenly strided 1/16 sample; it is encoded
-    in full only when that estimate is within 10% of the best sparse form.
-    """
-    nonzero = words != 0
-    candidates = _sparse_candidates(words, nonzero) if not nonzero.all() else []
-    best_sparse = min((sum(map(len, blobs)) for _, blobs in candidates), default=None)
-    if best_sparse is not None and len(words) >= 16 * _PROBE:
-        estimate = 16 * len(_encode_values(words[::16])[1])
-        if estimate > 1.1 * best_sparse:
-            return min(candidates, key=lambda c: sum(map(len, c[1])))
-    codec, blob = _encode_values(words)
-    candidates.append(({"form": "dense", "values": codec}, [blob]))
-    return min(candidates, key=lambda c: sum(map(len, c[1])))
-
-
-def _decode_tensor(meta: dict, blobs: list[bytes], numel: int) -> bytes:
-    if meta["form"] == "dense":
-        return _decode_values(meta["values"], blobs[0], numel).tobytes()
-    if meta["mask"] == "rice":
-        positions = _rice_decode(meta["k"], blobs[0], blobs[1], meta["minority_count"])
-        nonzero = np.zeros(numel, bool)
-        nonzero[positions] = True
-        if meta["minority"] == "zero":
-            nonzero = ~nonzero
-    else:
-        nonzero = np.unpackbits(np.frombuffer(zlib.decompress(blobs[0]), np.uint8),
-                                count=numel).astype(bool)
-    words = np.zeros(numel, "<u4")
-    words[nonzero] = _decode_values(meta["values"], blobs[-1], meta["nonzero"])
-    return words.tobytes()
-
-
 # ---------------------------------------------------------------- archive
 def pack(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
     """Write the compact archive of `onnx_path` to `out_path`; returns size statistics."""
@@ -242,7 +138,7 @@ def pack(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
         skeleton += data[cursor:item.start]
         cursor = item.start + item.length
         words = np.frombuffer(data, "<u4", count=item.length // 4, offset=item.start)
-        meta, parts = _encode_tensor(words)
+        meta, parts = encode_tensor(words)
         numel, zeros = len(words), int(((words & 0x7FFFFFFF) == 0).sum())
         entries.append({"name": item.name, "numel": numel, "at": len(skeleton),
                         "blobs": [len(b) for b in parts], **meta})
@@ -264,53 +160,3 @@ def pack(onnx_path: str | os.PathLike, out_path: str | os.PathLike) -> dict:
             "skeleton_bytes": len(packed_skeleton), "header_bytes": len(header),
             "weights": sum(t["numel"] for t in stats),
             "bound_bytes": sum(t["bound_bytes"] for t in stats), "tensors": stats}
-
-
-def read_header(archive_path: str | os.PathLike) -> tuple[dict, bytes, int]:
-    """Parse an archive; returns (header, archive bytes, offset of the skeleton blob)."""
-    path = Path(archive_path)
-    if not path.is_file():
-        raise ModelFileError("file not found; expected a .lthz archive", file=str(path))
-    data = path.read_bytes()
-    if len(data) < 9 or data[:4] != MAGIC:
-        raise ModelFileError("not a compact archive (bad magic; expected LTHZ)", file=str(path))
-    version, header_len = struct.unpack_from("<BI", data, 4)
-    if version != VERSION:
-        raise ModelFileError(f"archive version {version} unsupported; allowed: {VERSION}",
-                             file=str(path))
-    try:
-        header = json.loads(zlib.decompress(data[9:9 + header_len]))
-    except (zlib.error, ValueError) as err:
-        raise ModelFileError("corrupt or truncated archive header", file=str(path)) from err
-    return header, data, 9 + header_len
-
-
-def unpack(archive_path: str | os.PathLike) -> bytes:
-    """Decode an archive back to the original ONNX bytes (checked against the stored sha256)."""
-    header, data, pos = read_header(archive_path)
-    try:
-        skeleton = lzma.decompress(data[pos:pos + header["skeleton_bytes"]])
-        pos += header["skeleton_bytes"]
-        out, cursor = [], 0
-        for entry in header["tensors"]:
-            parts = []
-            for length in entry["blobs"]:
-                parts.append(data[pos:pos + length])
-                pos += length
-            out += [skeleton[cursor:entry["at"]], _decode_tensor(entry, parts, entry["numel"])]
-            cursor = entry["at"]
-        out.append(skeleton[cursor:])
-    except (lzma.LZMAError, zlib.error, struct.error, ValueError, KeyError, IndexError) as err:
-        raise ModelFileError(f"corrupt or truncated archive ({err})",
-                             file=str(archive_path)) from err
-    result = b"".join(out)
-    if hashlib.sha256(result).hexdigest() != header["sha256"]:
-        raise ModelFileError("archive does not decode to the original (sha256 mismatch)",
-                             file=str(archive_path))
-    return result
-
-
-def unpack_to(archive_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Decode an archive and write the ONNX file atomically; returns `out_path`."""
-    write_bytes(out_path, unpack(archive_path))
-    return Path(out_path)

@@ -27,7 +27,7 @@ def _sparse_sizes(sparse_onnx_path: str | os.PathLike) -> dict[str, int]:
 
 
 def _compact_sizes(compact_path: str | os.PathLike) -> dict[str, int]:
-    header, _, _ = read_header(compact_path)
+    header = read_header(compact_path)
     return {t["name"]: sum(t["blobs"]) for t in header["tensors"]}
 
 
