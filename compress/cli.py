@@ -100,23 +100,27 @@ Examples:
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
               help="COCO results JSON to score (from any framework).")
 @click.option("--iou-type", type=click.Choice(["bbox", "segm", "keypoints"]), default="bbox")
+@click.option("--convention", type=click.Choice(["coco", "detectron2"]), default=None,
+              help="coco: pycocotools' loadRes as is (default with --results; the COCO server's "
+                   "rule); detectron2: drop `bbox` from segm results so the mask area sets the "
+                   "size range. Default for a model: the recipe's evaluate.convention.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 def evaluate(model: Path | None, data: Path | None, engine: str | None, tide: bool, gt: Path | None,
-             results: Path | None, iou_type: str, out: Path | None) -> None:
+             results: Path | None, iou_type: str, convention: str | None, out: Path | None) -> None:
     """COCO / VOC metrics for a model, or for a results file against a ground truth."""
     if gt or results:
         if not (gt and results):
             raise click.UsageError("--gt and --results go together")
         from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
 
-        metrics = evaluate_results_file(gt, results, iou_type, out)
+        metrics = evaluate_results_file(gt, results, iou_type, out, convention or "coco")
         click.echo(format_stats_table(metrics))
         return
     if model is None or data is None:
         raise click.UsageError("give MODEL and --data, or --gt and --results")
     from compress.stages.evaluate import evaluate_command
 
-    evaluate_command(model, data, engine=engine, tide=tide, out=out)
+    evaluate_command(model, data, engine=engine, tide=tide, out=out, convention=convention)
 
 
 @cli.command(epilog="""\b

@@ -135,6 +135,7 @@ class EvaluateCfg(_Section):
     tide: bool = True
     keypoint_errors: bool = True
     max_images: Optional[int] = Field(None, ge=1)
+    convention: Literal["coco", "detectron2"] = "coco"  # segm results: box area (coco) or mask area
 
 
 class BenchCfg(_Section):

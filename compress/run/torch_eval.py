@@ -23,13 +23,16 @@ def coco_results(predictions: Iterable[tuple[int, dict]], label_to_cat_id: dict[
     return results
 
 
-def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path) -> dict[str, Any]:
-    """Write results_<iou>.json and metrics.json into out_dir; return the flat round metrics."""
+def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path,
+                  convention: str = "coco") -> dict[str, Any]:
+    """Write results.json and metrics.json into out_dir; return the flat round metrics.
+
+    `convention` is the recipe's evaluate.convention (see evaluate.metrics.coco)."""
 
     full: dict[str, Any] = {}
     flat: dict[str, Any] = {}
     for iou_type in TASK_IOU_TYPES[task]:
-        stats = coco_stats(gt_path, results, iou_type)
+        stats = coco_stats(gt_path, results, iou_type, convention=convention)
         full[iou_type] = stats
         prefix = IOU_PREFIX[iou_type]
         flat[f"{prefix}_mAP"] = stats["AP"]
@@ -42,7 +45,7 @@ def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path) 
 
 def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path: Path,
                    label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                   progress: bool = True, dist: Any = None) -> dict[str, Any]:
+                   progress: bool = True, dist: Any = None, convention: str = "coco") -> dict[str, Any]:
     """COCO metrics of `model` on the loader's images.
 
     Under torchrun (`dist` of more than one rank) each rank predicts its own share of the images,
@@ -59,7 +62,7 @@ def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path:
             return {}
         results.sort(key=lambda r: (r["image_id"], -r["score"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return score_results(gt_path, results, task, out_dir)
+    return score_results(gt_path, results, task, out_dir, convention)
 
 
 def _shard(loader: Any, rank: int, world_size: int) -> Any:

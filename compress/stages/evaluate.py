@@ -33,15 +33,16 @@ log = logging.getLogger(__name__)
 
 def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_path: Path,
                     label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                    progress: bool) -> dict[str, Any]:
+                    progress: bool, convention: str = "coco") -> dict[str, Any]:
     """COCO metrics of one engine; writes results.json + metrics.json into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "torch":
         return evaluate_torch(loaded.model, loader, torch.device("cpu"), gt_path, label_to_cat_id,
-                              task, out_dir, progress)
+                              task, out_dir, progress, convention=convention)
     if engine == "onnxruntime":
         predictions = predict_onnx(OnnxDetector(model_path), loader)
-        return score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task, out_dir)
+        return score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task,
+                             out_dir, convention)
     if engine == "deepsparse":
         return deepsparse_backbone_parity(model_path.parent / "backbone.onnx", loader, out_dir)
     raise UserError(f"engine '{engine}' is not one of torch, onnxruntime, deepsparse", key="--engine")
@@ -114,7 +115,8 @@ class EvaluateStage:
             out_dir = run.eval_dir(engine)
             results[engine] = evaluate_engine(engine, run.export / "model.onnx", ctx.loaded,
                                               ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
-                                              data.task, out_dir, ctx.progress)
+                                              data.task, out_dir, ctx.progress,
+                                              recipe.evaluate.convention)
             if engine != "deepsparse":
                 results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
                                                 recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
@@ -125,8 +127,10 @@ class EvaluateStage:
 
 
 def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
-                     out: Path | None) -> None:
-    """`compress evaluate MODEL --data ROOT`: MODEL is a run folder, ticket/checkpoint or ONNX."""
+                     out: Path | None, convention: str | None = None) -> None:
+    """`compress evaluate MODEL --data ROOT`: MODEL is a run folder, ticket/checkpoint or ONNX.
+
+    `convention` None takes the recipe's evaluate.convention."""
 
     is_onnx = model.suffix == ".onnx"
     engine = engine or ("onnxruntime" if is_onnx else "torch")
@@ -141,7 +145,8 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     out_dir = out or run.eval_dir(engine)
     gt_path = ground_truth_path(kind, dataset, data, split, out_dir)
     metrics = evaluate_engine(engine, onnx_path, loaded, loader, gt_path,
-                              dict(dataset.label_to_cat_id), task, out_dir, progress=True)
+                              dict(dataset.label_to_cat_id), task, out_dir, progress=True,
+                              convention=convention or loaded.recipe.evaluate.convention)
     if tide and engine != "deepsparse":
         analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)
     print(json.dumps(metrics, indent=2))

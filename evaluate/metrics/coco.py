@@ -1,7 +1,11 @@
-"""COCO metrics: the 12 (keypoints: 10) COCO stats, per-category AP, and a detectron2-style evaluator.
+"""COCO metrics: the 12 (keypoints: 10) COCO stats and per-category AP.
 
-pycocotools is the reference. faster-coco-eval is used as the fast path only for the iou types
-where the test corpus (tests/unit/test_coco_metrics.py) shows it equals pycocotools to 1e-6.
+pycocotools is the reference, used as it is (what the COCO evaluation server runs): a segm result
+that also carries a `bbox` gets the box's area from `loadRes`, and that area decides its size range
+(small / medium / large). The "detectron2" convention drops `bbox` from segm results first, as
+detectron2's COCOEvaluator does, so the mask's area decides. faster-coco-eval is used as the fast
+path only for the iou types where the test corpus (tests/unit/test_coco_metrics.py) shows it
+equals pycocotools to 1e-6.
 """
 from __future__ import annotations
 
@@ -29,6 +33,7 @@ KP_STAT_NAMES = ("AP", "AP50", "AP75", "APm", "APl", "AR", "AR50", "AR75", "ARm"
 # iou types where faster-coco-eval matched pycocotools to 1e-6 on the corpus (see tests).
 FAST_IOU_TYPES = frozenset({"bbox", "segm", "keypoints"})
 BACKENDS = ("auto", "pycocotools", "faster")
+CONVENTIONS = ("coco", "detectron2")
 
 
 def stat_names(iou_type: str) -> tuple[str, ...]:
@@ -84,15 +89,21 @@ def _quiet(verbose: bool):
         yield
 
 
-def prepare_results(results: list[dict], iou_type: str) -> list[dict]:
+def _check_convention(convention: str) -> None:
+    if convention not in CONVENTIONS:
+        raise DataError(f"convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
+
+
+def prepare_results(results: list[dict], iou_type: str, convention: str = "coco") -> list[dict]:
     """Copied results (new dicts, shared nested values) as the evaluator should see them.
 
-    For segm the `bbox` key is dropped (detectron2's convention): with a bbox present,
-    pycocotools' loadRes would take the box area as the instance area, which changes
-    which size range (small/medium/large) a mask detection falls in.
+    "coco" leaves them as they are. "detectron2" drops `bbox` from segm results: with a bbox
+    present, pycocotools' loadRes takes the box area as the instance area, which changes which
+    size range (small/medium/large) a mask detection falls in.
     """
+    _check_convention(convention)
     out = [dict(r) for r in results]  # loadRes sets top-level keys only (id, area, ...)
-    if iou_type == "segm":
+    if iou_type == "segm" and convention == "detectron2":
         for r in out:
             r.pop("bbox", None)
     return out
@@ -159,18 +170,20 @@ def per_category_ap(precision: np.ndarray, cat_ids: Sequence[int], gt: COCO) -> 
 
 def coco_stats(gt: COCO | Mapping[str, Any] | str | os.PathLike,
                results: Sequence[Mapping[str, Any]] | str | os.PathLike,
-               iou_type: str, *, backend: str = "auto", verbose: bool = False) -> dict[str, Any]:
+               iou_type: str, *, backend: str = "auto", verbose: bool = False,
+               convention: str = "coco") -> dict[str, Any]:
     """COCO stats of `results` against `gt` for one iou type.
 
     Returns {AP, AP50, ... (12 names; keypoints: 10), "per_category": {name: AP},
-    "size": {small, medium, large AP}}. Empty results are valid: AP 0 where GT exists, -1 where
-    pycocotools gives -1. `backend` "auto" uses faster-coco-eval where it is proven equal.
+    "size": {small, medium, large AP}, "backend", "convention"}. Empty results are valid: AP 0
+    where GT exists, -1 where pycocotools gives -1. `backend` "auto" uses faster-coco-eval where it
+    is proven equal; `convention` is "coco" (pycocotools as is) or "detectron2" (see the module).
     """
     _check_iou_type(iou_type)
     if backend not in BACKENDS:
         raise ValueError(f"backend {backend!r} not in {BACKENDS}")
     coco_gt = load_gt(gt, verbose)
-    dets = prepare_results(_load_results(results), iou_type)
+    dets = prepare_results(_load_results(results), iou_type, convention)
     use_fast = backend == "faster" or (backend == "auto" and iou_type in FAST_IOU_TYPES)
     with _quiet(verbose):
         ev = _run_faster(coco_gt, dets, iou_type) if use_fast else _run_pycocotools(coco_gt, dets, iou_type)
@@ -180,4 +193,5 @@ def coco_stats(gt: COCO | Mapping[str, Any] | str | os.PathLike,
     stats["per_category"] = per_category_ap(np.asarray(ev.eval["precision"]), cat_ids, coco_gt)
     stats["size"] = {"small": stats.get("APs", -1.0), "medium": stats["APm"], "large": stats["APl"]}
     stats["backend"] = "faster-coco-eval" if use_fast else "pycocotools"
+    stats["convention"] = convention
     return stats

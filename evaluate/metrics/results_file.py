@@ -9,7 +9,7 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import DataError
-from evaluate.metrics.coco import IOU_TYPES, coco_stats, load_gt, stat_names
+from evaluate.metrics.coco import CONVENTIONS, IOU_TYPES, coco_stats, load_gt, stat_names
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 
 logger = logging.getLogger(__name__)
@@ -129,18 +129,22 @@ def format_stats_table(metrics: dict[str, dict[str, Any]]) -> str:
 
 
 def evaluate_results_file(gt_path: str | os.PathLike, results_path: str | os.PathLike,
-                          iou_type: str = "bbox", out_dir: str | os.PathLike | None = None) -> dict:
+                          iou_type: str = "bbox", out_dir: str | os.PathLike | None = None,
+                          convention: str = "coco") -> dict:
     """Validate and score a COCO results file; write `out_dir/metrics.json` (and for keypoints
-    `keypoint_errors.json`). Returns {iou_type: stats dict}."""
+    `keypoint_errors.json`). Returns {iou_type: stats dict}; each records its `convention`:
+    "coco" (pycocotools' loadRes as is) or "detectron2" (segm results scored without `bbox`)."""
     if iou_type not in IOU_TYPES:
         raise DataError(f"--iou-type {iou_type!r} is not one of {', '.join(IOU_TYPES)}")
+    if convention not in CONVENTIONS:
+        raise DataError(f"--convention {convention!r} is not one of {', '.join(CONVENTIONS)}")
     gt = read_json(gt_path)
     validate_gt(gt, str(gt_path))
     validate_gt_for(gt, iou_type, str(gt_path))
     results = read_json(results_path)
     validate_results(results, gt, iou_type, str(results_path))
     coco_gt = load_gt(gt)
-    metrics = {iou_type: coco_stats(coco_gt, results, iou_type)}
+    metrics = {iou_type: coco_stats(coco_gt, results, iou_type, convention=convention)}
     if out_dir is not None:
         out = Path(out_dir)
         write_json(out / "metrics.json", metrics)

@@ -195,10 +195,15 @@ def test_per_category_ap_matches_single_category_eval(gt):
     assert ours["per_category"]["car"] == pytest.approx(ev.stats[0], abs=1e-9)
 
 
-def test_segm_ignores_bbox_key(gt):
+def test_segm_bbox_key_by_convention(gt):
+    """Default: pycocotools as is (a bbox sets the area); detectron2: the bbox is dropped."""
     results = make_results(gt, "segm")
     with_box = [dict(r, bbox=mask_utils.toBbox(r["segmentation"]).tolist()) for r in results]
-    assert coco_stats(gt, with_box, "segm")["APs"] == pytest.approx(coco_stats(gt, results, "segm")["APs"])
+    names = stat_names("segm")
+    coco = coco_stats(gt, with_box, "segm")
+    assert [coco[n] for n in names] == pytest.approx(pycocotools_stats(gt, with_box, "segm"), abs=1e-6)
+    d2 = coco_stats(gt, with_box, "segm", convention="detectron2")
+    assert [d2[n] for n in names] == pytest.approx(pycocotools_stats(gt, results, "segm"), abs=1e-6)
 
 
 def test_perfect_detections_through_the_evaluation_path(gt):
