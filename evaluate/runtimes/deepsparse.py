@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,7 +30,7 @@ import numpy as np
 from evaluate.runtimes.ort import EngineUnavailable
 
 _LOGGER = logging.getLogger(__name__)
-_PROJECT_ROOT = Path(__file__).resolve().parents[1]
+_PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate/runtimes/ -> the checkout
 DEFAULT_TIMEOUT_S = 900.0
 
 
@@ -167,11 +168,9 @@ def _compile(request: dict[str, Any]) -> Any:
     path = request["onnx_path"]
     if shapes is not None:
         # DeepSparse overrides input shapes by rewriting the ONNX file in place: compile a copy,
-        # so the user's (and the run's) ONNX keeps its dynamic image size.
-        import shutil
-        import tempfile
-
-        path = str(Path(tempfile.mkdtemp(prefix="deepsparse_shapes_")) / Path(path).name)
+        # so the user's (and the run's) ONNX keeps its dynamic image size. The copy goes into the
+        # parent's work folder, which the parent removes even when this child crashes.
+        path = str(Path(request["result_path"]).parent / f"shapes_{Path(path).name}")
         shutil.copyfile(request["onnx_path"], path)
     return compile_model(path, batch_size=request["batch_size"],
                          num_cores=request.get("num_cores"), input_shapes=shapes)
