@@ -4,8 +4,9 @@
 torch name; BatchNorm-folded conv weights get a new name (`onnx::Conv_123`) and a per-output-channel
 scale, so they are found through the scope of the node that consumes them
 (`/backbone/body/layer1/layer1.0/conv1/Conv` -> `backbone.body.layer1.0.conv1.weight`), and failing
-that by shape plus values equal up to a per-channel scale. The initializer must be zero exactly
-where the mask is False. `verify_parity` runs ONNX Runtime (CPU) against torch.
+that by shape plus values equal up to a per-channel scale. The mapping is one to one: a tensor
+whose only match already belongs to another fails, naming both. The initializer must be zero
+exactly where the mask is False. `verify_parity` runs ONNX Runtime (CPU) against torch.
 """
 from __future__ import annotations
 
@@ -52,11 +53,16 @@ def scope_to_module(node_name: str, prefixes: set[str]) -> str | None:
 
 
 def map_initializers(model: onnx.ModelProto, names: list[str]) -> dict[str, str]:
-    """Torch parameter name -> initializer name, by exact name or by the consuming node's scope."""
+    """Torch parameter name -> initializer name, by exact name or by the consuming node's scope.
+
+    One to one: an initializer already given to one torch name is never given to another (a
+    weight shared by two modules maps to the first; the second is left for `verify_zeros` to
+    report)."""
     inits = {i.name for i in model.graph.initializer}
     identity = {n.output[0]: n.input[0] for n in model.graph.node if n.op_type == "Identity"}
     prefixes = _prefixes(names)
     found = {n: n for n in names if n in inits}
+    taken = set(found.values())
     for node in model.graph.node:
         if node.op_type not in WEIGHT_OPS or len(node.input) < 2:
             continue
@@ -64,8 +70,10 @@ def map_initializers(model: onnx.ModelProto, names: list[str]) -> dict[str, str]
         weight = node.input[1]
         while weight in identity:
             weight = identity[weight]
-        if module and f"{module}.weight" in names and weight in inits:
-            found.setdefault(f"{module}.weight", weight)
+        key = f"{module}.weight"
+        if module and key in names and key not in found and weight in inits and weight not in taken:
+            found[key] = weight
+            taken.add(weight)
     return found
 
 
@@ -91,11 +99,19 @@ def _scale_error(onnx_w: np.ndarray, torch_w: np.ndarray) -> float:
     return best
 
 
-def _fallback(torch_w: np.ndarray, arrays: dict[str, np.ndarray], taken: set[str]) -> str | None:
-    scored = [(_scale_error(_align(a, torch_w.shape), torch_w), name) for name, a in arrays.items()
-              if name not in taken and _align(a, torch_w.shape) is not None]
-    scored = [s for s in scored if s[0] < 1e-3]
-    return min(scored)[1] if scored else None
+def _fallback(torch_w: np.ndarray, arrays: dict[str, np.ndarray],
+              owner: dict[str, str]) -> tuple[str | None, str | None]:
+    """The free initializer equal to `torch_w` up to a per-channel scale, else (None, why not)."""
+    scored = sorted((_scale_error(_align(a, torch_w.shape), torch_w), name)
+                    for name, a in arrays.items() if _align(a, torch_w.shape) is not None)
+    matching = [name for error, name in scored if error < 1e-3]
+    free = [name for name in matching if name not in owner]
+    if free:
+        return free[0], None
+    if matching:
+        return None, (f"its only matching initializer(s) {', '.join(matching[:3])} already belong "
+                      f"to {', '.join(owner[m] for m in matching[:3])}")
+    return None, "no initializer found"
 
 
 def _check_tensor(onnx_w: np.ndarray, torch_w: np.ndarray, keep: np.ndarray) -> dict:
@@ -120,18 +136,22 @@ def verify_zeros(onnx_path: str | os.PathLike, model: torch.nn.Module,
     arrays = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer
               if i.data_type == onnx.TensorProto.FLOAT}
     mapping = map_initializers(proto, list(mask))
+    owner = {init: name for name, init in mapping.items()}  # one torch tensor per initializer
     scopes = {n.name.strip("/").split("/")[0] for n in proto.graph.node} | {
         n.split(".")[0] for n in arrays}
     tensors, absent = {}, []
     for name, keep_t in mask.items():
         keep, torch_w = keep_t.cpu().numpy().astype(bool), state[name]
-        init = mapping.get(name) or _fallback(torch_w, arrays, set(mapping.values()))
+        init, why = mapping.get(name), None
+        if init is None:
+            init, why = _fallback(torch_w, arrays, owner)
         if init is None:
             if name.split(".")[0] not in scopes:
                 absent.append(name)
                 continue
-            tensors[name] = {"initializer": None, "passed": False, "reason": "no initializer found"}
+            tensors[name] = {"initializer": None, "passed": False, "reason": why}
             continue
+        owner[init] = name
         onnx_w = _align(arrays[init], keep.shape)
         if onnx_w is None:
             tensors[name] = {"initializer": init, "passed": False, "reason": "shape mismatch"}
