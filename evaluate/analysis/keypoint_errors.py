@@ -32,6 +32,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from compress.core.atomic import write_json
+from compress.core.coco_person import COCO_FLIP, flip_permutation
 from evaluate.metrics.coco import coco_stats, keypoint_cat_ids, load_gt
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ MATCH_AREA_RANGE = (32.0 ** 2, 1e5 ** 2)
 KS_GOOD, KS_NEAR = 0.85, 0.5
 COCO_SIGMAS = np.array([.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62,
                         1.07, 1.07, .87, .87, .89, .89]) / 10.0
-COCO_FLIP = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 
 
 def flip_index(names: Sequence[str] | None, num_keypoints: int) -> tuple[int, ...]:
@@ -53,13 +53,7 @@ def flip_index(names: Sequence[str] | None, num_keypoints: int) -> tuple[int, ..
         if num_keypoints != len(COCO_FLIP):
             raise ValueError(f"no keypoint names to derive left/right pairs for {num_keypoints} keypoints")
         return COCO_FLIP
-    pos = {n: i for i, n in enumerate(names)}
-    swap = {"left": "right", "right": "left"}
-    out = []
-    for n in names:
-        head, sep, tail = n.partition("_")
-        out.append(pos.get(swap[head] + sep + tail, pos[n]) if head in swap else pos[n])
-    return tuple(out)
+    return tuple(flip_permutation(names))
 
 
 def keypoint_similarity(det_xy: np.ndarray, gt_xy: np.ndarray, area: float, sigmas: np.ndarray) -> np.ndarray:
