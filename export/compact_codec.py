@@ -11,7 +11,6 @@ needs, and every length is checked before anything of that length is allocated.
 """
 from __future__ import annotations
 
-import lzma
 import math
 import struct
 import zlib
@@ -28,19 +27,19 @@ class CorruptArchive(ValueError):
     """A blob does not decode to what the header declares."""
 
 
-def bounded_inflate(blob: bytes, size: int, codec: str = "zlib") -> bytes:
-    """Decompress `blob`, which must decode to exactly `size` bytes; at most size + 1 are made."""
-    stream = zlib.decompressobj() if codec == "zlib" else lzma.LZMADecompressor()
+def bounded_inflate(blob: bytes, size: int) -> bytes:
+    """zlib-decompress `blob`, which must decode to exactly `size` bytes; at most size + 1 are made."""
+    stream = zlib.decompressobj()
     try:
         out = stream.decompress(blob, size + 1)
-    except (zlib.error, lzma.LZMAError) as err:
-        raise CorruptArchive(f"{codec} stream is corrupt ({err})") from err
+    except zlib.error as err:
+        raise CorruptArchive(f"zlib stream is corrupt ({err})") from err
     if len(out) > size:
-        raise CorruptArchive(f"{codec} stream decodes to more than the declared {size} bytes")
+        raise CorruptArchive(f"zlib stream decodes to more than the declared {size} bytes")
     if len(out) < size or not stream.eof:
-        raise CorruptArchive(f"{codec} stream ends before the declared {size} bytes")
+        raise CorruptArchive(f"zlib stream ends before the declared {size} bytes")
     if stream.unused_data:
-        raise CorruptArchive(f"{codec} stream is followed by stray bytes")
+        raise CorruptArchive("zlib stream is followed by stray bytes")
     return out
 
 

@@ -3,7 +3,8 @@
 Before anything is allocated from what the file says, the header's own size is capped, every
 declared size is checked against the others and against the file (header + skeleton + tensor blobs
 = file size; decoded skeleton + 4 bytes per weight = original size <= 2 GiB; each blob no larger
-than its coding can need), and every decompression is bounded by the size it must produce. The
+than its coding can need), and every decompression is bounded by the size it must produce (the
+skeleton is decoded in pieces, so memory follows the largest tensor, not the file). The
 decoded file is written piece by piece into a temporary file and renamed only when its sha256
 matches, so any violation raises a one-line ModelFileError and leaves nothing behind.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import re
 import struct
@@ -22,12 +24,12 @@ from typing import IO, Any
 
 from compress.core.atomic import atomic_open
 from compress.core.errors import ModelFileError
-from export.compact_codec import (MAGIC, PLANE_HEAD, VERSION, CorruptArchive, bounded_inflate,
-                                  decode_tensor, rice_limits)
+from export.compact_codec import MAGIC, PLANE_HEAD, VERSION, CorruptArchive, decode_tensor, rice_limits
 
 PREAMBLE = struct.calcsize("<4sBI")
 MAX_ORIGINAL_BYTES = 2 << 30  # an ONNX (protobuf) file is at most 2 GiB
 MAX_HEADER_BYTES = 16 << 20  # the JSON header takes ~150 bytes per tensor
+PIECE_BYTES = 16 << 20  # the skeleton is decoded and written in pieces of this size
 BLOBS_PER_FORM = {("dense", None): 1, ("sparse", "rice"): 3, ("sparse", "bitmask-zlib"): 2}
 
 
@@ -160,18 +162,47 @@ def _read(handle: IO[bytes], size: int) -> bytes:
     return data
 
 
+class _Skeleton:
+    """The lzma skeleton decoded piece by piece: never more in memory than one piece, never more
+    in total than the declared size."""
+
+    def __init__(self, packed: bytes, size: int) -> None:
+        self._stream, self._input, self._left = lzma.LZMADecompressor(), packed, size
+
+    def take(self, count: int) -> Iterator[bytes]:
+        while count > 0:
+            if self._stream.eof:
+                raise CorruptArchive("lzma skeleton ends before its declared size")
+            try:
+                piece = self._stream.decompress(self._input, min(count, PIECE_BYTES))
+            except lzma.LZMAError as err:
+                raise CorruptArchive(f"lzma skeleton is corrupt ({err})") from err
+            self._input = b""
+            if not piece:  # all input was given at once: nothing more will come
+                raise CorruptArchive("lzma skeleton ends before its declared size")
+            count -= len(piece)
+            self._left -= len(piece)
+            yield piece
+
+    def rest(self) -> Iterator[bytes]:
+        yield from self.take(self._left)
+        if not self._stream.eof and self._stream.decompress(self._input, 1):
+            raise CorruptArchive("lzma skeleton decodes to more than its declared size")
+        if not self._stream.eof or self._stream.unused_data:
+            raise CorruptArchive("lzma skeleton does not end where declared")
+
+
 def _pieces(layout: Layout) -> Iterator[bytes]:
     with open(layout.path, "rb") as handle:
         handle.seek(layout.skeleton_at)
-        packed = _read(handle, layout.header["skeleton_bytes"])
-        skeleton = bounded_inflate(packed, layout.skeleton_raw, "lzma")
+        skeleton = _Skeleton(_read(handle, layout.header["skeleton_bytes"]), layout.skeleton_raw)
         cursor = 0
         for entry in layout.header["tensors"]:
             blobs = [_read(handle, size) for size in entry["blobs"]]
-            yield skeleton[cursor:entry["at"]]
+            yield from skeleton.take(entry["at"] - cursor)
             yield decode_tensor(entry, blobs, entry["numel"])
             cursor = entry["at"]
-        yield skeleton[cursor:]
+        yield from skeleton.rest()
 
 
 def _decode_into(layout: Layout, sink: Callable[[bytes], Any]) -> None:

@@ -6,6 +6,7 @@ streams of 64 MiB of zeros each) behind an otherwise consistent header.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import lzma
 import os
@@ -22,7 +23,8 @@ from onnx import TensorProto, helper, numpy_helper, save
 
 from compress.cli import main
 from compress.core.errors import ModelFileError
-from export.compact import MAGIC, pack, unpack
+import export.compact_unpack
+from export.compact import MAGIC, pack, unpack, unpack_to
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -177,7 +179,16 @@ def test_consistent_header_with_garbage_blobs_is_refused(tmp_path):
     assert not (tmp_path / "out.onnx").exists()
 
 
-def test_roundtrip_still_exact(tmp_path):
+def test_large_skeleton_decodes_in_pieces(tmp_path):
+    """A consistent archive whose 40 MiB skeleton is decoded and written 16 MiB at a time."""
+    skeleton = lzma.compress(bytes(40 * MiB), preset=1)
+    head = dict(header(40 * MiB, len(skeleton)), sha256=hashlib.sha256(bytes(40 * MiB)).hexdigest())
+    (tmp_path / "zeros.lthz").write_bytes(archive(head, skeleton))
+    out = unpack_to(tmp_path / "zeros.lthz", tmp_path / "zeros.bin")
+    assert out.stat().st_size == 40 * MiB and out.read_bytes() == bytes(40 * MiB)
+
+
+def test_roundtrip_still_exact(tmp_path, monkeypatch):
     w = np.random.default_rng(0).standard_normal((64, 64)).astype(np.float32)
     w[np.abs(w) < 1.0] = 0.0
     graph = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"])], "g",
@@ -186,6 +197,7 @@ def test_roundtrip_still_exact(tmp_path):
                               [numpy_helper.from_array(w, "W")])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     pack(tmp_path / "m.onnx", tmp_path / "m.lthz")
+    monkeypatch.setattr(export.compact_unpack, "PIECE_BYTES", 7)  # skeleton pieces cross tensors
     assert main(["export", "--unpack", str(tmp_path / "m.lthz"), "--out", str(tmp_path / "b.onnx")]) == 0
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert unpack(tmp_path / "m.lthz") == (tmp_path / "m.onnx").read_bytes()
