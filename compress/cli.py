@@ -24,6 +24,7 @@ Examples:
   compress evaluate --gt gt.json --results dt.json --iou-type bbox
   compress bench runs/NAME/export/backbone.onnx --engine deepsparse
   compress report runs/A runs/B
+  compress profile recipes/maskrcnn_lth.yaml --smoke    # per-layer DeepSparse latency
   compress data synth --out data/synth --task keypoints --images 50
 """
 
@@ -142,6 +143,33 @@ def bench(model: Path, engines: tuple[str, ...], batches: tuple[int, ...], itera
 
     bench_command(model, engines=list(engines), batches=list(batches) or [1],
                   iterations=iterations, warmup=warmup, out=out)
+
+
+@cli.command(epilog="""\b
+Examples:
+  compress profile recipes/maskrcnn_lth.yaml --smoke
+  compress profile recipes/maskrcnn_lth.yaml --out profiles/r50_800.json""")
+@click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="Profile JSON (default: the cache, $COMPRESS_PROFILE_DIR or "
+                   "~/.cache/lth-compress/profiles). An existing file is resumed.")
+@click.option("--smoke", is_flag=True, help="The recipe's smoke model and image size.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="Override a recipe key (validated like the file). Repeatable.")
+@click.option("--cores", type=click.IntRange(1, 4096), default=None,
+              help="Cores DeepSparse runs on (default: the physical cores).")
+@click.pass_context
+def profile(ctx: click.Context, recipe: Path, out: Path | None, smoke: bool,
+            overrides: tuple[str, ...], cores: int | None) -> None:
+    """DeepSparse latency of every prunable layer at a grid of sparsities (for
+    `lottery.distribution: runtime`)."""
+    from compress.run.profile import format_profile, profile_recipe
+
+    path, data = profile_recipe(recipe, out=out, smoke=smoke, overrides=list(overrides),
+                                progress=ctx.obj["progress"], cores=cores)
+    if not ctx.obj["quiet"]:
+        click.echo(format_profile(data))
+    click.echo(f"profile: {path}")
 
 
 @cli.command(epilog="""\b

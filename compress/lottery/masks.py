@@ -82,6 +82,24 @@ def magnitude_prune(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor], f
             for n, part in zip(names, torch.split(flat, sizes))}
 
 
+def prune_to_counts(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor],
+                    zeros: Mapping[str, int]) -> Mask:
+    """Per tensor, remove the smallest kept |w| until it holds exactly `zeros[name]` zeros.
+
+    A count below the tensor's current zeros or above its size is an error (masks only shrink).
+    """
+    out = {}
+    for name, kept_mask in mask.items():
+        kept = kept_mask.reshape(-1).bool()
+        count = int(zeros[name]) - (kept.numel() - int(kept.sum()))
+        if count < 0 or int(zeros[name]) > kept.numel():
+            raise ValueError(f"{name}: {zeros[name]} zeros asked, it holds {kept.numel() - int(kept.sum())}"
+                             f" of {kept.numel()}")
+        magnitude = weights[name].detach().reshape(-1).abs().to(kept.device)
+        out[name] = _prune_flat(magnitude, kept, count).reshape(kept_mask.shape)
+    return out
+
+
 def dense_mask(model: nn.Module, param_names: list[str]) -> Mask:
     """All-True mask over `param_names` (round 0)."""
     state = model.state_dict()

@@ -22,6 +22,7 @@ from compress.lottery.transfer import load_ticket_parts, mask_transfer, source_w
 log = logging.getLogger(__name__)
 Mask = dict[str, Tensor]
 Lottery = Any  # the recipe's `lottery:` section (compress.recipe.schema.LotteryCfg)
+Allocate = Callable[[nn.Module, Mask, float], dict[str, int]]  # (model, mask, fraction) -> zeros
 
 
 def _no_rounds(lot: Lottery) -> int:
@@ -75,8 +76,18 @@ class Method:
             else dense_mask(model, list(prunable))
 
     @staticmethod
-    def prune(model: nn.Module, mask: Mask, fraction: float, distribution: str, log_dir: Path) -> Mask:
-        """Round k >= 1: prune `fraction` of the kept weights by magnitude through SparseML."""
+    def prune(model: nn.Module, mask: Mask, fraction: float, distribution: str, log_dir: Path,
+              allocate: Optional[Allocate] = None) -> Mask:
+        """Round k >= 1: prune `fraction` of the kept weights by magnitude through SparseML.
+
+        distribution "runtime": `allocate(model, mask, fraction)` gives each tensor's zeros
+        (the same total as global) and each tensor is pruned to its count.
+        """
+        if distribution == "runtime":
+            if allocate is None:
+                raise ValueError("distribution 'runtime' needs an allocator (a latency profile)")
+            return sparseml_adapter.sparseml_prune_layers(model, mask, allocate(model, mask, fraction),
+                                                          log_dir)
         return sparseml_adapter.sparseml_prune(model, mask, fraction, distribution, log_dir)
 
 

@@ -24,6 +24,7 @@ from compress.core.errors import ModelFileError
 from compress.lottery.masks import (MaskHolder, early_bird_iou, is_nested, load_mask, mask_iou,
                                     rewind, save_mask, sparsity_report)
 from compress.lottery.methods import Method
+from compress.lottery.runtime_aware import RuntimeAllocator
 from compress.training.round import RoundPlan, Schedule, train_round
 from compress.core.distributed import SINGLE, Dist, rank_mask_digests
 from compress.run.folder import MetricsLog, NullMetrics, RunFolder
@@ -37,11 +38,12 @@ class LotterySetup:
     lottery: Any  # the recipe's lottery section, for the method's round-0 start
     pruning_rounds: int
     fraction: float  # of the remaining weights, per pruning round
-    distribution: str  # global | layerwise
+    distribution: str  # global | layerwise | runtime
     prunable: tuple[str, ...]
     rewind_iteration: int
     early_bird: bool = True
     round0_wrapper: Optional[Callable] = None  # SparseML modifiers driving round 0's optimizer
+    allocate: Optional[RuntimeAllocator] = None  # distribution runtime: zeros per layer
 
 
 @dataclass
@@ -123,8 +125,9 @@ def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,
     old_mask = load_mask(previous / "mask.pt", model)
     log_dir = ctx.run.round_dir(index) / ("sparse_logs" if ctx.dist.is_main else
                                           f"sparse_logs_rank{ctx.dist.rank}")
-    mask = setup.method.prune(model, old_mask, setup.fraction, setup.distribution, log_dir)
-    extra: dict[str, Any] = {}
+    mask = setup.method.prune(model, old_mask, setup.fraction, setup.distribution, log_dir,
+                              setup.allocate)
+    extra: dict[str, Any] = dict(setup.allocate.last_record) if setup.allocate else {}
     if ctx.dist.enabled:  # every rank pruned the same weights; rank 0's mask is the one used
         digests = rank_mask_digests(ctx.dist, mask)
         if len(set(digests)) != 1:
@@ -152,7 +155,7 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
         snap = captured["snapshot"]
         extra["early_bird_iou"] = early_bird_iou({n: snap[n] for n in mask},
                                                  {n: final[n].detach() for n in mask},
-                                                 mask, setup.fraction, setup.distribution)
+                                                 mask, setup.fraction, _ranking(setup.distribution))
     save_checkpoint(round_dir / "checkpoint.pt", model=model.state_dict(), round=index)
     save_mask(round_dir / "mask.pt", mask)
     sparsity = sparsity_report(model, mask)
@@ -166,6 +169,11 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
     shutil.rmtree(round_dir / "sparse_logs", ignore_errors=True)
     log.info("round %d done: prunable sparsity %.4f, %s", index, sparsity["prunable"]["sparsity"],
              {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
+
+
+def _ranking(distribution: str) -> str:
+    """The magnitude ranking an early-bird check compares (runtime allocates a global count)."""
+    return "global" if distribution == "runtime" else distribution
 
 
 def _intact(round_dir: Path) -> bool:

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.errors import RecipeError
-from compress.lottery.masks import Mask, apply_mask, magnitude_prune
+from compress.lottery.masks import Mask, apply_mask, magnitude_prune, prune_to_counts
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +174,26 @@ def sparseml_prune(model: nn.Module, mask: Mapping[str, Tensor], fraction: float
     applied, its masks are read (before finalize: exact even where a kept weight is 0.0) and
     ANDed with the old mask, then finalised. Counts are checked against `masks.magnitude_prune` on the same weights (RuntimeError if not equal).
     """
-    names = list(mask)
     apply_mask(model, mask)
     state = model.state_dict()
-    expected = magnitude_prune({n: state[n] for n in names}, mask, fraction, distribution)
+    expected = magnitude_prune({n: state[n] for n in mask}, mask, fraction, distribution)
+    return _prune_to(model, mask, expected, distribution, log_dir)
+
+
+def sparseml_prune_layers(model: nn.Module, mask: Mapping[str, Tensor],
+                          zeros: Mapping[str, int], log_dir: str | os.PathLike) -> Mask:
+    """Prune each tensor to `zeros[name]` zeros (a per-layer allocation, e.g. runtime-aware)
+    with one SparseML `!MagnitudePruningModifier` holding per-tensor final sparsities; checked
+    against `masks.prune_to_counts` like `sparseml_prune`."""
+    apply_mask(model, mask)
+    state = model.state_dict()
+    expected = prune_to_counts({n: state[n] for n in mask}, mask, zeros)
+    return _prune_to(model, mask, expected, "layerwise", log_dir)
+
+
+def _prune_to(model: nn.Module, mask: Mapping[str, Tensor], expected: Mask, distribution: str,
+              log_dir: str | os.PathLike) -> Mask:
+    names = list(mask)
     final, init = _targets(mask, expected, distribution)
     if isinstance(final, dict):
         active = [n for n in names if not bool((expected[n] == mask[n].bool()).all())]

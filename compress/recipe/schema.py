@@ -15,6 +15,7 @@ from compress.models.heads import HeadConfig
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
+RUNTIME_METHODS = ("imp", "oneshot")  # methods whose rounds prune by magnitude
 
 
 class _Section(BaseModel):
@@ -93,12 +94,22 @@ class TrainCfg(_Section):
         return self
 
 
+class RuntimeCfg(_Section):
+    """`distribution: runtime`: the latency profile and the allocator's guards."""
+
+    profile: Optional[str] = None  # a profile JSON file; None = the cached one (built if missing)
+    mass_bound: float = Field(0.5, ge=0, le=100)
+    max_layer_sparsity: float = Field(0.98, gt=0, lt=1)
+    stem_max_sparsity: float = Field(0.8, ge=0, lt=1)
+
+
 class LotteryCfg(_Section):
     method: Literal[METHOD_NAMES] = "imp"
     rounds: int = Field(5, ge=1, le=50)
     prune_fraction: Optional[float] = Field(0.2, gt=0, lt=1)
     target_sparsity: Optional[float] = Field(None, gt=0, lt=1)
-    distribution: Literal["global", "layerwise"] = "global"
+    distribution: Literal["global", "layerwise", "runtime"] = "global"
+    runtime: RuntimeCfg = RuntimeCfg()
     scope: Literal["all", "backbone"] = "all"
     include: list[str] = []
     exclude: list[str] = []
@@ -117,6 +128,9 @@ class LotteryCfg(_Section):
         for key, what in method.needs.items():
             if not getattr(self, key):
                 raise ValueError(f"method '{self.method}' needs lottery.{key} ({what})")
+        if self.distribution == "runtime" and self.method not in RUNTIME_METHODS:
+            raise ValueError(f"distribution 'runtime' works with methods {', '.join(RUNTIME_METHODS)}, "
+                             f"not '{self.method}'")
         if self.prune_fraction is None and self.target_sparsity is None and method.uses_fraction:
             raise ValueError("set prune_fraction or target_sparsity")
         return self

@@ -4,6 +4,7 @@ Each stage writes into its own part of the run folder and is skipped on `--resum
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -33,6 +34,8 @@ from compress.recipe.safe_yaml import modifiers_to_sparseml_yaml
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.lottery.masks import load_mask
 from compress.run.summary_table import format_summary
+from compress.lottery.runtime_aware import RuntimeAllocator, profile_for_run
+from evaluate.runtimes.ort import physical_cores
 
 log = logging.getLogger(__name__)
 PRUNABLE_PLACEHOLDER = "__PRUNABLE__"  # in a modifier's params: the toolkit's prunable set
@@ -84,17 +87,37 @@ def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool)
 
 
 def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
-                  iters_per_epoch: int) -> LotterySetup:
+                  iters_per_epoch: int, progress: bool = False, dist: Any = SINGLE) -> LotterySetup:
     lot = recipe.lottery
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
     method = METHODS[lot.method]
+    allocate = (runtime_allocator(recipe, run, model, names, progress, dist)
+                if lot.distribution == "runtime" else None)
     return LotterySetup(method=method, lottery=lot, pruning_rounds=method.pruning_rounds(lot),
                         fraction=method.fraction(lot), distribution=lot.distribution,
                         prunable=tuple(names),
                         rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
                         early_bird=lot.early_bird,
-                        round0_wrapper=round0_wrapper(recipe, run, iters_per_epoch, tuple(names)))
+                        round0_wrapper=round0_wrapper(recipe, run, iters_per_epoch, tuple(names)),
+                        allocate=allocate)
+
+
+def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, names: list[str],
+                      progress: bool, dist: Any = SINGLE) -> RuntimeAllocator:
+    """The latency profile (rank 0 builds or reuses it; the others read its copy) and the
+    allocator over it. Image size: export.image_size, else model.min_size."""
+    cfg = recipe.lottery.runtime
+    copy = run.root / "profile.json"
+    if dist.is_main:
+        profile_for_run(model, names, arch=recipe.model.arch, backbone=recipe.model.backbone,
+                        image_size=recipe.export.image_size or recipe.model.min_size,
+                        cores=physical_cores(), given=cfg.profile, run_copy=copy,
+                        progress=progress)
+    dist.barrier()
+    return RuntimeAllocator(json.loads(copy.read_text()), mass_bound=cfg.mass_bound,
+                            max_layer_sparsity=cfg.max_layer_sparsity,
+                            stem_max_sparsity=cfg.stem_max_sparsity)
 
 
 def round0_wrapper(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
@@ -123,7 +146,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
     ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size, dist.world_size)
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
-    setup = lottery_setup(recipe, run, factory(), ipe)
+    setup = lottery_setup(recipe, run, factory(), ipe, progress, dist)
     device = rs.pick_device(recipe.train.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

@@ -160,6 +160,24 @@ def deepsparse_outputs(onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray
             return [data[f"arr_{i}"] for i in range(len(data.files))]
 
 
+def deepsparse_bench_files(files: Sequence[tuple[str | os.PathLike, Sequence[int]]], *,
+                           warmup: int = 3, iterations: int = 10, num_cores: int | None = None,
+                           timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
+    """Compile and time several small single-input ONNX files in ONE child process.
+
+    `files` holds (path, input shape with its batch axis); the graphs are compiled at the batch
+    of that shape. One child for a whole group amortises DeepSparse's import (seconds) over the
+    group, as a per-layer latency profile needs. Returns {"engine", "status": "ok", "files":
+    [{"path", "latencies_ms", "p50_ms", "min_ms", "compile_s"}, ...]} or a failed / skipped row (a crash
+    in any file fails the group; the caller records it as data).
+    """
+    request = {"mode": "bench_files", "warmup": warmup, "iterations": iterations,
+               "num_cores": num_cores,
+               "files": [{"path": str(p), "shape": [int(d) for d in shape]} for p, shape in files]}
+    with tempfile.TemporaryDirectory(prefix="deepsparse_") as tmp:
+        return _call(request, timeout_s, Path(tmp))
+
+
 # ----------------------------------------------------------------------------- child side
 def _compile(request: dict[str, Any]) -> Any:
     from deepsparse import compile_model  # the one place deepsparse is imported
@@ -198,6 +216,32 @@ def _child_bench(request: dict[str, Any]) -> dict[str, Any]:
             "cores": int(engine.num_cores), "compile_s": compile_s}
 
 
+def _child_bench_files(request: dict[str, Any]) -> dict[str, Any]:
+    from deepsparse import compile_model  # the one place deepsparse is imported
+
+    rng = np.random.default_rng(0)
+    out = []
+    for item in request["files"]:
+        _stage_path(request["result_path"]).write_text(f"compile {Path(item['path']).name}")
+        start = time.perf_counter()
+        engine = compile_model(item["path"], batch_size=int(item["shape"][0]),
+                               num_cores=request.get("num_cores"))
+        compile_s = time.perf_counter() - start
+        inputs = [np.ascontiguousarray(rng.random(item["shape"], dtype=np.float32))]
+        for _ in range(int(request["warmup"])):
+            engine.run(inputs, val_inp=False)
+        latencies_ms = []
+        for _ in range(int(request["iterations"])):
+            tick = time.perf_counter()
+            engine.run(inputs, val_inp=False)
+            latencies_ms.append((time.perf_counter() - tick) * 1000.0)
+        out.append({"path": item["path"], "latencies_ms": latencies_ms,
+                    "p50_ms": float(np.median(latencies_ms)), "min_ms": float(min(latencies_ms)),
+                    "compile_s": compile_s})
+        del engine
+    return {"engine": "deepsparse", "status": "ok", "files": out}
+
+
 def _child_outputs(request: dict[str, Any]) -> dict[str, Any]:
     engine = _compile(request)
     _stage_path(request["result_path"]).write_text("run")
@@ -214,7 +258,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("request", help="request JSON written by the parent")
     request = json.loads(Path(parser.parse_args(argv).request).read_text())
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-    handler = _child_bench if request["mode"] == "bench" else _child_outputs
+    handler = {"bench": _child_bench, "bench_files": _child_bench_files,
+               "outputs": _child_outputs}[request["mode"]]
     result = handler(request)
     tmp = Path(request["result_path"]).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))

@@ -1,0 +1,181 @@
+"""Runtime-aware sparsity allocation: where to put a total number of zeros so DeepSparse runs fastest.
+
+Given each layer's measured latency-vs-sparsity curve (`compress.lottery.profile`), the layers'
+current weights and masks and a target number of zeros over all prunable tensors, choose the
+zeros per layer that minimise the predicted latency (the sum of the layers' latencies) subject to
+
+- exactness: the zeros add up to the target count exactly (count arithmetic, no float totals);
+- nesting: a layer never ends below its current zeros (the masks of successive rounds nest), and
+  the new zeros of a layer are its smallest kept |w| (magnitude pruning within the layer);
+- caps: at most `max_layer_sparsity` (0.98) of any layer, at most `stem_max_sparsity` of the
+  stem (the first prunable layer: 3 input channels, few weights, every feature depends on it);
+- an accuracy guard: the magnitude mass removed (sum of |w| newly pruned) stays within
+  (1 + `mass_bound`) of the least mass any allocation under the same caps can remove, which is
+  what global magnitude pruning removes. Global magnitude pruning is the accuracy-safe choice the
+  lottery-ticket literature uses; the guard lets the allocator move zeros towards layers where
+  they buy time only as far as that costs a bounded amount of extra weight magnitude.
+
+Method: a Lagrangian relaxation. For a price `lam` on removed mass and a reward `mu` per zero,
+every layer independently picks, among candidate sparsities (a 0.5% grid between its floor and
+cap), the one minimising latency + lam * mass - mu * zeros; `mu` is bisected until the zeros reach
+the target, and the remainder is settled by magnitude (the smallest further |w| are added, or the
+largest of the chosen ones given back) so the count is exact. `lam` is taken as small as the
+guard allows (lam -> 0: latency first, mass only breaking ties; lam -> inf: global magnitude
+pruning under the caps). Each
+layer's curve may be non-convex (DeepSparse switches kernels at some sparsities): the per-layer
+choice is an exhaustive search over its candidates, so no convexity is assumed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+STEP = 0.005
+
+
+@dataclass(frozen=True)
+class LayerCurve:
+    """What the allocator knows of one layer."""
+
+    name: str
+    numel: int
+    zeros_now: int  # floor (nesting)
+    zeros_max: int  # cap
+    kept_sorted: np.ndarray  # |w| of the kept weights, ascending
+    grid: np.ndarray  # sparsities of the latency curve
+    latency_ms: np.ndarray  # latency at each grid sparsity (flat for an unprofiled layer)
+
+    def candidates(self) -> np.ndarray:
+        """New-zero counts to choose from (0 .. zeros_max - zeros_now)."""
+        lo, hi = self.zeros_now / self.numel, self.zeros_max / self.numel
+        levels = np.append(np.arange(lo, hi, STEP), hi)
+        counts = np.clip(np.round(levels * self.numel).astype(np.int64), self.zeros_now, self.zeros_max)
+        return np.unique(counts) - self.zeros_now
+
+    def latency(self, new_zeros: np.ndarray) -> np.ndarray:
+        return np.interp((self.zeros_now + new_zeros) / self.numel, self.grid, self.latency_ms)
+
+
+@dataclass
+class Allocation:
+    zeros: dict[str, int]  # total zeros per layer after pruning
+    predicted_ms: float  # sum of the layers' predicted latencies
+    mass_removed: float
+    mass_global: float  # least mass the same count can remove (global magnitude under the caps)
+    lam: float
+
+    def sparsity(self, numel: Mapping[str, int]) -> dict[str, float]:
+        return {n: z / numel[n] for n, z in self.zeros.items()}
+
+    def record(self) -> dict[str, Any]:
+        return {"predicted_ms": self.predicted_ms, "mass_removed": self.mass_removed,
+                "mass_global": self.mass_global, "lam": self.lam,
+                "mass_ratio": self.mass_removed / self.mass_global if self.mass_global else 1.0}
+
+
+def layer_curves(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor],
+                 profile: Mapping[str, Any], max_layer_sparsity: float = 0.98,
+                 stem_max_sparsity: float = 0.8) -> list[LayerCurve]:
+    """One curve per mask entry, in mask order (the first is the stem)."""
+    grid = np.asarray(profile["grid"], dtype=float)
+    curves = []
+    for index, (name, kept) in enumerate(mask.items()):
+        kept = kept.bool().cpu().reshape(-1)
+        numel = kept.numel()
+        zeros_now = numel - int(kept.sum())
+        cap = stem_max_sparsity if index == 0 else max_layer_sparsity
+        magnitude = weights[name].detach().cpu().reshape(-1).abs().double()[kept]
+        entry = profile["layers"].get(name)
+        latency = (np.asarray(entry["latency_ms"], dtype=float) if entry and entry["status"] == "ok"
+                   else np.zeros_like(grid))
+        curves.append(LayerCurve(name, numel, zeros_now, max(zeros_now, int(cap * numel)),
+                                 torch.sort(magnitude).values.numpy(), grid, latency))
+    return curves
+
+
+def _choose(curves: Sequence[LayerCurve], tables: list[tuple], lam: float, mu: float) -> np.ndarray:
+    picks = []
+    for (cands, lat, mass) in tables:
+        picks.append(cands[int(np.argmin(lat + lam * mass - mu * cands))])
+    return np.asarray(picks, dtype=np.int64)
+
+
+def _settle(curves: Sequence[LayerCurve], picks: np.ndarray, target: int) -> np.ndarray:
+    """Make sum(picks) == target exactly by magnitude: add the smallest next |w| or give back
+    the largest chosen ones."""
+    gap = target - int(picks.sum())
+    if gap == 0:
+        return picks
+    pools, owners = [], []
+    for i, curve in enumerate(curves):
+        start = curve.zeros_now
+        if gap > 0:
+            pool = curve.kept_sorted[picks[i]: curve.zeros_max - start]
+        else:
+            pool = curve.kept_sorted[: picks[i]]
+        pools.append(pool)
+        owners.append(np.full(len(pool), i, dtype=np.int64))
+    values, who = np.concatenate(pools), np.concatenate(owners)
+    order = np.argsort(values if gap > 0 else -values, kind="stable")[: abs(gap)]
+    change = np.bincount(who[order], minlength=len(curves))
+    return picks + change if gap > 0 else picks - change
+
+
+def _solve(curves, tables, lam: float, target: int) -> np.ndarray:
+    """Bisect mu so the layers' choices reach `target` zeros, then settle exactly."""
+    lo, hi = 0.0, 1.0
+    while int(_choose(curves, tables, lam, hi).sum()) < target and hi < 1e12:
+        hi *= 4.0
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        if int(_choose(curves, tables, lam, mid).sum()) >= target:
+            hi = mid
+        else:
+            lo = mid
+    return _settle(curves, _choose(curves, tables, lam, hi), target)
+
+
+def _mass(curves: Sequence[LayerCurve], picks: np.ndarray) -> float:
+    return float(sum(c.kept_sorted[:k].sum() for c, k in zip(curves, picks)))
+
+
+def allocate(curves: Sequence[LayerCurve], total_zeros: int, mass_bound: float = 0.5) -> Allocation:
+    """Zeros per layer (totals, floors included) summing to `total_zeros`; see the module doc."""
+    floor = sum(c.zeros_now for c in curves)
+    room = sum(c.zeros_max for c in curves)
+    if not floor <= total_zeros <= room:
+        raise ValueError(f"target {total_zeros} zeros outside [{floor} now, {room} allowed by the caps]")
+    target = total_zeros - floor
+    tables = []
+    for c in curves:
+        cands = c.candidates()
+        cum = np.concatenate([[0.0], np.cumsum(c.kept_sorted)])
+        tables.append((cands.astype(float), c.latency(cands), cum[cands]))
+    least = _settle(curves, np.zeros(len(curves), dtype=np.int64), target)
+    mass_global = _mass(curves, least)
+    scale = max(sum(float(t[1].max()) for t in tables), 1e-9) / max(mass_global, 1e-12)
+    chosen, chosen_lam = least, float("inf")
+    for lam in scale * np.logspace(-4, 4, 25):  # a small lam still breaks latency ties by mass
+        picks = _solve(curves, tables, lam, target)
+        if _mass(curves, picks) <= (1.0 + mass_bound) * mass_global + 1e-12:
+            chosen, chosen_lam = picks, lam
+            break
+    zeros = {c.name: c.zeros_now + int(k) for c, k in zip(curves, chosen)}
+    predicted = float(sum(c.latency(np.asarray([k]))[0] for c, k in zip(curves, chosen)))
+    return Allocation(zeros, predicted, _mass(curves, chosen), mass_global, chosen_lam)
+
+
+def global_allocation(curves: Sequence[LayerCurve], total_zeros: int) -> Allocation:
+    """Global magnitude pruning under the same caps (the allocator's reference), for comparison."""
+    target = total_zeros - sum(c.zeros_now for c in curves)
+    picks = _settle(curves, np.zeros(len(curves), dtype=np.int64), target)
+    mass = _mass(curves, picks)
+    predicted = float(sum(c.latency(np.asarray([k]))[0] for c, k in zip(curves, picks)))
+    return Allocation({c.name: c.zeros_now + int(k) for c, k in zip(curves, picks)},
+                      predicted, mass, mass, float("inf"))

@@ -1,0 +1,196 @@
+"""Latency profile of a model on DeepSparse: how each prunable layer's latency responds to sparsity.
+
+Each prunable layer is timed alone: a one-node ONNX graph (the layer, bias off, random weights
+magnitude-pruned to each sparsity of the grid) at the layer's real input shape — captured with
+forward hooks while the model runs one image of the recipe's size. DeepSparse 1.8 has a per-layer
+timing engine (`DebugAnalysisEngine.analyze` with an imposed kernel sparsity), but it imposes one
+sparsity on every layer at once and names layers after its own fused graph, so the per-layer
+graphs are the reliable unit here. Layers with the same configuration and input shape (ResNet's
+repeated blocks) are timed once. Every layer's graphs compile in one DeepSparse child process (a
+crash is recorded as data; such a layer then counts as flat: no time to gain by pruning it).
+
+The profile is a JSON file keyed by (CPU model + flags, cores, model, image size); a finished
+layer is written atomically at once, so an interrupted build resumes where it stopped.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from compress.core.atomic import write_json
+from compress.core.errors import UserError
+from evaluate.runtimes.deepsparse import deepsparse_bench_files
+from evaluate.runtimes.machine import cpu_identity, machine_record
+
+log = logging.getLogger(__name__)
+GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
+FORMAT = 1
+
+
+def layer_input_shapes(model: nn.Module, names: Sequence[str], image_size: int) -> dict[str, list[int]]:
+    """Input shape of each `names` weight's module while `model` (eval) runs one square image.
+
+    A detector takes a list of 3 x H x W images; other models a 1 x 3 x H x W batch. A head that
+    saw no RoI (random weights keep no detection) gets a batch of 1: latency per RoI.
+    """
+    modules = dict(model.named_modules())
+    shapes: dict[str, list[int]] = {}
+    handles = []
+    for name in names:
+        module = modules[name.rsplit(".", 1)[0]]
+
+        def hook(_mod, inputs, _out, name=name):
+            shapes.setdefault(name, list(inputs[0].shape))
+        handles.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            image = torch.rand(3, image_size, image_size)
+            model([image]) if hasattr(model, "rpn") else model(image[None])
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    for name in names:
+        shape = shapes.get(name)
+        if shape is None:
+            raise UserError(f"layer {name} did not run on a {image_size} px image; cannot profile it")
+        shapes[name] = [max(1, shape[0])] + shape[1:]
+    return shapes
+
+
+def layer_signature(module: nn.Module, shape: Sequence[int]) -> str:
+    """Configuration + input shape: layers with equal signatures have equal latency."""
+    return f"{type(module).__name__}({module.extra_repr()})|{'x'.join(map(str, shape))}"
+
+
+def profile_key(model: nn.Module, names: Sequence[str], shapes: Mapping[str, Sequence[int]],
+                arch: str, backbone: str, image_size: int, cores: int) -> dict[str, Any]:
+    modules = dict(model.named_modules())
+    layers = "\n".join(f"{n}={layer_signature(modules[n.rsplit('.', 1)[0]], shapes[n])}"
+                       for n in names)
+    return {**cpu_identity(), "cores": int(cores), "arch": arch, "backbone": backbone,
+            "image_size": int(image_size),
+            "layers_digest": hashlib.sha256(layers.encode()).hexdigest()[:16]}
+
+
+def default_profile_path(key: Mapping[str, Any]) -> Path:
+    """$COMPRESS_PROFILE_DIR (default ~/.cache/lth-compress/profiles) / <arch>_<backbone>_<size>_<hash>.json"""
+    root = Path(os.environ.get("COMPRESS_PROFILE_DIR",
+                               Path.home() / ".cache" / "lth-compress" / "profiles"))
+    digest = hashlib.sha256(json.dumps(dict(key), sort_keys=True).encode()).hexdigest()[:12]
+    return root / f"{key['arch']}_{key['backbone']}_{key['image_size']}px_{digest}.json"
+
+
+def _pruned_layer(module: nn.Module, sparsity: float) -> nn.Module:
+    """A copy of `module` with random weights, bias off, the smallest round(s * n) |w| zeroed."""
+    layer = copy.deepcopy(module).eval().cpu().float()
+    if getattr(layer, "bias", None) is not None:
+        layer.bias = None
+    torch.manual_seed(0)
+    with torch.no_grad():
+        weight = layer.weight
+        weight.copy_(torch.randn_like(weight))
+        count = round(sparsity * weight.numel())
+        if count:
+            order = weight.abs().flatten().argsort()[:count]
+            weight.view(-1)[order] = 0.0
+    return layer
+
+
+def export_layer(module: nn.Module, shape: Sequence[int], sparsity: float, path: Path) -> None:
+    """One-layer ONNX graph at `shape` (batch axis fixed), weights at `sparsity`."""
+    layer = _pruned_layer(module, sparsity)
+    torch.onnx.export(layer, (torch.rand(*shape),), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], do_constant_folding=False)
+
+
+def time_layer(module: nn.Module, shape: Sequence[int], grid: Sequence[float], cores: int,
+               warmup: int, iterations: int) -> dict[str, Any]:
+    """DeepSparse latency (fastest of `iterations`) of `module` at `shape` for every sparsity
+    of `grid`, all compiled in one child process."""
+    with tempfile.TemporaryDirectory(prefix="profile_") as tmp:
+        files = []
+        for index, sparsity in enumerate(grid):
+            path = Path(tmp) / f"layer_{index}.onnx"
+            export_layer(module, shape, sparsity, path)
+            files.append((path, shape))
+        result = deepsparse_bench_files(files, warmup=warmup, iterations=iterations,
+                                        num_cores=cores)
+    if result.get("status") != "ok":
+        return {"status": result.get("status", "failed"), "reason": result.get("reason")}
+    # the fastest pass: on a shared machine other work only ever slows a pass down
+    return {"status": "ok", "latency_ms": [row["min_ms"] for row in result["files"]]}
+
+
+def _load(path: Path, key: Mapping[str, Any], grid: Sequence[float]) -> dict[str, Any]:
+    if path.is_file():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            data = None
+        if data and data.get("key") == dict(key) and data.get("grid") == list(grid):
+            return data
+        log.warning("%s holds another profile (key or grid differ); rebuilding it", path)
+    return {"format": FORMAT, "key": dict(key), "grid": list(grid), "layers": {}}
+
+
+def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores: int,
+                  path: Path, *, arch: str, backbone: str, grid: Sequence[float] = GRID,
+                  warmup: int = 2, iterations: int = 5, progress: bool = True) -> dict[str, Any]:
+    """Build (or finish, or reuse) the profile at `path`; returns it.
+
+    Layers already in the file are kept (resume); each newly timed layer is written at once.
+    """
+    shapes = layer_input_shapes(model, names, image_size)
+    key = profile_key(model, names, shapes, arch, backbone, image_size, cores)
+    data = _load(path, key, grid)
+    modules = dict(model.named_modules())
+    by_signature = {v["signature"]: v for v in data["layers"].values() if v["status"] == "ok"}
+    todo = [n for n in names if n not in data["layers"]]
+    bar = tqdm(todo, desc="profile", unit="layer", disable=not (progress and sys.stderr.isatty()))
+    for name in bar:
+        module = modules[name.rsplit(".", 1)[0]]
+        signature = layer_signature(module, shapes[name])
+        timed = by_signature.get(signature)
+        if timed is None:
+            timed = time_layer(module, shapes[name], grid, cores, warmup, iterations)
+        entry = {"signature": signature, "input_shape": shapes[name],
+                 "numel": int(module.weight.numel()), **{k: timed[k] for k in
+                                                         ("status", "latency_ms", "reason") if k in timed}}
+        if entry["status"] == "ok":
+            by_signature[signature] = entry
+        else:
+            log.warning("profile: %s %s (%s)", name, entry["status"], entry.get("reason"))
+        data["layers"][name] = entry
+        data["machine"] = machine_record(cores)
+        write_json(path, data)
+    if not todo:
+        log.info("profile %s reused (%d layers)", path, len(data["layers"]))
+    return data
+
+
+def predicted_latency_ms(profile: Mapping[str, Any], sparsities: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer latency at the given sparsities, linear between grid points (a failed layer: 0)."""
+    grid = np.asarray(profile["grid"], dtype=float)
+    out = {}
+    for name, sparsity in sparsities.items():
+        entry = profile["layers"].get(name)
+        if entry is None or entry["status"] != "ok":
+            out[name] = 0.0
+            continue
+        out[name] = float(np.interp(sparsity, grid, np.asarray(entry["latency_ms"], dtype=float)))
+    return out
