@@ -176,3 +176,22 @@ def tide_bar_groups(tide: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str
     return {name: {k: float({**entry.get("main", {}), **entry.get("special", {})}.get(k, 0.0))
                    for k in TIDE_ERRORS}
             for name, entry in tide.items()}
+
+
+def plot_layer_sparsity(runs: Mapping[str, Sequence[tuple[str, float]]], out_png: Path) -> Path:
+    """Per-layer sparsity of each run's ticket: one line per run over the layers in model order
+    (global vs runtime-aware shows where each puts its zeros)."""
+    layers = list(dict.fromkeys(name for series in runs.values() for name, _ in series))
+    fig = new_figure(max(7.0, 0.18 * len(layers) + 2), 4.2)
+    ax = fig.add_subplot()
+    for i, (label, series) in enumerate(runs.items()):
+        values = dict(series)
+        ax.plot(range(len(layers)), [100 * values.get(n, np.nan) for n in layers], marker="o",
+                markersize=3, color=color(i), label=label)
+    short = [n.replace(".weight", "").replace("backbone.", "").replace("body.", "") for n in layers]
+    ax.set_xticks(range(len(layers)), short, fontsize=6, rotation=90)
+    ax.set_ylabel("sparsity of the layer (%)")
+    ax.set_ylim(-2, 102)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save_figure(fig, out_png)

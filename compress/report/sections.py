@@ -15,6 +15,7 @@ from compress.stages.predict import run_label_info
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.stages.predict import gallery_image
+from compress.report.runtime import sec_runtime
 
 METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP")
 
@@ -268,5 +269,6 @@ SECTIONS: list[tuple[str, str, Callable[[Section, list[RunData], Path], None]]] 
     ("size-macs", "Disk size and MACs vs sparsity", sec_size_macs),
     ("latency", "Latency per engine", sec_latency),
     ("early-bird", "Early-bird IoU per round", sec_early_bird),
+    ("runtime", "Runtime-aware sparsity: per-layer spread, predicted vs measured latency", sec_runtime),
     ("gallery", "Predictions: dense vs ticket", sec_gallery),
 ]

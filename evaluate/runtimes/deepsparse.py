@@ -162,17 +162,20 @@ def deepsparse_outputs(onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray
 
 def deepsparse_bench_files(files: Sequence[tuple[str | os.PathLike, Sequence[int]]], *,
                            warmup: int = 3, iterations: int = 10, num_cores: int | None = None,
+                           interleave: bool = False,
                            timeout_s: float = DEFAULT_TIMEOUT_S) -> dict[str, Any]:
     """Compile and time several small single-input ONNX files in ONE child process.
 
     `files` holds (path, input shape with its batch axis); the graphs are compiled at the batch
     of that shape. One child for a whole group amortises DeepSparse's import (seconds) over the
-    group, as a per-layer latency profile needs. Returns {"engine", "status": "ok", "files":
-    [{"path", "latencies_ms", "p50_ms", "min_ms", "compile_s"}, ...]} or a failed / skipped row (a crash
-    in any file fails the group; the caller records it as data).
+    group, as a per-layer latency profile needs. `interleave` compiles every file first and
+    then runs them in turn each iteration (A B A B; whole-model comparisons). Returns {"engine",
+    "status": "ok", "files": [{"path", "latencies_ms", "p50_ms", "p90_ms", "min_ms",
+    "compile_s"}, ...]} or a failed / skipped row (a crash in any file fails the group; the
+    caller records it as data).
     """
     request = {"mode": "bench_files", "warmup": warmup, "iterations": iterations,
-               "num_cores": num_cores,
+               "num_cores": num_cores, "interleave": interleave,
                "files": [{"path": str(p), "shape": [int(d) for d in shape]} for p, shape in files]}
     with tempfile.TemporaryDirectory(prefix="deepsparse_") as tmp:
         return _call(request, timeout_s, Path(tmp))
@@ -216,30 +219,49 @@ def _child_bench(request: dict[str, Any]) -> dict[str, Any]:
             "cores": int(engine.num_cores), "compile_s": compile_s}
 
 
+def _time_once(engine: Any, inputs: list[np.ndarray]) -> float:
+    tick = time.perf_counter()
+    engine.run(inputs, val_inp=False)
+    return (time.perf_counter() - tick) * 1000.0
+
+
+def _file_row(path: str, latencies_ms: list[float], compile_s: float) -> dict[str, Any]:
+    return {"path": path, "latencies_ms": latencies_ms, "p50_ms": float(np.median(latencies_ms)),
+            "p90_ms": float(np.percentile(latencies_ms, 90)), "min_ms": float(min(latencies_ms)),
+            "compile_s": compile_s}
+
+
 def _child_bench_files(request: dict[str, Any]) -> dict[str, Any]:
+    """Sequential: compile, warm up and time one file after the other (engines freed as they
+    go). Interleaved: compile all, then every iteration runs each file once (A B A B)."""
     from deepsparse import compile_model  # the one place deepsparse is imported
 
     rng = np.random.default_rng(0)
-    out = []
+    interleave = bool(request.get("interleave"))
+    compiled, rows = [], []
     for item in request["files"]:
         _stage_path(request["result_path"]).write_text(f"compile {Path(item['path']).name}")
         start = time.perf_counter()
         engine = compile_model(item["path"], batch_size=int(item["shape"][0]),
                                num_cores=request.get("num_cores"))
-        compile_s = time.perf_counter() - start
-        inputs = [np.ascontiguousarray(rng.random(item["shape"], dtype=np.float32))]
+        entry = (item["path"], engine, [np.ascontiguousarray(rng.random(item["shape"], dtype=np.float32))],
+                 time.perf_counter() - start)
+        _stage_path(request["result_path"]).write_text(f"run {Path(item['path']).name}")
         for _ in range(int(request["warmup"])):
-            engine.run(inputs, val_inp=False)
-        latencies_ms = []
+            engine.run(entry[2], val_inp=False)
+        if interleave:
+            compiled.append(entry)
+            continue
+        rows.append(_file_row(item["path"], [_time_once(engine, entry[2])
+                                             for _ in range(int(request["iterations"]))], entry[3]))
+        del engine, entry
+    if interleave:
+        times: list[list[float]] = [[] for _ in compiled]
         for _ in range(int(request["iterations"])):
-            tick = time.perf_counter()
-            engine.run(inputs, val_inp=False)
-            latencies_ms.append((time.perf_counter() - tick) * 1000.0)
-        out.append({"path": item["path"], "latencies_ms": latencies_ms,
-                    "p50_ms": float(np.median(latencies_ms)), "min_ms": float(min(latencies_ms)),
-                    "compile_s": compile_s})
-        del engine
-    return {"engine": "deepsparse", "status": "ok", "files": out}
+            for index, (_, engine, inputs, _) in enumerate(compiled):
+                times[index].append(_time_once(engine, inputs))
+        rows = [_file_row(path, t, c) for (path, _, _, c), t in zip(compiled, times)]
+    return {"engine": "deepsparse", "status": "ok", "files": rows}
 
 
 def _child_outputs(request: dict[str, Any]) -> dict[str, Any]:

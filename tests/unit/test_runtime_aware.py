@@ -203,3 +203,42 @@ def test_imp_runtime_distribution(runtime_run):
         assert set(report["layers"]) == set(masks[k])
     assert spread_differs
     assert 1 - kept[2] / numel == pytest.approx(1 - 0.8 ** 2, abs=1e-3)
+
+
+def _fake_run(root: Path, distribution: str, spread: dict[str, float], measured_ms: float,
+              with_profile: bool):
+    from compress.report.run_data import RunData
+
+    (root / "rounds" / "round_1").mkdir(parents=True)
+    (root / "bench").mkdir()
+    (root / "recipe.yaml").write_text(f"lottery:\n  distribution: {distribution}\n")
+    layers = {n: {"numel": 100, "zeros": int(s * 100), "sparsity": s} for n, s in spread.items()}
+    (root / "rounds" / "round_1" / "sparsity.json").write_text(json.dumps({"layers": layers}))
+    (root / "bench" / "bench.json").write_text(json.dumps([
+        {"engine": "deepsparse", "graph": "backbone.onnx", "batch": 1, "status": "ok",
+         "p50_ms": measured_ms}]))
+    if with_profile:
+        prof = {"grid": list(GRID), "key": {"cores": 2, "image_size": 64, "cpu": "x", "flags": []},
+                "layers": {n: {"status": "ok", "latency_ms": [10 * (1 - g) for g in GRID]}
+                           for n in spread}}
+        (root / "profile.json").write_text(json.dumps(prof))
+    return RunData(root, distribution, {}, [{"round": 0, "prunable_sparsity": 0.0},
+                                            {"round": 1, "prunable_sparsity": 0.5}])
+
+
+def test_report_runtime_section(tmp_path):
+    from compress.report.page import Section
+    from compress.report.runtime import sec_runtime
+
+    names = ["backbone.body.conv1.weight", "backbone.fpn.x.weight", "roi_heads.fc6.weight"]
+    glob = _fake_run(tmp_path / "g", "global", dict(zip(names, (0.1, 0.5, 0.9))), 20.0, False)
+    rt = _fake_run(tmp_path / "r", "runtime", dict(zip(names, (0.5, 0.9, 0.1))), 12.0, True)
+    section = Section("runtime", "t")
+    (tmp_path / "plots").mkdir()
+    sec_runtime(section, [glob, rt], tmp_path / "plots")
+    assert section.figures and Path(section.figures[0].path).is_file()
+    rows = section.tables[0].rows
+    # predicted = sum over backbone.* layers of 10 * (1 - s): global 9 + 5 = 14, runtime 5 + 1 = 6
+    assert [r[1] for r in rows] == ["global", "runtime"]
+    assert float(rows[0][3]) == pytest.approx(14.0) and float(rows[1][3]) == pytest.approx(6.0)
+    assert float(rows[1][4]) == pytest.approx(12.0)
