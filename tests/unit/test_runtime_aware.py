@@ -242,3 +242,30 @@ def test_report_runtime_section(tmp_path):
     assert [r[1] for r in rows] == ["global", "runtime"]
     assert float(rows[0][3]) == pytest.approx(14.0) and float(rows[1][3]) == pytest.approx(6.0)
     assert float(rows[1][4]) == pytest.approx(12.0)
+
+
+def test_profile_command_on_the_recipe_model(tmp_path, monkeypatch):
+    from compress.run.profile import format_profile, profile_recipe
+
+    monkeypatch.setattr(profile_mod, "time_layer", _synthetic_latency)
+    out = tmp_path / "p.json"
+    path, data = profile_recipe(RECIPE, out=out, smoke=True, overrides=TINY_RUN[:-3], progress=False,
+                                cores=2)
+    assert path == out and json.loads(out.read_text())["layers"] == data["layers"]
+    assert data["key"]["image_size"] == 64 and data["key"]["arch"] == "maskrcnn"
+    assert any(n.startswith("backbone.body") for n in data["layers"])
+    assert not any("cls_score" in n or "downsample" in n for n in data["layers"])
+    assert "backbone.body.conv1.weight" in format_profile(data)
+
+
+def test_runtime_distribution_needs_a_magnitude_method():
+    from compress.core.errors import RecipeError
+    from compress.recipe.load import load_recipe
+
+    recipe = load_recipe(RECIPE, smoke=True, overrides=["lottery.distribution=runtime"])
+    assert recipe.lottery.runtime.max_layer_sparsity == 0.98
+    with pytest.raises(RecipeError, match="runtime"):
+        load_recipe(RECIPE, smoke=True, overrides=["lottery.distribution=runtime",
+                                                   "lottery.method=mask_transfer",
+                                                   "lottery.source=random-init:0",
+                                                   "lottery.target_sparsity=0.5"])
