@@ -14,7 +14,6 @@ from compress.lottery.profile import build_profile, default_profile_path, layer_
 from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.recipe.load import load_recipe
-from compress.run.setup import head_config
 from evaluate.runtimes.ort import physical_cores
 
 log = logging.getLogger(__name__)
@@ -29,7 +28,7 @@ def profile_recipe(recipe_path: Path, *, out: Optional[Path] = None, smoke: bool
     m, lot = recipe.model, recipe.lottery
     model = build_model(m.arch, m.backbone, COCO_CLASSES, trainable_layers=m.trainable_layers,
                         norm=m.norm, min_size=m.min_size, max_size=m.max_size,
-                        heads=head_config(recipe))
+                        heads=m.heads)
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
     image_size = recipe.export.image_size or m.min_size
