@@ -15,7 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from compress.core.errors import RecipeError
-from compress.recipe.schema import Recipe
+from compress.recipe.schema import Recipe, rewind_beyond_schedule
 from compress.recipe.safe_yaml import TAG_KEY, dump_recipe_yaml, load_yaml_text
 
 
@@ -103,10 +103,14 @@ def _check_override_path(keys: list[str], key_path: str) -> None:
 
 def validate(raw: dict[str, Any], source: str) -> Recipe:
     try:
-        return Recipe.model_validate(raw)
+        recipe = Recipe.model_validate(raw)
     except ValidationError as err:
         errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")  # typos first
         raise RecipeError(_describe(errors[0], raw), file=source) from None
+    problem = rewind_beyond_schedule(recipe)
+    if problem:
+        raise RecipeError(problem, file=source, key="lottery.rewind")
+    return recipe
 
 
 def _describe(error: dict[str, Any], raw: dict[str, Any]) -> str:

@@ -198,6 +198,23 @@ class Recipe(_Section):
         return self
 
 
+def rewind_beyond_schedule(recipe: Recipe) -> Optional[str]:
+    """Why `lottery.rewind` lies past the end of a round's training, when the recipe alone tells
+    (rewind and training length in the same unit); None otherwise. A rewind point in epochs
+    against a length in iterations (or the reverse) needs the iterations per epoch, which the
+    dataset gives: `compress.run.setup.check_rewind` checks that before training starts."""
+    lot, train = recipe.lottery, recipe.train
+    if not METHODS[lot.method].pruning_rounds(lot):
+        return None  # no round rewinds
+    value, unit = float(lot.rewind[:-2]), lot.rewind[-2:]
+    length, length_unit = ((train.iterations, "iterations") if train.iterations is not None
+                           else (train.epochs, "epochs"))
+    if (unit == "it") != (length_unit == "iterations") or value <= length:
+        return None
+    return (f"'{lot.rewind}' is beyond the end of a round's training (train.{length_unit}: "
+            f"{length:g}); the rewind point must lie within it")
+
+
 def _check_duration(value: str) -> str:
     if not re.match(DURATION_PATTERN, value):
         raise ValueError(f"'{value}' is not a duration: write iterations like '500it' or epochs like '1ep'")

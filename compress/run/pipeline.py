@@ -50,6 +50,10 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     dist = init_from_env(recipe.train.device)
     # a user's dataset is checked before anything is written; synthetic data lives in the run folder
     data = prepare_data(recipe, run.data) if recipe.data.dataset != "synthetic" else None
+    train_images = len(data.train) if data is not None else rs.train_images_known(recipe)
+    if train_images is not None:  # before the run folder is claimed or any data generated
+        rs.check_rewind(recipe, rs.iterations_per_epoch(train_images, recipe.train.batch_size,
+                                                        dist.world_size), str(recipe_path))
     if dist.is_main:
         _claim_run_folder(run, recipe, digest, resume)
         log.info("run folder %s (recipe %s)", run.root, digest)
@@ -144,6 +148,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
         data = rs.prepare_data(recipe, run.data)
     loaders = rs.make_loaders(recipe, data, recipe.evaluate.max_images, dist.world_size)
     ipe = rs.iterations_per_epoch(len(data.train), recipe.train.batch_size, dist.world_size)
+    rs.check_rewind(recipe, ipe)  # synthetic data at a user's root: known only now
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
     setup = lottery_setup(recipe, run, factory(), ipe, progress, dist)

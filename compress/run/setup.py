@@ -5,7 +5,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -19,6 +19,7 @@ from compress.data.voc import voc_to_coco
 from compress.models.build import ARCH_TASK, build_model
 from compress.training.schedule import parse_duration
 from compress.core.errors import RecipeError
+from compress.lottery.methods import METHODS
 from compress.data.loaders import make_loader
 
 log = logging.getLogger(__name__)
@@ -100,6 +101,29 @@ def make_schedule(recipe: Recipe, iters_per_epoch: int) -> Schedule:
                     warmup_iterations=t.warmup_iters, warmup_factor=t.warmup_factor,
                     lr_steps=steps, lr_gamma=t.lr_gamma, grad_clip=t.grad_clip, amp=t.amp,
                     log_every=t.log_every)
+
+
+def check_rewind(recipe: Recipe, iters_per_epoch: int, source: Optional[str] = None) -> None:
+    """Refuse a rewind point past the end of a round's training (it would never be captured).
+
+    `compress.recipe.schema.rewind_beyond_schedule` refuses it at validation when the rewind point
+    and the training length share a unit; in mixed units the iterations per epoch decide.
+    """
+    lot = recipe.lottery
+    if not METHODS[lot.method].pruning_rounds(lot):
+        return
+    total = make_schedule(recipe, iters_per_epoch).total_iterations
+    rewind_at = parse_duration(lot.rewind, iters_per_epoch)
+    if rewind_at > total:
+        raise RecipeError(f"'{lot.rewind}' is iteration {rewind_at}, beyond the end of a round's "
+                          f"training ({total} iterations at {iters_per_epoch} per epoch); the "
+                          "rewind point must lie within it", file=source, key="lottery.rewind")
+
+
+def train_images_known(recipe: Recipe) -> Optional[int]:
+    """The training set size the recipe alone fixes: generated synthetic data (None otherwise)."""
+    cfg = recipe.data
+    return cfg.synthetic.train_images if cfg.dataset == "synthetic" and not cfg.root else None
 
 
 def pick_device(name: str) -> torch.device:

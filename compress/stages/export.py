@@ -18,7 +18,7 @@ from export.compact import pack, unpack_to
 from export.onnx_export import check_opset, export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
 from export.sparse_initializers import to_sparse_initializers
-from export.verify import verify_parity, verify_zeros, write_verify
+from export.verify import verify_full_parity, verify_parity, verify_zeros, write_verify
 
 log = logging.getLogger(__name__)
 PARITY_IMAGES = 3
@@ -40,7 +40,7 @@ def export_ticket(loaded: LoadedModel, out_dir: Path, *, opset: int | None = Non
     backbone_mask = {n: m for n, m in mask.items() if n.startswith("backbone.")}
     checks = {"zeros_full": verify_zeros(full, model, mask),
               "zeros_backbone": verify_zeros(backbone, model, backbone_mask),
-              "parity_full": verify_parity(full, model, images, kind="full"),
+              "parity_full": verify_full_parity(full, model, images, image_size=size, opset=opset),
               "parity_backbone": verify_parity(backbone, model, images, kind="backbone")}
     write_verify(out_dir, checks)  # raises VerificationError when a check failed
     sparse = out_dir / "model.sparse.onnx"

@@ -49,6 +49,13 @@ BAD = [
     (GOOD + "evaluate: {engines: [tensorrt]}\n", "evaluate.engines"),
     (GOOD.replace("backbone: tiny", "backbone: tiny, min_size: 64, max_size: 32"), "max_size"),
     (GOOD + "lottery: {distribution: random}\n", "lottery.distribution"),
+    # a rewind point past the end of a round: same unit at validation, mixed units once the
+    # iterations per epoch are known (16 generated images at batch 2: 8 an epoch), before any data
+    (GOOD + "lottery: {rewind: 11it}\n", "lottery.rewind: '11it' is beyond"),
+    (GOOD.replace("iterations: 10, epochs: null", "epochs: 1") + "lottery: {rewind: 1.5ep}\n",
+     "lottery.rewind: '1.5ep' is beyond"),
+    (GOOD.replace("iterations: 10", "iterations: 10, batch_size: 2") + "lottery: {rewind: 2ep}\n"
+     "data: {synthetic: {train_images: 16}}\n", "lottery.rewind: '2ep' is iteration 16, beyond"),
 ]
 
 
@@ -80,6 +87,14 @@ def test_bad_override_exits_2(tmp_path, capsys, override, fragment):
     assert main(["run", str(path), "--out", str(tmp_path / "run"), "--set", override]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and fragment in err
+
+
+def test_rewind_within_a_round_or_unused_is_accepted(tmp_path):
+    path = tmp_path / "ok.yaml"
+    path.write_text(GOOD + "lottery: {rewind: 10it}\n")
+    assert load_recipe(path).lottery.rewind == "10it"  # the last iteration is still a point
+    path.write_text(GOOD + "lottery: {method: dense, rewind: 50it}\n")
+    assert load_recipe(path).lottery.method == "dense"  # no round rewinds
 
 
 def test_cli_subprocess_bad_recipe_has_no_traceback(tmp_path):
