@@ -9,7 +9,8 @@ coordinates x1 = xmin - 1, y1 = ymin - 1, x2 = xmax, y2 = ymax (COCO bbox
 [xmin - 1, ymin - 1, xmax - xmin + 1, ymax - ymin + 1]).
 
 Difficult objects: the bridge writes them with iscrowd=1, so COCO evaluation ignores them (the
-usual VOC-to-COCO bridge, as VOC's own metric ignores them). The dataset therefore drops them from
+usual VOC-to-COCO bridge, as VOC's own metric ignores them), and with `difficult: 1`, the flag the
+VOC metric (evaluate/metrics/voc.py) reads. The dataset therefore drops them from
 training targets (py-faster-rcnn's default) and keeps them in evaluation targets with
 iscrowd=1 and `difficult=True`.
 """
@@ -103,6 +104,7 @@ def voc_to_coco(root: str | Path, split: str) -> dict:
                 "category_id": VOC_CLASSES.index(obj["name"]) + 1,
                 "bbox": [xmin - 1, ymin - 1, width, height], "area": width * height,
                 "iscrowd": int(obj["difficult"]), "ignore": int(obj["difficult"]),
+                "difficult": int(obj["difficult"]),
                 "segmentation": [[xmin - 1, ymin - 1, xmax, ymin - 1, xmax, ymax, xmin - 1, ymax]],
             })
     categories = [{"id": i, "name": name, "supercategory": "voc"}

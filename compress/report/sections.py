@@ -17,7 +17,7 @@ from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.stages.predict import gallery_image
 from compress.report.runtime import sec_runtime
 
-METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP")
+METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50")  # VOC: Pascal VOC07 AP50
 
 
 def _drop_empty_columns(header: list[str], rows: list[list[str]], keep: int) -> tuple[list[str], list[list[str]]]:
@@ -53,13 +53,14 @@ def _engine_rows(run: RunData) -> list[list[str]]:
             stats = read_json(engine_dir / "metrics.json")
             flat = {f"{p}_{k}": stats.get(t, {}).get(k) for t, p in
                     (("bbox", "bbox"), ("segm", "segm"), ("keypoints", "kp")) for k in ("AP", "AP50")}
-            values = [flat["bbox_AP"], flat["bbox_AP50"], flat["segm_AP"], flat["kp_AP"]]
+            values = [flat["bbox_AP"], flat["bbox_AP50"], flat["segm_AP"], flat["kp_AP"],
+                      stats.get("voc", {}).get("voc07_mAP50")]
             rows.append([run.label, engine_dir.name, *(fmt(v) for v in values), ""])
         elif (engine_dir / "parity.json").is_file():
             parity = read_json(engine_dir / "parity.json")
             note = (f"backbone graph: max |diff| vs ORT {fmt(parity.get('max_abs_diff_vs_onnxruntime'), 7)}"
                     if parity.get("status") == "ok" else f"failed: {parity.get('reason')}")
-            rows.append([run.label, engine_dir.name, "-", "-", "-", "-", note])
+            rows.append([run.label, engine_dir.name, *["-"] * len(METRICS), note])
     return rows
 
 

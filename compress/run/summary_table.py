@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-METRIC_COLUMNS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "val_loss")
+METRIC_COLUMNS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50", "val_loss")
 
 
 def _cell(value: Any) -> str:

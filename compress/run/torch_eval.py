@@ -1,4 +1,5 @@
-"""COCO metrics of a torch detector on the validation set (the round metric and `eval/torch`)."""
+"""COCO (and Pascal VOC) metrics of a torch detector on the validation set (the round metric and
+`eval/torch`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,6 +12,7 @@ from compress.core.atomic import write_json
 from compress.run.setup import IOU_PREFIX, TASK_IOU_TYPES
 from evaluate.metrics.detections import outputs_to_coco_results
 from evaluate.metrics.coco import coco_stats
+from evaluate.metrics.voc import voc_ap
 from compress.training.loop import predict
 from compress.data.loaders import make_loader
 
@@ -24,10 +26,14 @@ def coco_results(predictions: Iterable[tuple[int, dict]], label_to_cat_id: dict[
 
 
 def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path,
-                  convention: str = "coco") -> dict[str, Any]:
+                  convention: str = "coco", voc: bool = False) -> dict[str, Any]:
     """Write results.json and metrics.json into out_dir; return the flat round metrics.
 
-    `convention` is the recipe's evaluate.convention (see evaluate.metrics.coco)."""
+    `convention` is the recipe's evaluate.convention (see evaluate.metrics.coco). COCO-style AP
+    per iou type; with `voc` (a Pascal VOC validation set) also the VOC metric (metrics.json
+    `voc`: per-class and mean AP50, VOC07 11-point and area rule, difficult objects ignored;
+    flat: voc07_mAP50, voc_area_mAP50 and voc_per_class).
+    """
 
     full: dict[str, Any] = {}
     flat: dict[str, Any] = {}
@@ -38,6 +44,12 @@ def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path,
         flat[f"{prefix}_mAP"] = stats["AP"]
         flat[f"{prefix}_AP50"] = stats["AP50"]
         flat[f"{prefix}_AP75"] = stats["AP75"]
+    if voc:
+        full["voc"] = voc_ap(gt_path, results)
+        flat["voc07_mAP50"] = full["voc"]["voc07_mAP50"]
+        flat["voc_area_mAP50"] = full["voc"]["voc_area_mAP50"]
+        flat["voc_per_class"] = {name: {k: row[k] for k in ("voc07_AP50", "voc_area_AP50")}
+                                 for name, row in full["voc"]["per_class"].items()}
     write_json(out_dir / "results.json", results, indent=None)
     write_json(out_dir / "metrics.json", full)
     return flat
@@ -45,8 +57,9 @@ def score_results(gt_path: Path, results: list[dict], task: str, out_dir: Path,
 
 def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path: Path,
                    label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                   progress: bool = True, dist: Any = None, convention: str = "coco") -> dict[str, Any]:
-    """COCO metrics of `model` on the loader's images.
+                   progress: bool = True, dist: Any = None, convention: str = "coco",
+                   voc: bool = False) -> dict[str, Any]:
+    """COCO metrics (and with `voc` the Pascal VOC metric) of `model` on the loader's images.
 
     Under torchrun (`dist` of more than one rank) each rank predicts its own share of the images,
     the COCO results are gathered, and rank 0 scores them (the other ranks return {}).
@@ -62,7 +75,7 @@ def evaluate_torch(model: nn.Module, loader: Any, device: torch.device, gt_path:
             return {}
         results.sort(key=lambda r: (r["image_id"], -r["score"]))
     out_dir.mkdir(parents=True, exist_ok=True)
-    return score_results(gt_path, results, task, out_dir, convention)
+    return score_results(gt_path, results, task, out_dir, convention, voc)
 
 
 def _shard(loader: Any, rank: int, world_size: int) -> Any:

@@ -33,16 +33,17 @@ log = logging.getLogger(__name__)
 
 def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_path: Path,
                     label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                    progress: bool, convention: str = "coco") -> dict[str, Any]:
-    """COCO metrics of one engine; writes results.json + metrics.json into out_dir."""
+                    progress: bool, convention: str = "coco", voc: bool = False) -> dict[str, Any]:
+    """COCO metrics (with `voc` also the Pascal VOC metric) of one engine; writes results.json +
+    metrics.json into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "torch":
         return evaluate_torch(loaded.model, loader, torch.device("cpu"), gt_path, label_to_cat_id,
-                              task, out_dir, progress, convention=convention)
+                              task, out_dir, progress, convention=convention, voc=voc)
     if engine == "onnxruntime":
         predictions = predict_onnx(OnnxDetector(model_path), loader)
         return score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task,
-                             out_dir, convention)
+                             out_dir, convention, voc)
     if engine == "deepsparse":
         return deepsparse_backbone_parity(model_path.parent / "backbone.onnx", loader, out_dir)
     raise UserError(f"engine '{engine}' is not one of torch, onnxruntime, deepsparse", key="--engine")
@@ -116,7 +117,8 @@ class EvaluateStage:
             results[engine] = evaluate_engine(engine, run.export / "model.onnx", ctx.loaded,
                                               ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
                                               data.task, out_dir, ctx.progress,
-                                              recipe.evaluate.convention)
+                                              recipe.evaluate.convention,
+                                              voc=recipe.data.dataset == "voc")
             if engine != "deepsparse":
                 results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
                                                 recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
@@ -146,7 +148,8 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     gt_path = ground_truth_path(kind, dataset, data, split, out_dir)
     metrics = evaluate_engine(engine, onnx_path, loaded, loader, gt_path,
                               dict(dataset.label_to_cat_id), task, out_dir, progress=True,
-                              convention=convention or loaded.recipe.evaluate.convention)
+                              convention=convention or loaded.recipe.evaluate.convention,
+                              voc=kind == "voc")
     if tide and engine != "deepsparse":
         analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)
     print(json.dumps(metrics, indent=2))

@@ -46,20 +46,20 @@ def test_toy_case_matches_hand_calculation():
     # area: recall 0 -> 2/3 at precision 1, 2/3 -> 1 at 3/5 -> 2/3 + 1/5 = 13/15
     a_area = 2 / 3 + (1 / 3) * (3 / 5)
     # class b: recall 0, 1 and precision 0, 1/2 -> 0.5 for both
-    assert out["ap07"]["a"] == pytest.approx(a07, abs=1e-12)
-    assert out["ap_area"]["a"] == pytest.approx(13 / 15, abs=1e-12)
+    assert out["per_class"]["a"]["voc07_AP50"] == pytest.approx(a07, abs=1e-12)
+    assert out["per_class"]["a"]["voc_area_AP50"] == pytest.approx(13 / 15, abs=1e-12)
     assert a_area == pytest.approx(13 / 15)
-    assert out["ap07"]["b"] == pytest.approx(0.5, abs=1e-12)
-    assert out["ap_area"]["b"] == pytest.approx(0.5, abs=1e-12)
-    assert out["ap07"]["c"] == -1.0
-    assert out["mAP07"] == pytest.approx((a07 + 0.5) / 2, abs=1e-12)
-    assert out["mAP_area"] == pytest.approx((13 / 15 + 0.5) / 2, abs=1e-12)
+    assert out["per_class"]["b"]["voc07_AP50"] == pytest.approx(0.5, abs=1e-12)
+    assert out["per_class"]["b"]["voc_area_AP50"] == pytest.approx(0.5, abs=1e-12)
+    assert out["per_class"]["c"]["voc07_AP50"] == -1.0
+    assert out["voc07_mAP50"] == pytest.approx((a07 + 0.5) / 2, abs=1e-12)
+    assert out["voc_area_mAP50"] == pytest.approx((13 / 15 + 0.5) / 2, abs=1e-12)
 
 
 def test_difficult_match_neither_tp_nor_fp():
     only_difficult = [_det(2, 1, [30, 30, 10, 10], 0.9)]
     out = voc_ap(GT, only_difficult)
-    assert out["ap07"]["a"] == 0.0 and out["ap_area"]["a"] == 0.0
+    assert out["per_class"]["a"]["voc07_AP50"] == 0.0 and out["per_class"]["a"]["voc_area_AP50"] == 0.0
 
 
 def test_ap_functions_on_perfect_curve():
@@ -73,5 +73,5 @@ def test_pixel_offset_changes_iou():
     # [0,0,10,10] vs [3,0,10,10]: continuous 70/130 = 0.538 TP; devkit 88/154 = 0.571 TP
     gt = {"images": [{"id": 1}], "categories": [{"id": 1, "name": "a"}],
           "annotations": [_ann(1, 1, 1, [0, 0, 10, 10])]}
-    assert voc_ap(gt, [_det(1, 1, [3, 0, 10, 10], 0.9)])["mAP_area"] == 1.0
-    assert voc_ap(gt, [_det(1, 1, [5, 0, 10, 10], 0.9)], pixel_offset=1.0)["mAP_area"] == 0.0
+    assert voc_ap(gt, [_det(1, 1, [3, 0, 10, 10], 0.9)])["voc_area_mAP50"] == 1.0
+    assert voc_ap(gt, [_det(1, 1, [5, 0, 10, 10], 0.9)], pixel_offset=1.0)["voc_area_mAP50"] == 0.0
