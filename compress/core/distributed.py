@@ -90,3 +90,28 @@ def mask_digest(mask: dict[str, torch.Tensor]) -> str:
 def rank_mask_digests(context: Dist, mask: dict[str, torch.Tensor]) -> list[str]:
     """Every rank's mask digest, in rank order."""
     return context.gather(mask_digest(mask))
+
+
+# BatchNorm running statistics: each DDP rank updates them from its own images after the buffers
+# rank 0 broadcast at the forward's start, so they are the one part of a replica that is its own.
+RANK_LOCAL_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def replica_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a model state's names and tensor bytes, BatchNorm running statistics left out:
+    equal on every rank when the DDP replicas hold the same weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        if name.rsplit(".", 1)[-1] in RANK_LOCAL_BUFFERS:
+            continue
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def rank_replica_digests(context: Dist, model: torch.nn.Module) -> list[str]:
+    """Every rank's `replica_digest` of its trained model, in rank order."""
+    return context.gather(replica_digest(model.state_dict()))

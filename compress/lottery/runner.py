@@ -26,7 +26,7 @@ from compress.lottery.masks import (MaskHolder, early_bird_iou, is_nested, load_
 from compress.lottery.methods import Method
 from compress.lottery.runtime_aware import RuntimeAllocator
 from compress.training.round import RoundPlan, Schedule, train_round
-from compress.core.distributed import SINGLE, Dist, rank_mask_digests
+from compress.core.distributed import SINGLE, Dist, rank_mask_digests, rank_replica_digests
 from compress.run.folder import MetricsLog, NullMetrics, RunFolder
 
 log = logging.getLogger(__name__)
@@ -113,6 +113,11 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
         holder.remove()
     if mask is None:  # dense training keeps every weight; gradual: the zeros training left
         mask = setup.method.round0_mask(model, setup.prunable)
+    if ctx.dist.enabled:  # the DDP replicas must have trained to the same weights
+        digests = rank_replica_digests(ctx.dist, model)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"round {index}: the ranks' trained weights differ ({digests})")
+        extra["rank_weight_digests"] = digests
     scores = ctx.evaluate(model, round_dir)  # every rank predicts its share; rank 0 scores
     if ctx.dist.is_main:
         _finish_round(index, setup, ctx, model, mask, outcome, {**scores, **extra})

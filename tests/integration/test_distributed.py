@@ -1,5 +1,7 @@
-"""torchrun --nproc_per_node 2 (gloo, CPU): two IMP rounds on the tiny model, masks identical on
-both ranks; compared with a single-process run at the same global batch and seed."""
+"""torchrun --nproc_per_node 2 (gloo, CPU): two IMP rounds on the tiny model; after every round's
+training the two replicas hold the same weights (each rank's digest, gathered, equals the saved
+checkpoint's) and the masks are identical on both ranks; compared with a single-process run at the
+same global batch and seed."""
 from __future__ import annotations
 
 import json
@@ -10,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from compress.core.distributed import mask_digest
+from compress.core.checkpoint import load_checkpoint
+from compress.core.distributed import mask_digest, replica_digest
 from compress.lottery.masks import load_mask, mask_iou
 from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
@@ -30,6 +33,12 @@ def test_two_rank_imp_masks_identical_across_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["world_size"] == 2
+    for k in (0, 1, 2):  # each rank's trained weights: identical replicas, rank 0's saved
+        metrics = json.loads((out / "rounds" / f"round_{k}" / "metrics.json").read_text())["metrics"]
+        weights = metrics["rank_weight_digests"]
+        assert len(weights) == 2 and weights[0] == weights[1]
+        saved = load_checkpoint(out / "rounds" / f"round_{k}" / "checkpoint.pt")["model"]
+        assert weights[0] == replica_digest(saved)
     for k in (1, 2):
         metrics = json.loads((out / "rounds" / f"round_{k}" / "metrics.json").read_text())["metrics"]
         assert "bbox_mAP" in metrics and "segm_mAP" in metrics  # predicted per rank, gathered

@@ -1,16 +1,18 @@
 """SIGKILL one tiny smoke run at every stage of `compress run` and resume it each time.
 
-One chain of kill/resume steps walks through a whole 2-round run with every stage on: each step
-starts `compress run ... --resume`, polls the run folder every few milliseconds and SIGKILLs the
-process as soon as the next target point is reached (13 targets: round 0 mid-epoch and after
-its epoch checkpoint, both prune/rewind steps, round 1 mid-epoch, round 2 after its epoch
+One chain of kill/resume steps walks through a whole 2-round run with every stage on. Each step
+runs `compress run ... --resume` in a child that SIGKILLs itself at the first file rename or
+metrics-log append after the next target milestone is reached (tests/support/kill_points.py), so
+it lands in that segment every time, a temp file half-committed. 13 targets: round 0 mid-epoch and
+after its epoch checkpoint, both prune/rewind steps, round 1 mid-epoch, round 2 after its epoch
 checkpoint, ticket writing, two parts of the export, evaluation on torch and on ONNX Runtime,
-bench, report). After each kill the folder state is classified (the segment between the last
-milestone reached and the next one): that is the point actually hit, and at least 10 distinct
-ones must be. After every kill summary.json and every JSON file must parse, and the temp files
-a previous kill left must be gone (none may remain in the finished run). The finished run must equal an uninterrupted run
-with the same seed (started in parallel): every round's mask, metrics and weights bit for bit,
-the ticket, the training log, and each engine's evaluation metrics and predictions.
+bench, report. After each kill the folder state is classified (the segment between the last
+milestone reached and the next one) and must be the one aimed at: every point named is hit.
+After every kill summary.json and every JSON file must parse, and the temp files a previous kill
+left must be gone (none may remain in the finished run). The finished run must equal an
+uninterrupted run with the same seed (started in parallel): every round's mask, metrics and
+weights bit for bit, the ticket, the training log, and each engine's evaluation metrics and
+predictions.
 """
 from __future__ import annotations
 
@@ -20,10 +22,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
+from support.kill_points import EPOCH_ITERS, MILESTONES, TARGETS, child_command, segment
 from support.recipes import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -42,126 +45,28 @@ SETS = [
     "evaluate.max_images=2", "evaluate.engines=[torch,onnxruntime]", "evaluate.tide=true",
     "bench.iterations=2", "bench.warmup=0", "bench.engines=[onnxruntime]",
 ]  # 8 images at batch 2: 4 iterations an epoch, 2 epochs a round
-EPOCH_ITERS = 4
-POLL_S = 0.005
 STEP_TIMEOUT_S = 120
-MIN_POINTS = 10
-
-
-def records(out: Path) -> list[dict[str, Any]]:
-    """The metrics log; a line being appended at the moment of reading is ignored."""
-    try:
-        lines = (out / "metrics.jsonl").read_text().splitlines()
-    except FileNotFoundError:
-        return []
-    parsed = []
-    for line in lines:
-        try:
-            parsed.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return parsed
-
-
-def logged(round_index: int, epoch: int | None = None,
-           past: int = 0) -> Callable[[Path], bool]:
-    """A training step of the round past iteration `past` was logged (epoch None), or the round's
-    epoch-`epoch` validation. A step past an epoch end is logged after that epoch's last.pt."""
-    def reached(out: Path) -> bool:
-        for rec in records(out):
-            if rec.get("round") != round_index:
-                continue
-            if epoch is None and "loss" in rec and rec["iteration"] > past:
-                return True
-            if epoch is not None and "val_loss" in rec and rec.get("epoch") == epoch:
-                return True
-        return False
-    return reached
-
-
-def exists(relative: str) -> Callable[[Path], bool]:
-    return lambda out: (out / relative).exists()
-
-
-def started(round_index: int) -> Callable[[Path], bool]:
-    """Round k began training (its last.pt is written once prune + rewind are done)."""
-    base = f"rounds/round_{round_index}"
-    return lambda out: (out / base / "last.pt").exists() or (out / base / "metrics.json").exists()
-
-
-def in_summary(key: str) -> Callable[[Path], bool]:
-    def reached(out: Path) -> bool:
-        try:
-            return key in json.loads((out / "summary.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return False
-    return reached
-
-
-# Milestones in the order a run reaches them. The segment named on a line runs from its milestone
-# to the next one; `True` marks the segments the chain aims a kill at.
-MILESTONES: list[tuple[str, Callable[[Path], bool], bool]] = [
-    ("round 0 mid-epoch 1", logged(0), True),
-    ("round 0 epoch 2, after the epoch-1 checkpoint", logged(0, past=EPOCH_ITERS), True),
-    ("round 0 final evaluation", logged(0, epoch=2), False),
-    ("prune + rewind for round 1", exists("rounds/round_0/metrics.json"), True),
-    ("round 1 start", started(1), False),
-    ("round 1 mid-epoch 1", logged(1), True),
-    ("round 1 epoch 2, after the epoch-1 checkpoint", logged(1, past=EPOCH_ITERS), False),
-    ("prune + rewind for round 2", exists("rounds/round_1/metrics.json"), True),
-    ("round 2 start", started(2), False),
-    ("round 2 mid-epoch 1", logged(2), False),
-    ("round 2 epoch 2, after the epoch-1 checkpoint", logged(2, past=EPOCH_ITERS), True),
-    ("round 2 final evaluation", logged(2, epoch=2), False),
-    ("ticket writing", exists("rounds/round_2/metrics.json"), True),
-    ("export: model.onnx", exists("ticket.pt"), True),
-    ("export: backbone + verify", exists("export/model.onnx"), True),
-    ("export: sparse + compact + sizes", exists("export/verify.json"), False),
-    ("evaluate: torch inference", exists("export/sizes.json"), False),
-    ("evaluate: torch TIDE + AP deltas", exists("eval/torch/metrics.json"), True),
-    ("evaluate: onnxruntime", exists("eval/onnxruntime"), True),
-    ("bench: MACs", in_summary("eval"), False),
-    ("bench: latency", exists("bench/macs.json"), True),
-    ("report", exists("bench/bench.json"), True),
-    ("finished", exists("report.md"), False),
-]
-
-
-def segment(out: Path) -> int:
-    """Index of the segment the run folder is in: the last milestone before the first missing."""
-    for index, (_, reached, _) in enumerate(MILESTONES):
-        if not reached(out):
-            return index - 1
-    return len(MILESTONES) - 1
 
 
 def command(out: Path, resume: bool) -> list[str]:
-    args = [sys.executable, "-m", "compress", "--quiet", "run", str(RECIPE), "--smoke",
-            "--out", str(out)]
+    return [sys.executable, "-m", "compress", *cli_args(out, resume)]
+
+
+def cli_args(out: Path, resume: bool) -> list[str]:
+    args = ["--quiet", "run", str(RECIPE), "--smoke", "--out", str(out)]
     for item in SETS:
         args += ["--set", item]
     return args + (["--resume"] if resume else [])
 
 
-def kill_at(out: Path, resume: bool, target: Callable[[Path], bool], log: Any) -> bool:
-    """Run one step; SIGKILL it once `target` holds. False: it finished before that."""
-    proc = subprocess.Popen(command(out, resume), cwd=REPO, env=subprocess_env(),
-                            stdout=subprocess.DEVNULL, stderr=log)
-    deadline = time.monotonic() + STEP_TIMEOUT_S
-    try:
-        while proc.poll() is None and not target(out):
-            assert time.monotonic() < deadline, "a kill/resume step never reached its point"
-            time.sleep(POLL_S)
-        if proc.poll() is not None:
-            assert proc.returncode == 0, f"a resumed step failed (exit {proc.returncode})"
-            return False
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-        return True
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+def kill_in(out: Path, resume: bool, target: int, log: Any) -> int:
+    """Run one step that SIGKILLs itself in segment `target`; return the segment the folder shows."""
+    proc = subprocess.run(child_command(out, target, cli_args(out, resume)), cwd=REPO,
+                          env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=log,
+                          timeout=STEP_TIMEOUT_S)
+    assert proc.returncode == -signal.SIGKILL, \
+        f"the step aimed at '{MILESTONES[target][0]}' ended with exit {proc.returncode}"
+    return segment(out)
 
 
 def temp_entries(out: Path) -> set[str]:
@@ -183,32 +88,23 @@ def check_after_kill(out: Path, left_before: set[str]) -> set[str]:
 
 
 def kill_chain(out: Path, log: Any) -> list[str]:
-    """Kill at each targeted segment in turn, resuming after each kill; return the points hit."""
+    """Kill in each targeted segment in turn, resuming after each kill; return the points hit."""
     hits: list[str] = []
     started_s = time.monotonic()
     left: set[str] = set()
-    current, resume = -1, False
-    while True:
-        targets = [i for i in range(current + 1, len(MILESTONES)) if MILESTONES[i][2]]
-        if not targets:
-            break
-        if not kill_at(out, resume, MILESTONES[targets[0]][1], log):
-            current = len(MILESTONES) - 1  # it ran to the end before the point
-            break
-        resume = True
-        current = segment(out)
-        assert 0 <= current < len(MILESTONES) - 1, "killed after the run had finished"
+    for number, target in enumerate(TARGETS):
+        current = kill_in(out, number > 0, target, log)
         hits.append(MILESTONES[current][0])
+        assert current == target, f"aimed at '{MILESTONES[target][0]}', hit '{hits[-1]}'"
         if "after the epoch-1 checkpoint" in hits[-1]:  # resumes from last.pt, not the round start
             last = load(out / f"rounds/round_{hits[-1].split()[1]}/last.pt")
             assert int(last["iteration"]) == EPOCH_ITERS
         print(f"kill {len(hits)} at {time.monotonic() - started_s:.1f} s: {hits[-1]}", flush=True)
         left = check_after_kill(out, left)
-    if current < len(MILESTONES) - 1:
-        done = subprocess.run(command(out, resume=True), cwd=REPO, env=subprocess_env(), text=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              timeout=STEP_TIMEOUT_S)
-        assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(command(out, resume=True), cwd=REPO, env=subprocess_env(), text=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          timeout=STEP_TIMEOUT_S)
+    assert done.returncode == 0, done.stderr[-3000:]
     assert not temp_entries(out), f"stray temp files in the finished run: {temp_entries(out)}"
     return hits
 
@@ -275,5 +171,5 @@ def test_sigkill_at_every_stage_then_resume_matches_uninterrupted(tmp_path):
     record = {"hits": hits, "seconds": round(time.monotonic() - started_s, 1)}
     (tmp_path / "kill_points.json").write_text(json.dumps(record, indent=2))
     print(f"\nkill points hit ({len(hits)}, {record['seconds']} s): " + "; ".join(hits))
-    assert len(set(hits)) >= MIN_POINTS, f"only {len(set(hits))} distinct kill points hit: {hits}"
+    assert hits == [MILESTONES[i][0] for i in TARGETS]  # every point named, each hit once
     assert_same_runs(out, ref)
