@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from support.kill_points import EPOCH_ITERS, MILESTONES, TARGETS, child_command, segment
+from support.kill_points import EPOCH_ITERS, MILESTONES, TARGETS, child_command, records, segment
 from support.recipes import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
