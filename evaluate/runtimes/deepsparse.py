@@ -52,6 +52,13 @@ def _signal_name(number: int) -> str:
         return f"signal {number}"
 
 
+def child_env() -> dict[str, str]:
+    """Environment of a DeepSparse child: no analytics look-up, this checkout importable."""
+    env = dict(os.environ, NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
 def run_child(argv: Sequence[str], timeout_s: float, result_path: Path) -> dict[str, Any]:
     """Run `argv` as a child process that writes a JSON result to `result_path`.
 
@@ -59,10 +66,8 @@ def run_child(argv: Sequence[str], timeout_s: float, result_path: Path) -> dict[
     times out or writes nothing. The child may name what it is doing ("compile", "run") in
     `<result_path>.stage`; the reason says in which stage it failed.
     """
-    env = dict(os.environ, NM_DISABLE_ANALYTICS="1", PYTHONUNBUFFERED="1")
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH")) if p)
     try:
-        proc = subprocess.run(list(argv), env=env, capture_output=True,
+        proc = subprocess.run(list(argv), env=child_env(), capture_output=True,
                               timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired:
         stage = _stage(result_path)

@@ -40,10 +40,11 @@ def cuda_unavailable_reason() -> str | None:
 
 
 def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
-                threads: int | None = None) -> ort.InferenceSession:
+                threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
     """An InferenceSession on `provider` ("cpu" or "cuda").
 
-    `threads` sets ORT's intra-op threads (default: the physical cores). Raises
+    `threads` sets ORT's intra-op threads (default: the physical cores); `spinning=False` stops
+    idle threads from busy-waiting (needed when several sessions or processes share the cores). Raises
     `EngineUnavailable` when CUDA is asked for but onnxruntime-gpu or a GPU is missing, and
     `ModelFileError` when the file is missing or not a valid ONNX model.
     """
@@ -60,6 +61,8 @@ def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
     options.intra_op_num_threads = threads or physical_cores()
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider == "cuda" else [])
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)

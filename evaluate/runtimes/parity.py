@@ -1,0 +1,73 @@
+"""Do two runs of a detector give the same detections? Counts, labels, boxes, scores, masks and
+keypoints compared image by image; a comparison that compared nothing is a failure, not a pass."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+
+BOX_TOLERANCE_PX = 0.5
+SCORE_TOLERANCE = 1e-3
+MASK_FLIP_TOLERANCE = 1e-3  # fraction of mask pixels allowed to flip at the 0.5 threshold
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
+
+
+def compare_image(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
+    """One image: same detection count and labels, and the largest differences."""
+    ref = {k: np.asarray(v) for k, v in reference.items()}
+    cand = {k: np.asarray(v) for k, v in candidate.items()}
+    n_ref, n_cand = len(ref["boxes"]), len(cand["boxes"])
+    out: dict[str, Any] = {"detections": n_ref, "detections_candidate": n_cand}
+    if n_ref != n_cand:
+        out["mismatch"] = f"{n_cand} detections instead of {n_ref}"
+        return out
+    if not np.array_equal(ref["labels"], cand["labels"]):
+        out["mismatch"] = "labels differ"
+    out["box_max_abs_diff_px"] = _max_diff(ref["boxes"], cand["boxes"])
+    out["score_max_abs_diff"] = _max_diff(ref["scores"], cand["scores"])
+    if "masks" in ref:
+        flipped = np.count_nonzero((ref["masks"] > 0.5) != (cand["masks"] > 0.5))
+        out["mask_pixels_flipped"] = int(flipped)
+        out["mask_flip_fraction"] = flipped / max(1, ref["masks"].size)
+    if "keypoints" in ref:
+        out["keypoint_max_abs_diff_px"] = _max_diff(ref["keypoints"][..., :2],
+                                                    cand["keypoints"][..., :2])
+    return out
+
+
+def summarize(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], *,
+              box_tolerance_px: float = BOX_TOLERANCE_PX,
+              require_detections: bool = True) -> dict[str, Any]:
+    """Compare (reference, candidate) outputs over images; status "ok" only when every image
+    matches within tolerance and something was compared (images, and detections unless
+    `require_detections` is False)."""
+    images = [compare_image(ref, cand) for ref, cand in pairs]
+    compared = sum(image["detections"] for image in images if "mismatch" not in image)
+    worst = {key: max((image.get(key, 0.0) for image in images), default=0.0)
+             for key in ("box_max_abs_diff_px", "score_max_abs_diff", "mask_flip_fraction",
+                         "keypoint_max_abs_diff_px")}
+    result = {"images": len(images), "detections_compared": compared,
+              "box_tolerance_px": box_tolerance_px, **worst,
+              "mask_pixels_flipped": sum(image.get("mask_pixels_flipped", 0) for image in images)}
+    problems = [f"image {i}: {image['mismatch']}" for i, image in enumerate(images)
+                if "mismatch" in image]
+    if worst["box_max_abs_diff_px"] > box_tolerance_px:
+        problems.append(f"boxes differ by {worst['box_max_abs_diff_px']:.3g} px "
+                        f"(tolerance {box_tolerance_px} px)")
+    if worst["score_max_abs_diff"] > SCORE_TOLERANCE:
+        problems.append(f"scores differ by {worst['score_max_abs_diff']:.3g}")
+    if worst["mask_flip_fraction"] > MASK_FLIP_TOLERANCE:
+        problems.append(f"{worst['mask_flip_fraction']:.2%} of mask pixels flipped")
+    if worst["keypoint_max_abs_diff_px"] > box_tolerance_px:
+        problems.append(f"keypoints differ by {worst['keypoint_max_abs_diff_px']:.3g} px")
+    if not images:
+        problems.append("compared nothing: no images")
+    elif require_detections and compared == 0:
+        problems.append(f"compared nothing: no detections on {len(images)} images")
+    result["status"] = "failed" if problems else "ok"
+    if problems:
+        result["reason"] = "; ".join(problems)
+    return result

@@ -1,0 +1,192 @@
+"""Run a partitioned deployment (`export/deploy/manifest.json`) of an R-CNN end to end.
+
+Parts run in the manifest's order, each reading the tensors earlier parts produced. Parts marked
+`deepsparse` run in one long-lived DeepSparse child (`deepsparse_server`), every other part on
+ONNX Runtime in this process; with `engine="onnxruntime"` every part runs on ONNX Runtime (the
+reference). Images go onto the manifest's fixed canvas first (resized with their aspect kept,
+placed top-left, zero-padded), so DeepSparse compiles once; detections are mapped back to the
+image. A part with a padding rule takes a data-dependent count of RoIs along `axis`: the count is
+zero-padded to the smallest compiled bucket that holds it, outputs are cut back to the count, and
+a count of zero skips the part (empty outputs).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from compress.core.errors import ModelFileError
+from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
+from evaluate.runtimes.ort import ort_session, physical_cores
+
+MANIFEST = "manifest.json"
+FORMAT = "lth-compress/deploy-1"
+ENGINES = ("onnxruntime", "deepsparse")
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an image sits on the canvas: its scale and the size it has there."""
+
+    scale: float
+    height: int
+    width: int
+    original: tuple[int, int]
+
+
+def read_manifest(folder: str | os.PathLike) -> dict[str, Any]:
+    """The deployment manifest in `folder` (a run's `export/deploy`, or `export/` holding it)."""
+    folder = Path(folder)
+    path = folder / MANIFEST if (folder / MANIFEST).is_file() else folder / "deploy" / MANIFEST
+    if not path.is_file():
+        raise ModelFileError("no deployment manifest; run `compress export` to write "
+                             "export/deploy/", file=str(folder / "deploy" / MANIFEST))
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ModelFileError(f"not a {FORMAT} manifest", file=str(path))
+    if manifest.get("status") == "unsupported":
+        raise ModelFileError(f"no deployment for this model: {manifest.get('reason')}", file=str(path))
+    manifest["folder"] = str(path.parent)
+    return manifest
+
+
+def to_canvas(image: torch.Tensor, height: int, width: int) -> tuple[np.ndarray, Placement]:
+    """`image` (3xHxW in [0, 1]) resized to fit height x width, aspect kept, top-left, zero pad."""
+    h, w = int(image.shape[-2]), int(image.shape[-1])
+    scale = min(height / h, width / w)
+    new_h, new_w = min(height, round(h * scale)), min(width, round(w * scale))
+    if (new_h, new_w) != (h, w):
+        image = torch.nn.functional.interpolate(image[None].float(), size=(new_h, new_w),
+                                                mode="bilinear", align_corners=False)[0]
+    canvas = np.zeros((3, height, width), dtype=np.float32)
+    canvas[:, :new_h, :new_w] = image.detach().cpu().float().numpy()
+    return canvas, Placement(scale, new_h, new_w, (h, w))
+
+
+def from_canvas(outputs: dict[str, np.ndarray], place: Placement) -> dict[str, torch.Tensor]:
+    """Detections on the canvas -> on the original image (boxes, masks, keypoints)."""
+    out = {name: torch.from_numpy(np.array(value)) for name, value in outputs.items()}
+    h, w = place.original
+    if "boxes" in out:
+        boxes = out["boxes"] / place.scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+        out["boxes"] = boxes
+    if "keypoints" in out:
+        out["keypoints"][..., :2] /= place.scale
+    if "masks" in out:
+        masks = out["masks"][..., :place.height, :place.width]
+        if (place.height, place.width) != (h, w) and masks.shape[0]:
+            masks = torch.nn.functional.interpolate(masks, size=(h, w), mode="bilinear",
+                                                    align_corners=False)
+        out["masks"] = masks
+    return out
+
+
+def _bucket(part: dict[str, Any], count: int) -> int:
+    sizes = [c["inputs"][0][part["padding"]["axis"]] for c in part["compiled"]]
+    fitting = [i for i, size in enumerate(sizes) if size >= count]
+    if not fitting:
+        raise DeepSparseFailed(f"{part['name']}: {count} RoIs exceed the largest compiled "
+                               f"count {max(sizes)}")
+    return min(fitting, key=lambda i: sizes[i])
+
+
+class DeployedDetector:
+    """`detector(image)` -> torchvision-style outputs, through the partitioned deployment.
+
+    `timings_ms` holds the last call's time per part (plus `canvas` and `restore`). Close it (or
+    use it as a context manager) to stop the DeepSparse child.
+    """
+
+    def __init__(self, folder: str | os.PathLike, engine: str = "deepsparse",
+                 threads: int | None = None, run_timeout_s: float = 120.0,
+                 compile_timeout_s: float = 900.0) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        self.manifest = read_manifest(folder)
+        self.folder = Path(self.manifest["folder"])
+        self.engine = engine
+        self.parts = self.manifest["parts"]
+        self.threads = threads or physical_cores()
+        self.timings_ms: dict[str, float] = {}
+        self.server: DeepSparseServer | None = None
+        self.sessions = {p["name"]: ort_session(self.folder / p["file"], threads=self.threads,
+                                                spinning=False)
+                         for p in self.parts if not self._on_deepsparse(p)}
+        if any(self._on_deepsparse(p) for p in self.parts):
+            self.server = DeepSparseServer(self._specs(), num_cores=self.threads,
+                                           compile_timeout_s=compile_timeout_s,
+                                           run_timeout_s=run_timeout_s)
+
+    def _on_deepsparse(self, part: dict[str, Any]) -> bool:
+        return self.engine == "deepsparse" and part["runtime"] == "deepsparse"
+
+    def _specs(self) -> list[EngineSpec]:
+        return [EngineSpec(f"{p['name']}/{i}", str(self.folder / p["file"]),
+                           tuple(map(tuple, c["inputs"])), tuple(map(tuple, c["outputs"])))
+                for p in self.parts if self._on_deepsparse(p) for i, c in enumerate(p["compiled"])]
+
+    @property
+    def supported_op_fraction(self) -> dict[str, Any]:
+        return self.server.info if self.server else {}
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        canvas = self.manifest["canvas"]
+        tick = time.perf_counter()
+        array, place = to_canvas(image, canvas["height"], canvas["width"])
+        self.timings_ms = {"canvas": (time.perf_counter() - tick) * 1000.0}
+        outputs = self.run_canvas(array)
+        tick = time.perf_counter()
+        restored = from_canvas(outputs, place)
+        self.timings_ms["restore"] = (time.perf_counter() - tick) * 1000.0
+        return restored
+
+    def run_canvas(self, canvas: np.ndarray, *, keep_all: bool = False) -> dict[str, np.ndarray]:
+        """The graph's outputs for one canvas-sized 3xHxW image (canvas coordinates); with
+        `keep_all`, every tensor that crossed a part border too."""
+        tensors: dict[str, np.ndarray] = {self.manifest["input"]: canvas}
+        for part in self.parts:
+            tick = time.perf_counter()
+            values = self._run_part(part, [tensors[name] for name in part["inputs"]])
+            tensors.update(zip(part["outputs"], values))
+            self.timings_ms[part["name"]] = (time.perf_counter() - tick) * 1000.0
+        return tensors if keep_all else {name: tensors[name] for name in self.manifest["outputs"]}
+
+    def _run_part(self, part: dict[str, Any], inputs: list[np.ndarray]) -> list[np.ndarray]:
+        padding = part.get("padding")
+        count = int(inputs[0].shape[padding["axis"]]) if padding else None
+        if padding and count == 0:
+            shapes = part["compiled"][0]["outputs"]
+            return [np.zeros((0, *shape[1:]), dtype=np.float32) for shape in shapes]
+        if not self._on_deepsparse(part):
+            session = self.sessions[part["name"]]
+            return session.run(part["outputs"], dict(zip(part["inputs"], inputs)))
+        index = _bucket(part, count) if padding else 0
+        compiled = part["compiled"][index]["inputs"]
+        if padding:
+            inputs = [_pad(a, shape[0]) for a, shape in zip(inputs, compiled)]
+        outputs = self.server.run(f"{part['name']}/{index}", inputs)
+        return [out[:count] for out in outputs] if padding else outputs
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+    def __enter__(self) -> "DeployedDetector":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _pad(array: np.ndarray, rows: int) -> np.ndarray:
+    padded = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
+    padded[: array.shape[0]] = array
+    return padded

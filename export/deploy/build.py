@@ -1,0 +1,132 @@
+"""Write the DeepSparse deployment of an exported R-CNN: part files + `manifest.json`, verified.
+
+Each part of `partition.partition` becomes `NN_<name>.onnx`. Heavy parts (backbone + FPN + RPN
+head convs, box head, mask / keypoint head) are marked `deepsparse` with the shapes they are
+compiled at: the backbone at the canvas's feature shapes, the box head at the RPN's post-NMS
+proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
+detections per image. The manifest records, per part: file, runtime, inputs, outputs, compiled
+shapes and the padding rule. Parity: the partition, every part on ONNX Runtime, against the full
+graph on ONNX Runtime on the same canvas images (detections, boxes, masks, keypoints).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import onnx
+
+from compress.core.atomic import write_json
+from evaluate.runtimes.parity import summarize
+from evaluate.runtimes.pipeline import FORMAT, MANIFEST, DeployedDetector, to_canvas
+from evaluate.runtimes.ort import ort_session
+from export.deploy.partition import Part, PartitionError, part_model, partition
+
+log = logging.getLogger(__name__)
+
+HEAD_BUCKETS = (8, 32)
+PADDING_RULE = ("zero-pad axis 0 (RoIs) to the smallest compiled count that holds them; "
+                "outputs cut back to the count; a count of 0 skips the part")
+
+
+def _border_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
+    """Element type and rank of every tensor, dimensions left free (the parts are reshaped)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {}
+    for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]:
+        free = copy.deepcopy(info)
+        tensor = free.type.tensor_type
+        for index, dim in enumerate(tensor.shape.dim):
+            dim.Clear()
+            dim.dim_param = f"{info.name}_{index}"
+        types[info.name] = free
+    return types
+
+
+def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> list[dict[str, Any]]:
+    types = _border_types(model)
+    entries = []
+    for index, part in enumerate(parts):
+        name = f"{index:02d}_{part.name}.onnx"
+        onnx.save(part_model(model, part, types), str(out_dir / name))
+        entries.append({"name": part.name, "file": name,
+                        "runtime": "deepsparse" if part.heavy else "onnxruntime",
+                        "inputs": part.inputs, "outputs": part.outputs})
+    return entries
+
+
+def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
+                  folder: Path, roi_count: int, max_detections: int) -> None:
+    """Fill in each DeepSparse part's compiled shapes (buckets) and padding rule, in place."""
+    for entry in entries:
+        if entry["runtime"] != "deepsparse":
+            continue
+        shapes = [list(tensors[name].shape) for name in entry["inputs"]]
+        if entry["name"] == "backbone":
+            entry["padding"] = None
+            entry["compiled"] = [{"inputs": shapes,
+                                  "outputs": [list(tensors[n].shape) for n in entry["outputs"]]}]
+            continue
+        top = roi_count if entry["name"] == "box_head" else max_detections
+        buckets = sorted({min(b, top) for b in HEAD_BUCKETS} | {top}) if top != roi_count else [top]
+        session = ort_session(folder / entry["file"], threads=1)
+        entry["padding"] = {"axis": 0, "rule": PADDING_RULE}
+        entry["compiled"] = []
+        for rows in buckets:
+            feeds = {name: np.zeros([rows, *shape[1:]], dtype=np.float32)
+                     for name, shape in zip(entry["inputs"], shapes)}
+            outputs = session.run(entry["outputs"], feeds)
+            entry["compiled"].append({"inputs": [list(f.shape) for f in feeds.values()],
+                                      "outputs": [list(o.shape) for o in outputs]})
+
+
+def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
+                     canvas_size: int, roi_count: int, max_detections: int,
+                     images: Sequence[Any]) -> dict[str, Any]:
+    """Partition `full_onnx` into `out_dir` and verify it on `images` (3xHxW tensors in [0, 1]).
+
+    Returns the manifest; `status` is "ok", "failed" (parity) or "unsupported" (no partition).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = onnx.load(str(full_onnx))
+    base = {"format": FORMAT, "source": Path(full_onnx).name, "input": model.graph.input[0].name,
+            "outputs": [o.name for o in model.graph.output],
+            "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
+                       "placement": "resized with aspect kept (bilinear), top-left"}}
+    try:
+        parts = partition(model)
+    except PartitionError as err:
+        manifest = {**base, "status": "unsupported", "reason": str(err), "parts": []}
+        write_json(out_dir / MANIFEST, manifest)
+        return manifest
+    entries = _write_parts(model, parts, out_dir)
+    write_json(out_dir / MANIFEST, {**base, "status": "draft", "parts": entries})
+    canvases = [to_canvas(image, canvas_size, canvas_size)[0] for image in images]
+    with DeployedDetector(out_dir, engine="onnxruntime") as reference:
+        tensors = reference.run_canvas(canvases[0], keep_all=True)
+    _compile_plan(entries, tensors, out_dir, roi_count, max_detections)
+    manifest = {**base, "status": "ok", "parts": entries}
+    write_json(out_dir / MANIFEST, manifest)
+    parity = verify_deployment(full_onnx, out_dir, canvases)
+    manifest.update(status="ok" if parity["status"] == "ok" else "failed", parity=parity)
+    write_json(out_dir / MANIFEST, manifest)
+    log.info("deployment %s: %d parts, parity %s", out_dir, len(entries), parity["status"])
+    return manifest
+
+
+def verify_deployment(full_onnx: str | os.PathLike, folder: Path,
+                      canvases: Sequence[np.ndarray]) -> dict[str, Any]:
+    """The partition (all parts on ONNX Runtime) against the full graph on the same canvases."""
+    session = ort_session(full_onnx, spinning=False)
+    names = [o.name for o in session.get_outputs()]
+    pairs = []
+    with DeployedDetector(folder, engine="onnxruntime") as pipeline:
+        for canvas in canvases:
+            full = dict(zip(names, session.run(None, {session.get_inputs()[0].name: canvas})))
+            pairs.append((full, pipeline.run_canvas(canvas)))
+    return summarize(pairs, box_tolerance_px=1e-2)
+
