@@ -92,7 +92,8 @@ def export(source: Path | None, opset: int | None, out: Path | None, archive: Pa
 Examples:
   compress evaluate --gt gt.json --results dt.json --iou-type segm --out eval/
   compress evaluate runs/NAME/ticket.pt --data runs/NAME/data --engine torch --tide
-  compress evaluate runs/NAME/export/model.onnx --data runs/NAME/data --engine onnxruntime""")
+  compress evaluate runs/NAME/export/model.onnx --data runs/NAME/data --engine onnxruntime
+  compress evaluate runs/NAME/export --data runs/NAME/data --engine deepsparse""")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Dataset root (COCO, VOC or synthetic).")
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None)
@@ -189,10 +190,13 @@ def report(runs: tuple[Path, ...], out: Path | None) -> None:
 @cli.command(epilog="""\b
 Examples:
   compress predict runs/NAME/export/model.onnx photos/ --out predictions/
-  compress predict runs/NAME/ticket.pt image.png --engine torch --out pred/""")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+  compress predict runs/NAME/ticket.pt image.png --engine torch --out pred/
+  compress predict runs/NAME/export photos/ --engine deepsparse --out pred/""")
+@click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", type=click.Path(path_type=Path))
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime"]), default=None)
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None,
+              help="For an export folder: deepsparse (the deployment, default) or onnxruntime "
+                   "(the full graph on the same canvas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
 def predict(model: Path, images: Path, engine: str | None, out: Path, score_threshold: float) -> None:

@@ -11,7 +11,11 @@ from evaluate.analysis.macs import count_macs, macs_summary
 from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.stages.base import StageContext
+from compress.stages.export import parity_images, val_images
+from evaluate.runtimes.ort import physical_cores
 from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
+from evaluate.runtimes.pipeline_bench import PIPELINE_ENGINES, bench_pipeline
+from evaluate.runtimes.protocol import finish, machine
 
 log = logging.getLogger(__name__)
 
@@ -26,10 +30,14 @@ def macs_stage(loaded: Any) -> dict[str, Any]:
             "effective_fraction": result["effective_fraction"], "image_size": size}
 
 
-def bench_stage(loaded: Any) -> list[dict[str, Any]]:
-    """Both exported graphs on every engine of the recipe; bench/bench.json."""
+def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, Any]]:
+    """Both exported graphs on every engine of the recipe, and the whole detector end to end
+    (full graph on ONNX Runtime vs the DeepSparse deployment, `graph: pipeline`, on `images`);
+    bench/bench.json (rows, plus the machine they ran on)."""
 
     cfg, run = loaded.recipe.bench, loaded.run
+    cores = physical_cores()
+    info = machine(cores)
     rows = []
     for graph in ("model.onnx", "backbone.onnx"):
         path = run.export / graph
@@ -39,7 +47,13 @@ def bench_stage(loaded: Any) -> list[dict[str, Any]]:
         for row in bench_onnx(path, engines=cfg.engines, batch_sizes=cfg.batch_sizes,
                               warmup=cfg.warmup, iterations=cfg.iterations, image_size=size):
             rows.append({"graph": graph, **row})
+    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    engines = [e for e in cfg.engines if e in PIPELINE_ENGINES]
+    if engines and (run.export / "deploy" / "manifest.json").is_file():
+        rows += bench_pipeline(run.export, images or parity_images(size), engines=engines,
+                               warmup=cfg.warmup, iterations=cfg.iterations, cores=cores)
     write_json(run.bench / "bench.json", rows)
+    write_json(run.bench / "machine.json", finish(info))
     log.info("benchmark:\n%s", format_bench_table(rows))
     return rows
 
@@ -67,7 +81,7 @@ class BenchStage:
         return "bench" in run.read_summary()
 
     def run(self, ctx: StageContext) -> list[dict[str, Any]]:
-        return bench_stage(ctx.loaded)
+        return bench_stage(ctx.loaded, val_images(ctx.loaders))
 
 
 def bench_command(model: Path, *, engines: list[str], batches: list[int], iterations: int,

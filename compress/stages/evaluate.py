@@ -1,5 +1,5 @@
-"""The evaluation stage: the ticket on torch, the deployed ONNX on ONNX Runtime, DeepSparse vs ORT
-on the backbone graph; TIDE, keypoint errors and dense-vs-ticket AP deltas; `compress evaluate`."""
+"""The evaluation stage: the ticket on torch, the deployed ONNX on ONNX Runtime, the partitioned
+DeepSparse deployment (checked against ONNX Runtime); TIDE, keypoint errors and dense-vs-ticket AP deltas; `compress evaluate`."""
 from __future__ import annotations
 
 import json
@@ -7,19 +7,19 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from compress.core.atomic import write_json
-from compress.core.errors import UserError
+from compress.core.errors import ModelFileError, UserError
 from compress.run.torch_eval import coco_results, evaluate_torch, score_results
 from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.stages.base import StageContext
 from compress.run.setup import TASK_IOU_TYPES
 from evaluate.runtimes.onnx_predict import OnnxDetector, predict_onnx
-from evaluate.runtimes.deepsparse import deepsparse_outputs
-from evaluate.runtimes.ort import EngineUnavailable, ort_session
+from evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from evaluate.runtimes.parity import BOX_TOLERANCE_PX, summarize
+from evaluate.runtimes.pipeline import DeployedDetector
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from evaluate.analysis.tide import compare_tide, run_tide
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
@@ -29,6 +29,7 @@ from compress.models.build import ARCH_TASK
 from compress.run.setup import ground_truth_path
 
 log = logging.getLogger(__name__)
+PARITY_IMAGES = 4
 
 
 def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_path: Path,
@@ -45,30 +46,47 @@ def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_
         return score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task,
                              out_dir, convention, voc)
     if engine == "deepsparse":
-        return deepsparse_backbone_parity(model_path.parent / "backbone.onnx", loader, out_dir)
+        return evaluate_deployment(model_path.parent, loader, gt_path, label_to_cat_id, task,
+                                   out_dir, convention, voc)
     raise UserError(f"engine '{engine}' is not one of torch, onnxruntime, deepsparse", key="--engine")
 
 
-def deepsparse_backbone_parity(backbone_onnx: Path, loader: Any, out_dir: Path) -> dict[str, Any]:
-    """DeepSparse runs the backbone+FPN graph (the full R-CNN graph crashes it): its feature maps
-    against ONNX Runtime's on validation images."""
-
-    session = ort_session(backbone_onnx)
-    shape = session.get_inputs()[0].shape
-    images, _ = next(iter(loader))
-    batch = torch.stack([torch.nn.functional.interpolate(i[None], size=tuple(shape[2:]))[0]
-                         for i in images[:1]]).numpy().astype(np.float32)
-    reference = session.run(None, {session.get_inputs()[0].name: batch})
+def evaluate_deployment(export_dir: Path, loader: Any, gt_path: Path,
+                        label_to_cat_id: dict[int, int], task: str, out_dir: Path,
+                        convention: str = "coco", voc: bool = False) -> dict[str, Any]:
+    """The DeepSparse deployment (export/deploy) on the validation set: COCO metrics, plus its
+    detections against the same deployment on ONNX Runtime (parity.json). A crash, a timeout, a
+    parity failure or a model without a deployment is a failed row, never a silent ok."""
     try:
-        outputs = deepsparse_outputs(backbone_onnx, [batch])
-    except EngineUnavailable as err:
+        with DeployedDetector(export_dir, engine="deepsparse") as detector:
+            predictions = predict_onnx(detector, loader)
+            parity = deployment_parity(detector, export_dir, loader)
+            fractions = detector.supported_op_fraction
+    except (DeepSparseFailed, ModelFileError) as err:
         result = {"engine": "deepsparse", "status": "failed", "reason": str(err)}
-    else:
-        diffs = [float(np.abs(a - b).max()) for a, b in zip(outputs, reference)]
-        result = {"engine": "deepsparse", "status": "ok", "graph": "backbone",
-                  "max_abs_diff_vs_onnxruntime": max(diffs), "per_output": diffs}
-    write_json(out_dir / "parity.json", result)
-    return result
+        write_json(out_dir / "parity.json", result)
+        return result
+    write_json(out_dir / "parity.json", parity)
+    metrics = score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task, out_dir,
+                            convention, voc)
+    status = "ok" if parity["status"] == "ok" else "failed"
+    return {**metrics, "engine": "deepsparse", "graph": "pipeline", "status": status,
+            "parity_vs_onnxruntime": parity, "supported_op_fraction": fractions}
+
+
+def deployment_parity(detector: DeployedDetector, export_dir: Path, loader: Any,
+                      images: int = PARITY_IMAGES) -> dict[str, Any]:
+    """DeepSparse against ONNX Runtime, same deployment and canvas, on up to `images` images:
+    boxes within 0.5 px, same labels and counts; comparing nothing fails."""
+    batch = [image for image, _ in zip(_images(loader), range(images))]
+    with DeployedDetector(export_dir, engine="onnxruntime") as reference:
+        pairs = [(reference(image), detector(image)) for image in batch]
+    return summarize(pairs, box_tolerance_px=BOX_TOLERANCE_PX)
+
+
+def _images(loader: Any) -> Any:
+    for images, _ in loader:
+        yield from images
 
 
 def analyses(run: RunFolder, engine_dir: Path, gt_path: Path, task: str, tide: bool,
@@ -119,7 +137,7 @@ class EvaluateStage:
                                               data.task, out_dir, ctx.progress,
                                               recipe.evaluate.convention,
                                               voc=recipe.data.dataset == "voc")
-            if engine != "deepsparse":
+            if results[engine].get("status", "ok") == "ok":
                 results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
                                                 recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
         if "torch" in results and "onnxruntime" in results:
@@ -150,6 +168,6 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
                               dict(dataset.label_to_cat_id), task, out_dir, progress=True,
                               convention=convention or loaded.recipe.evaluate.convention,
                               voc=kind == "voc")
-    if tide and engine != "deepsparse":
+    if tide and metrics.get("status", "ok") == "ok":
         analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)
     print(json.dumps(metrics, indent=2))

@@ -15,6 +15,7 @@ from compress.run.folder import RunFolder
 from compress.run.loaded import LoadedModel, load_model
 from compress.stages.base import StageContext
 from export.compact import pack, unpack_to
+from export.deploy.build import build_deployment
 from export.onnx_export import check_opset, export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
 from export.sparse_initializers import to_sparse_initializers
@@ -25,13 +26,17 @@ PARITY_IMAGES = 3
 
 
 def export_ticket(loaded: LoadedModel, out_dir: Path, *, opset: int | None = None,
-                  images: list[torch.Tensor] | None = None) -> dict[str, Any]:
-    """Write and verify every export artifact into `out_dir`; return the summary block."""
+                  images: list[torch.Tensor] | None = None,
+                  deploy_images: list[torch.Tensor] | None = None) -> dict[str, Any]:
+    """Write and verify every export artifact into `out_dir`; return the summary block.
+
+    `deploy_images` (e.g. validation images, where the ticket finds objects) are added to the
+    parity images of the DeepSparse deployment in `out_dir/deploy`."""
 
     recipe, model, mask = loaded.recipe, loaded.model.eval(), loaded.mask
     opset = check_opset(opset if opset is not None else recipe.export.opset)
     size = recipe.export.image_size or recipe.model.min_size
-    images = images or _parity_images(size)
+    images = images or parity_images(size)
     out_dir.mkdir(parents=True, exist_ok=True)
     full, backbone = out_dir / "model.onnx", out_dir / "backbone.onnx"
     log.info("exporting %s (opset %d, %d px)", full, opset, size)
@@ -50,10 +55,34 @@ def export_ticket(loaded: LoadedModel, out_dir: Path, *, opset: int | None = Non
     table = size_table(full, sparse, out_dir / "model.lthz", mask)
     write_json(out_dir / "sizes.json", table)
     log.info("sizes:\n%s", format_size_table(table))
-    return export_summary(table, checks)
+    deploy = deployment(model, full, out_dir / "deploy", size, [*(deploy_images or []), *images])
+    return {**export_summary(table, checks), "deploy": deploy}
 
 
-def _parity_images(size: int) -> list[torch.Tensor]:
+def deployment(model: torch.nn.Module, full: Path, out_dir: Path, size: int,
+               images: list[torch.Tensor]) -> dict[str, Any]:
+    """The partitioned DeepSparse deployment of the exported graph; its summary block."""
+    manifest = build_deployment(full, out_dir, canvas_size=size,
+                                roi_count=int(model.rpn._post_nms_top_n["testing"]),
+                                max_detections=int(model.roi_heads.detections_per_img),
+                                images=images)
+    if manifest["status"] != "ok":
+        log.warning("deployment %s: %s", manifest["status"],
+                    manifest.get("reason") or manifest.get("parity", {}).get("reason"))
+    return {"status": manifest["status"], "parts": [p["name"] for p in manifest["parts"]],
+            "parity": manifest.get("parity"), "reason": manifest.get("reason")}
+
+
+def val_images(loaders: dict[str, Any], count: int = PARITY_IMAGES) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
+    for images, _ in loaders.get("val") or []:
+        out += list(images)[: count - len(out)]
+        if len(out) >= count:
+            break
+    return out
+
+
+def parity_images(size: int) -> list[torch.Tensor]:
     """Generated images with shapes on them (an untrained or weak model still sees objects)."""
     generator = torch.Generator().manual_seed(0)
     images = []
@@ -77,7 +106,7 @@ class ExportStage:
         return (run.export / "verify.json").is_file() and "export" in run.read_summary()
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        return export_ticket(ctx.loaded, ctx.run.export)
+        return export_ticket(ctx.loaded, ctx.run.export, deploy_images=val_images(ctx.loaders))
 
 
 def export_command(source: Path | None, *, opset: int | None, out: Path | None,

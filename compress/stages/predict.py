@@ -1,6 +1,7 @@
 """`compress predict MODEL IMAGE_OR_DIR --out DIR`: run a deployed model on the user's images.
 
-MODEL is the exported full graph (`export/model.onnx`, run with ONNX Runtime) or a torch ticket /
+MODEL is an export folder (`RUN/export`: its DeepSparse deployment with `--engine deepsparse`,
+the default, or the full graph on the same canvas with `--engine onnxruntime`), the exported full graph (`export/model.onnx`, run with ONNX Runtime) or a torch ticket /
 round checkpoint (`ticket.pt`, `rounds/round_<k>/checkpoint.pt`, rebuilt from the run folder's
 recipe.yaml). Writes one annotated PNG per image (`<stem>.png`) and `detections.json` in COCO
 results format (every detection scoring >= --score-threshold).
@@ -30,7 +31,9 @@ from compress.data.loaders import build_dataset
 from compress.recipe.load import load_resolved
 from compress.models.build import ARCH_TASK
 from compress.run.loaded import run_of
+from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
+from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
 from compress.run.loaded import load_model
 from evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections
@@ -131,6 +134,10 @@ def load_predictor(model_path: Path, engine: str) -> tuple[Predictor, LabelInfo]
         run_root: Path | None = run_of(model_path.resolve()).root
     except UserError:
         run_root = None
+    if model_path.is_dir():
+        return deployment_predictor(model_path, engine), (
+            run_label_info(run_root) if run_root else LabelInfo(_onnx_task(
+                read_manifest(model_path)["outputs"])))
     if engine == "onnxruntime":
         detector = OnnxDetector(model_path)
         info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))
@@ -139,6 +146,26 @@ def load_predictor(model_path: Path, engine: str) -> tuple[Predictor, LabelInfo]
         raise ModelFileError("a torch model must sit in its run folder (recipe.yaml and rounds/ "
                              "beside or above it) so it can be rebuilt", file=str(model_path))
     return torch_predictor(model_path), run_label_info(run_root)
+
+
+def deployment_predictor(export_dir: Path, engine: str) -> Predictor:
+    """An export folder: its DeepSparse deployment, or (onnxruntime) its full graph on the same
+    canvas, so both engines see the same pixels. Close it with `close_predictor`."""
+    manifest = read_manifest(export_dir)
+    if engine == "deepsparse":
+        try:
+            return DeployedDetector(export_dir, engine="deepsparse")
+        except DeepSparseFailed as err:
+            raise UserError(f"DeepSparse cannot run this deployment: {err}", key="--engine") from err
+    full = Path(manifest["folder"]).parent / manifest["source"]
+    canvas = manifest["canvas"]
+    return on_canvas(OnnxDetector(full), canvas["height"], canvas["width"])
+
+
+def close_predictor(predictor: Predictor) -> None:
+    close = getattr(predictor, "close", None)
+    if close is not None:
+        close()
 
 
 def fit_to_graph(detector: Predictor, input_shape: list[Any]) -> Predictor:
@@ -180,6 +207,12 @@ def torch_predictor(checkpoint: Path) -> Predictor:
 
 
 def pick_engine(model_path: Path, engine: str | None) -> str:
+    if model_path.is_dir():
+        read_manifest(model_path)  # an export folder with its deployment, else ModelFileError
+        if engine not in (None, "deepsparse", "onnxruntime"):
+            raise UserError(f"engine '{engine}' cannot run an export folder; allowed: "
+                            "deepsparse, onnxruntime", key="--engine")
+        return engine or "deepsparse"
     suffix = model_path.suffix.lower()
     if suffix not in (".onnx", ".pt", ".pth"):
         raise ModelFileError(f"unknown model file type '{suffix}'; allowed: .onnx (exported graph), "
@@ -213,6 +246,20 @@ def predict_command(model_path: Path, images_path: Path, *, engine: str | None, 
     files = collect_images(images_path)
     images = [read_image(f) for f in files]  # fail on a bad image before loading the model
     predictor, info = load_predictor(model_path, engine)
+    try:
+        results = _predict_all(predictor, info, files, images, out, score_threshold)
+    except DeepSparseFailed as err:
+        raise UserError(f"DeepSparse failed: {err}", key="--engine") from err
+    finally:
+        close_predictor(predictor)
+    target = out / "detections.json"
+    write_json(target, results, indent=None)
+    print(f"{len(files)} image(s), {len(results)} detection(s) >= {score_threshold}: {target}")
+    return target
+
+
+def _predict_all(predictor: Predictor, info: LabelInfo, files: list[Path],
+                 images: list[torch.Tensor], out: Path, score_threshold: float) -> list[dict]:
     ids = assign_image_ids(files, info.image_ids)
     results: list[dict] = []
     used: set[str] = set()
@@ -225,10 +272,7 @@ def predict_command(model_path: Path, images_path: Path, *, engine: str | None, 
                                 score_threshold=score_threshold)
         write_bytes(out / name, png_bytes(drawn))
         log.info("%s: %d detections -> %s", file.name, len(outputs["scores"]), out / name)
-    target = out / "detections.json"
-    write_json(target, results, indent=None)
-    print(f"{len(files)} image(s), {len(results)} detection(s) >= {score_threshold}: {target}")
-    return target
+    return results
 
 
 def _identity(labels: torch.Tensor) -> dict[int, int]:

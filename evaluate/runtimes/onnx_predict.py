@@ -19,8 +19,9 @@ class OnnxDetector:
     eval-mode outputs (masks N x 1 x H x W probabilities, keypoints N x K x 3).
     """
 
-    def __init__(self, onnx_path: str | os.PathLike, provider: str = "cpu", threads: int | None = None):
-        self.session = ort_session(onnx_path, provider=provider, threads=threads)
+    def __init__(self, onnx_path: str | os.PathLike, provider: str = "cpu", threads: int | None = None,
+                 spinning: bool = True):
+        self.session = ort_session(onnx_path, provider=provider, threads=threads, spinning=spinning)
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
 

@@ -89,6 +89,16 @@ def from_canvas(outputs: dict[str, np.ndarray], place: Placement) -> dict[str, t
     return out
 
 
+def on_canvas(detector: Any, height: int, width: int) -> Any:
+    """`detector` (image -> outputs) run on the deployment's canvas, outputs mapped back: the
+    full graph then sees exactly what the deployment sees."""
+    def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        array, place = to_canvas(image, height, width)
+        outputs = detector(torch.from_numpy(array))
+        return from_canvas({name: np.asarray(value) for name, value in outputs.items()}, place)
+    return predict
+
+
 def _bucket(part: dict[str, Any], count: int) -> int:
     sizes = [c["inputs"][0][part["padding"]["axis"]] for c in part["compiled"]]
     fitting = [i for i, size in enumerate(sizes) if size >= count]

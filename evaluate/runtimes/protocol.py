@@ -1,0 +1,107 @@
+"""The one benchmark protocol behind every latency figure of the project.
+
+Warm-up calls first; then the runners (engines, models) take turns call by call (A B A B ...,
+never A A A B B B), so a change in machine load hits every runner alike; several repeats; p50 /
+p90 / p99 and the spread per runner; threads pinned to the cores given. `machine()` records the
+CPU model, its vector flags (AVX2 / AVX-512 / VNNI), the cores, and the load average before and
+after; a table measured while the machine was busy carries `under_load: true`. Machines differ:
+compare ratios from one run, never absolute times across runs.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+LOAD_PER_CORE_LIMIT = 0.25  # 1-minute load average per core above which a figure is flagged
+FLAGS = {"avx2": ("avx2",), "avx512": ("avx512f",), "vnni": ("avx512_vnni", "avx512vnni", "avx_vnni")}
+
+
+def _cpu_model_and_flags() -> tuple[str, set[str]]:
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model in ("", platform.machine()):
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    return model, flags
+
+
+def pin_cores(cores: int) -> list[int]:
+    """Pin this process (and children started later) to `cores` CPUs; the CPUs used."""
+    if not hasattr(os, "sched_setaffinity"):
+        return []
+    available = sorted(os.sched_getaffinity(0))
+    chosen = available[:max(1, cores)]
+    os.sched_setaffinity(0, chosen)
+    return chosen
+
+
+def machine(cores: int) -> dict[str, Any]:
+    """CPU model, vector flags, cores and the load average now (call again after: `finish`)."""
+    model, flags = _cpu_model_and_flags()
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    return {"cpu": model, "flags": {name: any(f in flags for f in names)
+                                    for name, names in FLAGS.items()},
+            "logical_cpus": os.cpu_count(), "cores_used": cores,
+            "load_avg_before": [round(x, 2) for x in load],
+            "under_load": load[0] > LOAD_PER_CORE_LIMIT * (os.cpu_count() or 1)}
+
+
+def finish(info: dict[str, Any]) -> dict[str, Any]:
+    """Add the load average after the run; flag the table if the machine was busy at any end.
+    (The benchmark's own work counts in the after figure, so only the before figure flags.)"""
+    load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
+    info["load_avg_after"] = [round(x, 2) for x in load]
+    return info
+
+
+def stats(latencies_ms: list[float]) -> dict[str, float]:
+    """p50 / p90 / p99 / mean and the spread ((p90 - p10) / p50) of one runner's latencies."""
+    values = np.asarray(latencies_ms, dtype=np.float64)
+    p10, p50, p90, p99 = np.percentile(values, [10, 50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99),
+            "mean_ms": float(values.mean()), "spread": float((p90 - p10) / p50) if p50 else 0.0,
+            "samples": int(values.size)}
+
+
+def interleaved(runners: Mapping[str, Callable[[], Any]], *, warmup: int = 2,
+                iterations: int = 10, repeats: int = 1,
+                after_call: Callable[[str], None] | None = None
+                ) -> tuple[dict[str, list[float]], dict[str, str]]:
+    """Time each runner, taking turns call by call: (latencies in ms, errors) per runner name.
+
+    A runner that raises leaves the turn; its error is returned (a failed row, not the end of
+    the benchmark). `after_call(name)` runs after each timed call (e.g. to collect a per-part
+    breakdown).
+    """
+    latencies: dict[str, list[float]] = {name: [] for name in runners}
+    errors: dict[str, str] = {}
+    for name, runner in runners.items():
+        try:
+            for _ in range(warmup):
+                runner()
+        except Exception as err:  # a failing engine is a row, not the end of the benchmark
+            errors[name] = f"{type(err).__name__}: {err}"
+    for _ in range(repeats * iterations):
+        for name, runner in runners.items():
+            if name in errors:
+                continue
+            tick = time.perf_counter()
+            try:
+                runner()
+            except Exception as err:
+                errors[name] = f"{type(err).__name__}: {err}"
+                continue
+            latencies[name].append((time.perf_counter() - tick) * 1000.0)
+            if after_call is not None:
+                after_call(name)
+    return latencies, errors
