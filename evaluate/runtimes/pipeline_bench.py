@@ -6,7 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,65 +25,70 @@ def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "parts": {}, **fields}
 
 
-def _runners(export_dir: Path, engines: Sequence[str], images: Sequence[torch.Tensor],
-             cores: int) -> tuple[dict[str, Any], dict[str, str], list[Any]]:
+def _detector(export_dir: Path, engine: str, cores: int) -> Any:
     manifest = read_manifest(export_dir)
-    canvas = manifest["canvas"]
-    runners, failures, opened = {}, {}, []
-    for engine in engines:
-        cycle = itertools.cycle(images)
-        if engine == "onnxruntime":
-            full = Path(manifest["folder"]).parent / manifest["source"]
-            detector = on_canvas(OnnxDetector(full, threads=cores, spinning=False),
-                                 canvas["height"], canvas["width"])
-        else:
-            try:
-                detector = DeployedDetector(export_dir, engine=engine, threads=cores)
-            except DeepSparseFailed as err:
-                failures[engine] = str(err)
-                continue
-            opened.append(detector)
-        runners[engine] = (lambda d=detector, c=cycle: d(next(c)))
-    return runners, failures, opened
+    if engine == "onnxruntime":
+        full = Path(manifest["folder"]).parent / manifest["source"]
+        canvas = manifest["canvas"]
+        return on_canvas(OnnxDetector(full, threads=cores, spinning=False),
+                         canvas["height"], canvas["width"])
+    return DeployedDetector(export_dir, engine=engine, threads=cores)
+
+
+def bench_pipelines(targets: Mapping[str, tuple[str | os.PathLike, str]],
+                    images: Sequence[torch.Tensor], *, warmup: int = 2, iterations: int = 10,
+                    repeats: int = 1, cores: int | None = None) -> dict[str, dict[str, Any]]:
+    """A row per target label -> (export folder, engine), every target interleaved call by call.
+
+    onnxruntime runs the exported full graph, deepsparse the deployment (DeepSparse parts in its
+    child, glue on ONNX Runtime), both on the same canvas. A crash or timeout is a failed row.
+    """
+    cores = cores or physical_cores()
+    runners, failures, opened = {}, {}, {}
+    for label, (folder, engine) in targets.items():
+        try:
+            detector = _detector(Path(folder), engine, cores)
+        except DeepSparseFailed as err:
+            failures[label] = str(err)
+            continue
+        if isinstance(detector, DeployedDetector):
+            opened[label] = detector
+        runners[label] = (lambda d=detector, c=itertools.cycle(images): d(next(c)))
+    parts: dict[str, dict[str, list[float]]] = {label: {} for label in runners}
+
+    def collect(label: str) -> None:
+        detector = opened.get(label)
+        for part, ms in (detector.timings_ms if detector else {}).items():
+            parts[label].setdefault(part, []).append(ms)
+
+    try:
+        latencies, errors = interleaved(runners, warmup=warmup, iterations=iterations,
+                                        repeats=repeats, after_call=collect)
+    finally:
+        for detector in opened.values():
+            detector.close()
+    rows = {}
+    for label, (_, engine) in targets.items():
+        reason = failures.get(label) or errors.get(label)
+        if reason or not latencies.get(label):
+            rows[label] = _row(engine, "failed", cores, reason=reason or "no timed call")
+            continue
+        summary = stats(latencies[label])
+        breakdown = ({p: float(np.median(v)) for p, v in parts[label].items()} if label in opened
+                     else {"full_graph": summary["p50_ms"]})
+        rows[label] = _row(engine, "ok", cores, **summary, parts=breakdown,
+                           items_per_s=1000.0 / summary["mean_ms"],
+                           supported_op_fraction=(opened[label].supported_op_fraction
+                                                  if label in opened else None))
+    return rows
 
 
 def bench_pipeline(export_dir: str | os.PathLike, images: Sequence[torch.Tensor], *,
                    engines: Sequence[str] = PIPELINE_ENGINES, warmup: int = 2,
                    iterations: int = 10, repeats: int = 1,
                    cores: int | None = None) -> list[dict[str, Any]]:
-    """One row per engine: the whole detector, image in -> detections out, engines interleaved.
-
-    onnxruntime runs the exported full graph, deepsparse the deployment (DeepSparse parts in its
-    child, glue on ONNX Runtime), both on the same canvas. A crash or timeout is a failed row.
-    """
-    cores = cores or physical_cores()
-    engines = [e for e in engines if e in PIPELINE_ENGINES]
-    runners, failures, opened = _runners(Path(export_dir), engines, images, cores)
-    parts: dict[str, dict[str, list[float]]] = {engine: {} for engine in runners}
-    by_name = {getattr(d, "engine", None): d for d in opened}
-
-    def collect(engine: str) -> None:
-        detector = by_name.get(engine)
-        for part, ms in (detector.timings_ms if detector else {}).items():
-            parts[engine].setdefault(part, []).append(ms)
-
-    try:
-        latencies, errors = interleaved(runners, warmup=warmup, iterations=iterations,
-                                        repeats=repeats, after_call=collect)
-    finally:
-        for detector in opened:
-            detector.close()
-    rows = []
-    for engine in engines:
-        reason = failures.get(engine) or errors.get(engine)
-        if reason or not latencies.get(engine):
-            rows.append(_row(engine, "failed", cores, reason=reason or "no timed call"))
-            continue
-        breakdown = {p: float(np.median(v)) for p, v in parts.get(engine, {}).items()}
-        if engine == "onnxruntime":
-            breakdown = {"full_graph": stats(latencies[engine])["p50_ms"]}
-        supported = by_name[engine].supported_op_fraction if engine in by_name else None
-        rows.append(_row(engine, "ok", cores, **stats(latencies[engine]), parts=breakdown,
-                         items_per_s=1000.0 / stats(latencies[engine])["mean_ms"],
-                         supported_op_fraction=supported))
-    return rows
+    """One row per engine for one export folder: the whole detector, engines interleaved."""
+    targets = {e: (export_dir, e) for e in engines if e in PIPELINE_ENGINES}
+    rows = bench_pipelines(targets, images, warmup=warmup, iterations=iterations,
+                           repeats=repeats, cores=cores)
+    return list(rows.values())

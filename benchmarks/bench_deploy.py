@@ -1,0 +1,155 @@
+"""End to end: dense Mask R-CNN on ONNX Runtime vs magnitude-pruned tickets deployed on DeepSparse.
+
+torchvision Mask R-CNN R-50 FPN with its default heads (weights=None, random init, seed 0), batch
+1, images on an N x N canvas (the model's transform at min_size = max_size = N, so it does not
+rescale). Tickets: magnitude pruning at 80% and 90% over the paper's prunable set
+(`compress.models.prunable.default_prunable`: backbone body, FPN, RPN conv, box head fc6/fc7, mask
+head convs and deconv; not the final predictors, shortcuts, biases or norms), distribution
+`--distribution`: layerwise by default (each prunable tensor loses the same fraction, by |w|).
+On random weights a global |w| ranking is decided by the init scale, not by training: at 80% it
+prunes fc6/fc7 (fan-in 12544 / 1024, the smallest init) to 100% and the RPN conv to 99.9%, a
+ticket no training would give; `--distribution global` runs it anyway. Random weights give
+every class the same score (~1/91, under torchvision's 0.05 threshold, so nothing would be
+detected and the mask head would never run): the class-1 bias of the box predictor is set to +5,
+so proposals survive as class-1 detections and NMS, the mask head and mask pasting do real work.
+
+Every model is exported (`export.onnx_export.export_full`) and partitioned
+(`export.deploy.build_deployment`, parity with the full graph checked); rows: the full graph on
+ONNX Runtime (dense, 80%, 90%) and the deployment on DeepSparse (dense, 80%, 90%), all on the same
+images and canvas, timed by the shared protocol (warm-up, runners interleaved call by call,
+p50/p90/p99, spread, cores pinned, CPU flags and load recorded). Writes
+benchmarks/results/deploy.json.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_deploy.py [--image-size 512] [--iterations 5]
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import maskrcnn_resnet50_fpn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from compress.core.atomic import write_json  # noqa: E402
+from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune  # noqa: E402
+from compress.models.prunable import default_prunable  # noqa: E402
+from compress.stages.export import parity_images  # noqa: E402
+from evaluate.runtimes.pipeline_bench import bench_pipelines  # noqa: E402
+from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
+from export.deploy.build import build_deployment  # noqa: E402
+from export.onnx_export import export_full  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "deploy.json"
+SPARSITIES = (0.0, 0.8, 0.9)
+
+
+def make_model(size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = maskrcnn_resnet50_fpn(weights=None, weights_backbone=None, min_size=size,
+                                  max_size=size).eval()
+    with torch.no_grad():
+        model.roi_heads.box_predictor.cls_score.bias[1] = 5.0
+    return model
+
+
+def prune(model: torch.nn.Module, sparsity: float, distribution: str) -> dict[str, float]:
+    """Zero `sparsity` of the prunable weights by magnitude; achieved sparsity per part."""
+    names = default_prunable(model)
+    if sparsity > 0:
+        params = dict(model.named_parameters())
+        mask = magnitude_prune({n: params[n] for n in names}, dense_mask(model, names), sparsity,
+                               distribution)
+        apply_mask(model, mask)
+    params = dict(model.named_parameters())
+    groups: dict[str, list[int]] = {}
+    for name in names:
+        group = ".".join(name.split(".")[:2])
+        zeros, total = groups.setdefault(group, [0, 0])
+        groups[group] = [zeros + int((params[name] == 0).sum()), total + params[name].numel()]
+    overall = sum(z for z, _ in groups.values()) / sum(t for _, t in groups.values())
+    return {"overall": overall, **{g: z / t for g, (z, t) in groups.items()}}
+
+
+def export_all(size: int, distribution: str, folder: Path) -> dict[float, dict]:
+    base = make_model(size)
+    images = parity_images(size)[:2]
+    out = {}
+    for sparsity in SPARSITIES:
+        model = copy.deepcopy(base)
+        achieved = prune(model, sparsity, distribution)
+        target = folder / f"s{int(sparsity * 100)}"
+        export_full(model, target / "model.onnx", image_size=size, opset=17)
+        manifest = build_deployment(target / "model.onnx", target / "deploy", canvas_size=size,
+                                    roi_count=int(model.rpn._post_nms_top_n["testing"]),
+                                    max_detections=int(model.roi_heads.detections_per_img),
+                                    images=images)
+        print(f"{sparsity:.0%}: sparsity {achieved['overall']:.3f}, deployment "
+              f"{manifest['status']} ({manifest.get('parity', {}).get('detections_compared')} "
+              f"detections compared)", flush=True)
+        out[sparsity] = {"folder": target, "achieved": achieved, "parity": manifest.get("parity")}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=512)
+    parser.add_argument("--iterations", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--cores", type=int, default=2)
+    parser.add_argument("--distribution", choices=("global", "layerwise"), default="layerwise")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    pin_cores(args.cores)
+    torch.set_num_threads(args.cores)
+    info = machine(args.cores)
+    with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
+        models = export_all(args.image_size, args.distribution, Path(tmp))
+        rows = bench_all(models, args)
+    write_json(args.out, {"machine": finish(info), "distribution": args.distribution,
+                          "iterations": args.iterations, "warmup": args.warmup,
+                          "results": rows, "ratios": ratios(rows)})
+    print_table(rows, info)
+    print(f"wrote {args.out}")
+
+
+def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]:
+    """Every model on both engines, all six runners interleaved call by call."""
+    targets = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
+               for engine in ("onnxruntime", "deepsparse")}
+    rows = bench_pipelines(targets, parity_images(args.image_size)[:2], warmup=args.warmup,
+                           iterations=args.iterations, cores=args.cores)
+    return [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": s,
+             "achieved_sparsity": models[s]["achieved"], "parity": models[s]["parity"],
+             **rows[(s, engine)]} for (s, engine) in targets]
+
+
+def ratios(rows: list[dict]) -> dict[str, float | None]:
+    """ORT dense end to end / DeepSparse ticket end to end (p50), per sparsity."""
+    dense = next((r["p50_ms"] for r in rows if r["engine"] == "onnxruntime"
+                  and r["sparsity"] == 0.0 and r["status"] == "ok"), None)
+    out = {}
+    for r in rows:
+        if r["engine"] == "deepsparse":
+            ok = dense and r["status"] == "ok"
+            out[f"ort_dense_over_deepsparse_{int(r['sparsity'] * 100)}"] = (
+                dense / r["p50_ms"] if ok else None)
+    return out
+
+
+def print_table(rows: list[dict], info: dict) -> None:
+    print(f"CPU {info['cpu']} flags {info['flags']} cores {info['cores_used']} load "
+          f"{info['load_avg_before']}{' UNDER LOAD' if info['under_load'] else ''}")
+    for r in rows:
+        parts = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("parts") or {}).items())
+        p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") else "-"
+        print(f"{r['sparsity']:.0%} {r['engine']:<12} {r['status']:<7} p50 {p50} ms  [{parts}]"
+              f"{'  ' + r['reason'] if r.get('reason') else ''}")
+    print(ratios(rows))
+
+
+if __name__ == "__main__":
+    main()
