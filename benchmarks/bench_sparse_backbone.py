@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
 from compress.models.build import build_backbone  # noqa: E402
 from evaluate.runtimes.bench import bench_onnx  # noqa: E402
+from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse_backbone.json"
 LEVELS = [("dense", 0.0), ("global", 0.5), ("global", 0.8), ("global", 0.9), ("global", 0.95),
@@ -170,9 +170,10 @@ def main() -> None:
                         help="e.g. dense0,global90 (the dense level is needed for ratios)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    pin_cores(args.cores)
     torch.set_num_threads(args.cores)
     start = time.time()
-    load_before = os.getloadavg()
+    info = machine(args.cores)
     results = []
     with tempfile.TemporaryDirectory(prefix="sparse_bench_") as tmp:
         sizes = {"resnet50": 224, "r50_fpn_backbone": args.backbone_size}
@@ -190,13 +191,11 @@ def main() -> None:
         print(f"warning: 1-min load average reached {busiest:.1f} on {os.cpu_count()} CPUs "
               "while timing: other work shared the cores, figures are pessimistic and noisy")
     import onnxruntime
-    machine = {"cpu": platform.processor() or platform.machine(), "cores": args.cores,
-               "logical_cpus": os.cpu_count(), "load_avg_before": load_before,
-               "load_avg_after": os.getloadavg(), "onnxruntime": onnxruntime.__version__,
-               "torch": torch.__version__, "wall_s": time.time() - start}
-    write_json(args.out, {"machine": machine, "iterations": args.iterations,
+    info = {**finish(info), "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
+            "wall_s": time.time() - start}
+    write_json(args.out, {"machine": info, "iterations": args.iterations,
                           "repeat": args.repeat, "results": results})
-    print(f"wrote {args.out} in {machine['wall_s']:.0f} s")
+    print(f"wrote {args.out} in {info['wall_s']:.0f} s")
 
 
 if __name__ == "__main__":

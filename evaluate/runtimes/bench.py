@@ -20,11 +20,12 @@ import onnx
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse import deepsparse_bench
 from evaluate.runtimes.ort import EngineUnavailable, ort_session, physical_cores
+from evaluate.runtimes.protocol import stats
 
 _LOGGER = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "onnxruntime-cuda", "deepsparse")
-ROW_KEYS = ("engine", "batch", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms",
+ROW_KEYS = ("engine", "batch", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "spread",
             "items_per_s", "cores", "supported_op_fraction", "reason", "note", "model")
 DEFAULT_IMAGE_SIZE = 512
 
@@ -84,12 +85,10 @@ def _concrete_dims(dims: list[int | None], batched: bool, batch: int, height: in
 
 
 def latency_stats(latencies_ms: Sequence[float], items_per_call: int) -> dict[str, float]:
-    """p50 / p90 / p99 / mean latency (ms per timed call) and items per second."""
-    values = np.asarray(latencies_ms, dtype=np.float64)
-    p50, p90, p99 = np.percentile(values, [50, 90, 99])
-    mean = float(values.mean())
-    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "mean_ms": mean,
-            "items_per_s": items_per_call * 1000.0 / mean if mean > 0 else float("nan")}
+    """The shared protocol's p50 / p90 / p99 / mean / spread (ms per timed call), and items/s."""
+    summary = stats(list(latencies_ms))
+    mean = summary["mean_ms"]
+    return {**summary, "items_per_s": items_per_call * 1000.0 / mean if mean > 0 else float("nan")}
 
 
 def _time_ort(onnx_path: Path, specs: list[GraphInput], provider: str, calls: int,

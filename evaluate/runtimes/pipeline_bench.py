@@ -76,10 +76,12 @@ def bench_pipelines(targets: Mapping[str, tuple[str | os.PathLike, str]],
         summary = stats(latencies[label])
         breakdown = ({p: float(np.median(v)) for p, v in parts[label].items()} if label in opened
                      else {"full_graph": summary["p50_ms"]})
+        compiled = opened[label].supported_op_fraction if label in opened else {}
         rows[label] = _row(engine, "ok", cores, **summary, parts=breakdown,
                            items_per_s=1000.0 / summary["mean_ms"],
-                           supported_op_fraction=(opened[label].supported_op_fraction
-                                                  if label in opened else None))
+                           supported_op_fraction=min((c["supported_op_fraction"]
+                                                      for c in compiled.values()), default=None),
+                           deepsparse_engines=compiled or None)
     return rows
 
 
