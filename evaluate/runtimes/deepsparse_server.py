@@ -154,9 +154,12 @@ def _serve(request: dict[str, Any], protocol: Any) -> None:
     for spec in request["specs"]:
         key, shapes = spec["key"], spec["input_shapes"]
         tick = time.perf_counter()
+        workdir = folder / "compile" / key.replace("/", "_")  # the shape-overridden copy goes here
+        workdir.mkdir(parents=True, exist_ok=True)
         engines[key] = _compile({"onnx_path": spec["onnx_path"], "input_shapes": shapes,
                                  "override_shapes": True, "batch_size": shapes[0][0],
-                                 "num_cores": request.get("num_cores")})
+                                 "num_cores": request.get("num_cores"),
+                                 "result_path": str(workdir / "result.json")})
         info[key] = {"compile_s": time.perf_counter() - tick,
                      "supported_op_fraction": float(engines[key].fraction_of_supported_ops),
                      "cores": int(engines[key].num_cores)}
