@@ -8,7 +8,6 @@ holds (masks nest); SparseML then prunes each tensor to its count.
 from __future__ import annotations
 
 import logging
-import shutil
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 

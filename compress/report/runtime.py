@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from compress.lottery.profile import predicted_latency_ms
+from compress.recipe.load import load_resolved
 from compress.report import plots
 from compress.report.page import Missing, Section, fmt
 from compress.report.run_data import RunData, figure, read_json, table
@@ -39,12 +40,9 @@ def _measured_ms(run: RunData) -> Optional[float]:
 
 
 def _distribution(run: RunData) -> str:
+    """The run's `lottery.distribution`, from the resolved recipe it ran."""
     recipe = run.root / "recipe.yaml"
-    text = recipe.read_text() if recipe.is_file() else ""
-    for line in text.splitlines():
-        if line.strip().startswith("distribution:"):
-            return line.split(":", 1)[1].strip()
-    return "?"
+    return load_resolved(recipe).lottery.distribution if recipe.is_file() else "?"
 
 
 def sec_runtime(section: Section, runs: list[RunData], plot_dir: Path) -> None:

@@ -35,7 +35,7 @@ from compress.core.atomic import write_json
 from compress.core.coco_person import COCO_FLIP, flip_permutation
 from evaluate.metrics.coco import coco_stats, keypoint_cat_ids, load_gt
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ERROR_TYPES = ("good", "jitter", "inversion", "swap", "miss")
 FIXABLE_TYPES = ("jitter", "inversion", "swap", "miss")

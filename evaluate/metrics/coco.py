@@ -24,7 +24,7 @@ from pycocotools.cocoeval import COCOeval
 
 from compress.core.errors import DataError
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 IOU_TYPES = ("bbox", "segm", "keypoints")
 DET_STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
@@ -146,7 +146,7 @@ def _run_faster(gt: COCO, results: list[dict], iou_type: str) -> Any:
 
     fast_gt = FastCOCO(shallow_dataset(gt.dataset))
     dt = fast_gt.loadRes(results) if results else _empty_results_coco(fast_gt, FastCOCO)
-    ev = COCOeval_faster(fast_gt, dt, iou_type, print_function=logger.debug)
+    ev = COCOeval_faster(fast_gt, dt, iou_type, print_function=log.debug)
     restrict_keypoint_cats(ev, gt, iou_type)
     ev.evaluate()
     ev.accumulate()

@@ -12,7 +12,7 @@ from compress.core.errors import DataError
 from evaluate.metrics.coco import CONVENTIONS, IOU_TYPES, coco_stats, load_gt, stat_names
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 _RESULT_KEY = {"bbox": "bbox", "segm": "segmentation", "keypoints": "keypoints"}
 

@@ -22,7 +22,7 @@ from evaluate.runtimes.deepsparse import deepsparse_bench
 from evaluate.runtimes.ort import EngineUnavailable, ort_session, physical_cores
 from evaluate.runtimes.protocol import stats
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 ENGINES = ("onnxruntime", "onnxruntime-cuda", "deepsparse")
 ROW_KEYS = ("engine", "batch", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "spread",
@@ -166,7 +166,7 @@ def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = ENGINES,
     for engine in engines:
         for batch in batch_sizes:
             row = _bench_one(engine, path, batch, image_size, warmup, iterations, cores)
-            _LOGGER.info("%s batch %d: %s %s", engine, batch, row["status"],
+            log.info("%s batch %d: %s %s", engine, batch, row["status"],
                          f"p50 {row['p50_ms']:.2f} ms" if row["p50_ms"] else row["reason"])
             rows.append(row)
     return rows

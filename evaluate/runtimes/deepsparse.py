@@ -29,7 +29,7 @@ import numpy as np
 
 from evaluate.runtimes.ort import EngineUnavailable
 
-_LOGGER = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate/runtimes/ -> the checkout
 DEFAULT_TIMEOUT_S = 900.0
 
