@@ -13,6 +13,7 @@ import compress.lottery.profile as profile_mod
 from compress.lottery.allocator import LayerCurve, allocate, global_allocation, layer_curves
 from compress.lottery.masks import prune_to_counts
 from compress.lottery.profile import GRID, build_profile, predicted_latency_ms
+from compress.recipe.load import load_recipe, resolved_yaml
 
 GRID_ARR = np.asarray(GRID)
 
@@ -161,7 +162,6 @@ def _synthetic_latency(module, shape, grid, cores, warmup, iterations):
 @pytest.fixture(scope="module")
 def runtime_run(tmp_path_factory):
     from compress.core.seeding import seed_everything
-    from compress.recipe.load import load_recipe
     from compress.run import pipeline
     from compress.run.folder import RunFolder
 
@@ -211,7 +211,8 @@ def _fake_run(root: Path, distribution: str, spread: dict[str, float], measured_
 
     (root / "rounds" / "round_1").mkdir(parents=True)
     (root / "bench").mkdir()
-    (root / "recipe.yaml").write_text(f"lottery:\n  distribution: {distribution}\n")
+    recipe = load_recipe(RECIPE, smoke=True, overrides=[f"lottery.distribution={distribution}"])
+    (root / "recipe.yaml").write_text(resolved_yaml(recipe))
     layers = {n: {"numel": 100, "zeros": int(s * 100), "sparsity": s} for n, s in spread.items()}
     (root / "rounds" / "round_1" / "sparsity.json").write_text(json.dumps({"layers": layers}))
     (root / "bench" / "bench.json").write_text(json.dumps([
