@@ -4,7 +4,8 @@ Round 0 trains (dense, or under a transferred mask) and keeps the weights at the
 Round k >= 1 prunes a fraction of the remaining prunable weights of round k-1's final weights by
 magnitude through SparseML, rewinds the survivors to the rewind point and retrains with the mask
 held. Finished rounds (their metrics.json exists) are skipped; a round in progress resumes from
-its last epoch checkpoint.
+its last epoch checkpoint. After a round named in `control_rounds` its controls train
+(compress.lottery.controls), each skipped when done and resumed like a round.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from torch import nn
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.errors import ModelFileError
+from compress.lottery.controls import run_controls
 from compress.lottery.masks import (MaskHolder, early_bird_iou, is_nested, load_mask, mask_iou,
                                     rewind, save_mask, sparsity_report)
 from compress.lottery.methods import Method
@@ -44,6 +46,8 @@ class LotterySetup:
     early_bird: bool = True
     round0_wrapper: Optional[Callable] = None  # SparseML modifiers driving round 0's optimizer
     allocate: Optional[RuntimeAllocator] = None  # distribution runtime: zeros per layer
+    controls: tuple[str, ...] = ()  # compress.lottery.controls.CONTROL_NAMES
+    control_rounds: tuple[int, ...] = ()  # the pruning rounds that train the controls
 
 
 @dataclass
@@ -78,7 +82,10 @@ def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]
         ctx.dist.barrier()
         if ctx.dist.is_main:
             (round_dir / "last.pt").unlink(missing_ok=True)  # a kill after metrics.json left it
-        records.append(_round_record(index, round_dir))
+        record = _round_record(index, round_dir)
+        if setup.controls and index in setup.control_rounds:
+            record["controls"] = run_controls(index, setup.controls, setup, ctx)
+        records.append(record)
         if ctx.dist.is_main:
             ctx.run.update_summary(rounds=records)
     return records

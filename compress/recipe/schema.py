@@ -10,6 +10,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from compress.lottery.controls import CONTROL_NAMES
 from compress.lottery.methods import METHOD_NAMES, METHODS
 from compress.models.heads import HeadConfig
 
@@ -116,6 +117,8 @@ class LotteryCfg(_Section):
     rewind: Duration = "1ep"
     source: Optional[str] = None
     early_bird: bool = True
+    controls: list[Literal[CONTROL_NAMES]] = []
+    control_rounds: list[int] = []  # pruning rounds (>= 1) that train the controls; [] = every one
 
     @field_validator("rewind")
     @classmethod
@@ -133,7 +136,22 @@ class LotteryCfg(_Section):
                              f"not '{self.method}'")
         if self.prune_fraction is None and self.target_sparsity is None and method.uses_fraction:
             raise ValueError("set prune_fraction or target_sparsity")
+        self._check_controls(method.pruning_rounds(self))
         return self
+
+    def _check_controls(self, pruning_rounds: int) -> None:
+        if len(set(self.controls)) != len(self.controls):
+            raise ValueError(f"controls {self.controls} name a control twice")
+        if self.controls and pruning_rounds < 1:
+            raise ValueError(f"controls need pruning rounds; method '{self.method}' has none "
+                             "(use imp or oneshot)")
+        bad = [k for k in self.control_rounds if not 1 <= k <= pruning_rounds]
+        if bad or len(set(self.control_rounds)) != len(self.control_rounds):
+            raise ValueError(f"control_rounds {self.control_rounds} must be distinct pruning "
+                             f"rounds in [1, {pruning_rounds}]")
+        if self.control_rounds and not self.controls:
+            raise ValueError("control_rounds without controls: list the controls to train "
+                             f"({', '.join(CONTROL_NAMES)})")
 
 
 class ExportCfg(_Section):

@@ -195,3 +195,29 @@ def plot_layer_sparsity(runs: Mapping[str, Sequence[tuple[str, float]]], out_png
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return save_figure(fig, out_png)
+
+
+def plot_ticket_vs_controls(ticket: Sequence[tuple[float, Mapping[str, Any]]],
+                            controls: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]],
+                            metrics: Sequence[str], out_png: Path,
+                            dense: Mapping[str, Any] | None = None) -> Path:
+    """The lottery-ticket figure: per metric, mAP against prunable sparsity for the ticket (every
+    round), each control (at its rounds) and the dense model as a dashed line."""
+    fig = new_figure(4.2 * len(metrics), 3.8)
+    axes = fig.subplots(1, len(metrics), squeeze=False)[0]
+    for ax, metric in zip(axes, metrics):
+        series = {"ticket": ticket, **controls}
+        for i, (label, points) in enumerate(series.items()):
+            pts = [(100 * s, m[metric]) for s, m in points if m.get(metric) is not None]
+            if pts:
+                xs, ys = zip(*pts)
+                ax.plot(xs, ys, marker="o" if i == 0 else "s", color=color(i), label=label,
+                        linewidth=2 if i == 0 else 1)
+        if (dense or {}).get(metric) is not None:
+            ax.axhline(dense[metric], linestyle="--", linewidth=1, color="#333333", label="dense")
+        ax.set_xlabel("prunable sparsity (% pruned)")
+        ax.set_ylabel(METRIC_TITLES.get(metric, metric))
+        ax.set_title(f"{METRIC_TITLES.get(metric, metric)}: ticket vs controls")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save_figure(fig, out_png)

@@ -16,6 +16,7 @@ from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.stages.predict import gallery_image
 from compress.report.runtime import sec_runtime
+from compress.report.controls_section import sec_controls
 
 METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50")  # VOC: Pascal VOC07 AP50
 
@@ -86,7 +87,7 @@ def sec_convergence(section: Section, runs: list[RunData], plot_dir: Path) -> No
         if not path.is_file():
             section.missing.append(f"not run ({run.label}): {path} is missing")
             continue
-        found = val_loss_series(load_metrics_jsonl(path))
+        found = val_loss_series([r for r in load_metrics_jsonl(path) if "control" not in r])
         if not found:
             section.missing.append(f"not run ({run.label}): metrics.jsonl holds no val_loss per epoch")
         for label, points in found.items():
@@ -263,6 +264,7 @@ def sec_gallery(section: Section, runs: list[RunData], plot_dir: Path) -> None:
 SECTIONS: list[tuple[str, str, Callable[[Section, list[RunData], Path], None]]] = [
     ("summary", "Summary: dense vs every round", sec_summary),
     ("sparsity-map", "Sparsity vs mAP", sec_sparsity_map),
+    ("controls", "Ticket vs controls (reinit, random mask, rewind to init)", sec_controls),
     ("convergence", "Convergence", sec_convergence),
     ("tide", "TIDE errors: dense vs ticket", sec_tide),
     ("keypoints", "Keypoint errors", sec_keypoints),

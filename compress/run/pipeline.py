@@ -103,6 +103,9 @@ def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
                         prunable=tuple(names),
                         rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
                         early_bird=lot.early_bird,
+                        controls=tuple(lot.controls),
+                        control_rounds=tuple(lot.control_rounds or
+                                             range(1, method.pruning_rounds(lot) + 1)),
                         round0_wrapper=round0_wrapper(recipe, run, iters_per_epoch, tuple(names)),
                         allocate=allocate)
 

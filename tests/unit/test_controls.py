@@ -1,0 +1,142 @@
+"""The lottery controls (reinit, random_mask, rewind_to_init) on a tiny Mask R-CNN, through the
+real runner: their masks, starting weights, files and summary records."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import compress.lottery.controls as controls
+from compress.core.errors import RecipeError
+from compress.core.seeding import seed_everything
+from compress.lottery.controls import random_mask_like
+from compress.recipe.load import load_recipe
+from compress.run import pipeline
+from compress.run.folder import RunFolder
+from compress.report.controls_section import sec_controls
+from compress.report.page import Section
+from compress.report.run_data import load_run
+
+RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
+TINY = [
+    "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
+    "data.synthetic.image_size=64", "data.synthetic.train_images=8",
+    "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
+    "lottery.rewind=2it", "train.lr_steps=[6it]", "train.warmup_iters=2",
+    "model.heads.fpn_channels=16", "model.heads.representation_size=32",
+    "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
+    "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
+    "model.heads.rpn_pre_nms_top_n_test=50", "model.heads.rpn_post_nms_top_n_test=20",
+    "model.heads.box_batch_size_per_image=16", "evaluate.max_images=2",
+    "lottery.rounds=2", "lottery.controls=[reinit,random_mask,rewind_to_init]",
+    "lottery.control_rounds=[2]",
+]
+NAMES = ("reinit", "random_mask", "rewind_to_init")
+
+
+def load(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def control_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, dict, list]:
+    """A 2-round run with every control at round 2; the state each control starts from."""
+    torch.set_num_threads(1)
+    starts: dict[str, dict[str, torch.Tensor]] = {}
+    with pytest.MonkeyPatch.context() as mp:
+        real = controls.train_round
+
+        def train_round(model, out_dir, schedule, plan, *args, **kwargs):
+            starts[out_dir.name] = {"iteration": plan.start_iteration,
+                                    **{k: v.detach().clone() for k, v in model.state_dict().items()}}
+            return real(model, out_dir, schedule, plan, *args, **kwargs)
+
+        mp.setattr(controls, "train_round", train_round)
+        recipe = load_recipe(RECIPE, smoke=True, overrides=TINY)
+        root = tmp_path_factory.mktemp("controls")
+        run = RunFolder(root)
+        seed_everything(recipe.train.seed)
+        records, _, _ = pipeline.find_ticket(recipe, run, False)
+    return run, starts, records
+
+
+def test_control_files_and_summary(control_run):
+    run, _, records = control_run
+    assert "controls" not in records[1]
+    assert set(records[2]["controls"]) == set(NAMES)
+    summary = run.read_summary()
+    for name in NAMES:
+        out = run.round_dir(2) / "controls" / name
+        for file in ("checkpoint.pt", "mask.pt", "metrics.json"):
+            assert (out / file).is_file(), f"{name}: {file} missing"
+        assert not (out / "last.pt").exists()
+        saved = json.loads((out / "metrics.json").read_text())
+        assert saved["metrics"] == summary["rounds"][2]["controls"][name]
+        assert "bbox_mAP" in saved["metrics"] and "segm_mAP" in saved["metrics"]
+        assert saved["metrics"]["pruned_nonzero_after_training"] == 0
+
+
+def test_control_masks_keep_the_rounds_density_per_layer(control_run):
+    run, _, _ = control_run
+    ticket = load(run.round_dir(2) / "mask.pt")
+    for name in NAMES:
+        mask = load(run.round_dir(2) / "controls" / name / "mask.pt")
+        assert set(mask) == set(ticket)
+        for layer, kept in ticket.items():
+            assert int(mask[layer].sum()) == int(kept.sum()), f"{name} {layer}"
+        same = all(torch.equal(mask[n], ticket[n]) for n in ticket)
+        assert same == (name != "random_mask")
+        weights = load(run.round_dir(2) / "controls" / name / "checkpoint.pt")["model"]
+        assert all(int((weights[n][~m] != 0).sum()) == 0 for n, m in mask.items())
+
+
+def test_control_starting_weights(control_run):
+    run, starts, _ = control_run
+    rewind = load(run.round_dir(0) / "rewind.pt")["model"]
+    mask = load(run.round_dir(2) / "mask.pt")
+    random = load(run.round_dir(2) / "controls" / "random_mask" / "mask.pt")
+    assert starts["random_mask"]["iteration"] == 2 and starts["reinit"]["iteration"] == 2
+    assert starts["rewind_to_init"]["iteration"] == 0
+    for name, kept in mask.items():
+        assert torch.equal(starts["random_mask"][name], rewind[name] * random[name])
+    differ = [n for n in mask if not torch.equal(starts["reinit"][n], rewind[n] * mask[n])]
+    assert len(differ) == len(mask), "reinit started from the rewind weights"
+    differ0 = [n for n in mask if not torch.equal(starts["rewind_to_init"][n], rewind[n] * mask[n])]
+    assert differ0, "rewind_to_init started from the rewind weights, not iteration 0"
+    assert not any(torch.equal(starts["reinit"][n], starts["rewind_to_init"][n]) for n in mask)
+
+
+def test_random_mask_like_is_seeded_and_keeps_counts():
+    gen = torch.Generator().manual_seed(3)
+    mask = {"a": torch.rand(5, 7, generator=gen) > 0.6, "b": torch.rand(40, generator=gen) > 0.1}
+    one, two = random_mask_like(mask, 11), random_mask_like(mask, 11)
+    assert all(torch.equal(one[n], two[n]) for n in mask)
+    assert all(int(one[n].sum()) == int(mask[n].sum()) for n in mask)
+    assert not torch.equal(random_mask_like(mask, 12)["b"], one["b"])
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["lottery.controls=[reinit,reinit]"], "twice"),
+    (["lottery.controls=[shuffle]"], "controls"),
+    (["lottery.controls=[reinit]", "lottery.control_rounds=[0]"], "control_rounds"),
+    (["lottery.controls=[reinit]", "lottery.control_rounds=[9]"], "control_rounds"),
+    (["lottery.control_rounds=[1]"], "without controls"),
+    (["lottery.controls=[reinit]", "lottery.method=dense"], "pruning rounds"),
+])
+def test_control_recipe_errors(sets, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(RECIPE, overrides=["lottery.rounds=2", *sets])
+
+
+def test_report_plots_ticket_vs_controls(control_run, tmp_path):
+    run, _, records = control_run
+    section = Section("controls", "Ticket vs controls")
+    sec_controls(section, [load_run(run.root, "tiny")], tmp_path)
+    assert (tmp_path / "ticket_vs_controls.png").stat().st_size > 1000
+    rows = section.tables[0].rows
+    bbox = next(row for row in rows if row[2] == "bbox_mAP")
+    assert bbox[0] == "2" and len(bbox) == 5 + 2 * len(NAMES)
+    assert float(bbox[4]) == pytest.approx(records[2]["metrics"]["bbox_mAP"], abs=1e-4)
