@@ -214,7 +214,8 @@ def data() -> None:
 @data.command(epilog="""\b
 Examples:
   compress data synth --out data/shapes --task segmentation --images 300
-  compress data synth --out data/people --task keypoints --images 50 --seed 1""")
+  compress data synth --out data/people --task keypoints --images 50 --seed 1
+  compress data synth --out data/hard --task segmentation --difficulty hard""")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
 @click.option("--task", type=click.Choice(["detection", "segmentation", "keypoints"]),
               default="segmentation", show_default=True)
@@ -222,11 +223,15 @@ Examples:
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--image-size", type=click.IntRange(32, 2048), default=128, show_default=True)
 @click.option("--split", default="train", show_default=True)
-def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str) -> None:
+@click.option("--difficulty", type=click.Choice(["easy", "hard"]), default="easy", show_default=True,
+              help="hard: 8 outline-only shape classes, crowds, occlusion, small objects, clutter.")
+def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str,
+          difficulty: str) -> None:
     """Write a COCO-format dataset of simple shapes or stick-figure people (deterministic by seed)."""
     from compress.data.synth import write_synthetic
 
-    ann = write_synthetic(out, task, images, seed=seed, image_size=image_size, split=split)
+    ann = write_synthetic(out, task, images, seed=seed, image_size=image_size, split=split,
+                          difficulty=difficulty)
     click.echo(f"wrote {images} images and {ann}")
 
 

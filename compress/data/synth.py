@@ -5,7 +5,7 @@ them in minutes on a CPU) and writes `out_dir/annotations/<split>.json` plus
 `out_dir/<split>/<file_name>.png`. The same seed gives byte-identical files (fixed key order,
 no timestamps, deterministic PNG encoding).
 
-Tasks:
+Tasks (difficulty "easy"; "hard" scenes are described in compress/data/synth_scenes.py):
 - "detection" / "segmentation": 1-3 shapes (rectangle, ellipse, triangle; one colour per
   category with a small jitter) on a grey noisy background, with bbox, RLE segmentation, area.
 - "keypoints": 1-2 front-facing stick figures (category "person", the 17 COCO keypoints in COCO
@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +26,15 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_utils
 
 from compress.core.atomic import write_text
-from compress.core.coco_person import COCO_SKELETON, KEYPOINT_NAMES
 from compress.core.errors import DataError
+from compress.data.synth_scenes import HARD_SHAPE_CATEGORIES, draw_crowd, draw_hard_shapes
+from compress.data.synth_figures import (PERSON_CATEGORY, SceneObject, draw_figure, figure_points,
+                                         hidden_by_others, jitter)
 
 log = logging.getLogger(__name__)
 
 TASKS = ("detection", "segmentation", "keypoints")
+DIFFICULTIES = ("easy", "hard")  # hard: compress/data/synth_scenes.py
 
 SHAPE_CATEGORIES = [
     {"id": 1, "name": "rectangle", "supercategory": "shape"},
@@ -41,42 +43,11 @@ SHAPE_CATEGORIES = [
 ]
 SHAPE_COLOURS = {1: (220, 40, 40), 2: (40, 200, 40), 3: (40, 70, 230)}
 
-PERSON_CATEGORY = {
-    "id": 1, "name": "person", "supercategory": "person",
-    "keypoints": list(KEYPOINT_NAMES), "skeleton": [list(pair) for pair in COCO_SKELETON],
-}
-LEFT_COLOUR = (255, 150, 20)
-RIGHT_COLOUR = (20, 220, 230)
-CENTRE_COLOUR = (245, 245, 245)
-
-# Front-facing template: (x, y) in units of figure height, x relative to the body centre line.
-# The person's left (COCO "left_*") is at +x, i.e. on the image's right.
-_TEMPLATE = np.array([
-    [0.0, 0.09], [0.03, 0.065], [-0.03, 0.065], [0.065, 0.085], [-0.065, 0.085],
-    [0.13, 0.21], [-0.13, 0.21], [0.19, 0.36], [-0.19, 0.36], [0.23, 0.50], [-0.23, 0.50],
-    [0.08, 0.55], [-0.08, 0.55], [0.10, 0.76], [-0.10, 0.76], [0.11, 0.96], [-0.11, 0.96],
-], dtype=np.float64)
-_LIMBS_LEFT = [(5, 7), (7, 9), (11, 13), (13, 15)]
-_LIMBS_RIGHT = [(6, 8), (8, 10), (12, 14), (14, 16)]
-_TORSO = [(5, 6), (11, 12), (5, 11), (6, 12)]
-
-
-@dataclass
-class _Object:
-    category_id: int
-    mask: np.ndarray  # bool HxW, the object's visible pixels
-    keypoints: list[float] | None = None
-
-
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     grey = rng.integers(100, 156)
     noise = rng.normal(0.0, 12.0, size=(size, size, 1))
     image = np.clip(grey + noise, 0, 255).astype(np.uint8)
     return np.repeat(image, 3, axis=2)
-
-
-def _jitter(rng: np.random.Generator, colour: tuple[int, int, int], amount: int = 20) -> tuple:
-    return tuple(int(np.clip(c + rng.integers(-amount, amount + 1), 0, 255)) for c in colour)
 
 
 def _shape_mask(rng: np.random.Generator, category_id: int, size: int) -> np.ndarray:
@@ -110,51 +81,16 @@ def _place_shapes(rng: np.random.Generator, size: int) -> list[tuple[int, np.nda
     return placed
 
 
-def _draw_shapes(rng: np.random.Generator, image: np.ndarray) -> list[_Object]:
+def _draw_shapes(rng: np.random.Generator, image: np.ndarray) -> list[SceneObject]:
     placed = _place_shapes(rng, image.shape[0])
-    objects: list[_Object] = []
+    objects: list[SceneObject] = []
     for index, (cat, mask) in enumerate(placed):
-        image[mask] = _jitter(rng, SHAPE_COLOURS[cat])
+        image[mask] = jitter(rng, SHAPE_COLOURS[cat])
         visible = mask.copy()
         for _, later in placed[index + 1:]:
             visible &= ~later
-        objects.append(_Object(cat, visible))
+        objects.append(SceneObject(cat, visible))
     return [o for o in objects if o.mask.sum() >= 4]
-
-
-def _figure_points(rng: np.random.Generator, height: float, cx: float, top: float) -> np.ndarray:
-    points = _TEMPLATE.copy()
-    points[5:, 0] *= rng.uniform(0.85, 1.25)  # body width
-    points[7:11] += rng.uniform(-0.08, 0.08, size=(4, 2))  # arm poses
-    points[13:17, 0] += rng.uniform(-0.04, 0.06, size=4) * np.sign(points[13:17, 0])  # stance
-    return np.stack([cx + points[:, 0] * height, top + points[:, 1] * height], axis=1)
-
-
-def _draw_figure(size: int, points: np.ndarray, height: float,
-                 rng: np.random.Generator) -> tuple[Image.Image, np.ndarray]:
-    """Render one figure on a transparent RGBA layer; returns (layer, silhouette mask)."""
-    layer = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(layer)
-    width = 2 * max(1, int(round(height / 28))) + 1  # odd: centred on the keypoint pixels
-    half = width // 2
-    centre, left, right = (_jitter(rng, c, 10) + (255,) for c in (CENTRE_COLOUR, LEFT_COLOUR,
-                                                                   RIGHT_COLOUR))
-    for limbs, colour in ((_TORSO, centre), (_LIMBS_LEFT, left), (_LIMBS_RIGHT, right)):
-        for a, b in limbs:
-            draw.line([tuple(points[a]), tuple(points[b])], fill=colour, width=width)
-            for x, y in (points[a], points[b]):  # round joints that cover the keypoint pixel
-                draw.ellipse([x - half, y - half, x + half, y + half], fill=colour)
-    head_r = 0.085 * height
-    nose = points[0]
-    draw.ellipse([nose[0] - head_r, nose[1] - head_r, nose[0] + head_r, nose[1] + head_r],
-                 fill=centre)
-    neck = (points[5] + points[6]) / 2
-    draw.line([tuple(nose), tuple(neck)], fill=centre, width=width)
-    for index, colour in ((1, left), (2, right), (3, left), (4, right)):  # eyes and ears
-        x, y = points[index]
-        r = max(1.0, width / 2)
-        draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
-    return layer, np.asarray(layer)[:, :, 3] > 0
 
 
 def _place_figures(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray, float]]:
@@ -169,40 +105,30 @@ def _place_figures(rng: np.random.Generator, size: int) -> list[tuple[np.ndarray
             low, high = (low, size / 2 - half_w) if slot == 0 else (size / 2 + half_w, high)
         cx = rng.uniform(low, max(low, high))
         top = rng.uniform(0.02 * size, max(0.02 * size, size - 0.98 * height))
-        points = np.clip(np.round(_figure_points(rng, height, cx, top)), 0, size - 1)
+        points = np.clip(np.round(figure_points(rng, height, cx, top)), 0, size - 1)
         layouts.append((points, height))
     return layouts
 
 
-def _draw_figures(rng: np.random.Generator, image: np.ndarray) -> list[_Object]:
+def _draw_figures(rng: np.random.Generator, image: np.ndarray) -> list[SceneObject]:
     size = image.shape[0]
     canvas = Image.fromarray(image).convert("RGBA")
     drawn: list[tuple[np.ndarray, np.ndarray]] = []
     for points, height in _place_figures(rng, size):
-        layer, mask = _draw_figure(size, points, height, rng)
+        layer, mask = draw_figure(size, points, height, rng)
         canvas = Image.alpha_composite(canvas, layer)
         drawn = [(p, m & ~mask) for p, m in drawn] + [(points, mask)]
     image[...] = np.asarray(canvas.convert("RGB"))
     objects = []
     for points, mask in drawn:
         cols, rows = points[:, 0].astype(int), points[:, 1].astype(int)
-        visibility = np.where(mask[rows, cols] | ~_hidden(drawn, mask, rows, cols), 2.0, 1.0)
+        visibility = np.where(mask[rows, cols] | ~hidden_by_others(drawn, mask, rows, cols), 2.0, 1.0)
         keypoints = np.concatenate([points + 0.5, visibility[:, None]], axis=1)
-        objects.append(_Object(1, mask, [round(float(v), 2) for v in keypoints.reshape(-1)]))
+        objects.append(SceneObject(1, mask, [round(float(v), 2) for v in keypoints.reshape(-1)]))
     return [o for o in objects if o.mask.sum() >= 4]
 
 
-def _hidden(drawn: list[tuple[np.ndarray, np.ndarray]], own: np.ndarray, rows: np.ndarray,
-            cols: np.ndarray) -> np.ndarray:
-    """Whether each keypoint pixel is covered by another figure drawn over it (then v=1)."""
-    covered = np.zeros(len(rows), dtype=bool)
-    for _, other in drawn:
-        if other is not own:
-            covered |= other[rows, cols]
-    return covered
-
-
-def _annotation(obj: _Object, ann_id: int, image_id: int) -> dict:
+def _annotation(obj: SceneObject, ann_id: int, image_id: int) -> dict:
     rle = mask_utils.encode(np.asfortranarray(obj.mask.astype(np.uint8)))
     bbox = [round(float(v), 2) for v in mask_utils.toBbox(rle)]
     ann = {
@@ -222,9 +148,12 @@ def _png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _check_args(task: str, images: int, image_size: int) -> None:
+def _check_args(task: str, images: int, image_size: int, difficulty: str) -> None:
     if task not in TASKS:
         raise DataError(f"synthetic task '{task}' is unknown; expected one of {', '.join(TASKS)}")
+    if difficulty not in DIFFICULTIES:
+        raise DataError(f"synthetic difficulty '{difficulty}' is unknown; expected one of "
+                        f"{', '.join(DIFFICULTIES)}")
     if images < 0:
         raise DataError(f"synthetic images {images} is negative; expected a count >= 0")
     if image_size < 32:
@@ -232,30 +161,32 @@ def _check_args(task: str, images: int, image_size: int) -> None:
 
 
 def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
-                    image_size: int = 128, split: str = "train") -> Path:
+                    image_size: int = 128, split: str = "train", difficulty: str = "easy") -> Path:
     """Write `images` generated images and their COCO JSON; returns the annotation file path.
 
     Images go to `out_dir/<split>/<id:06d>.png`, annotations to `out_dir/annotations/<split>.json`
     (written last and atomically, so a complete JSON means all its images are on disk).
+    `difficulty` "hard" draws compress.data.synth_scenes' crowded, cluttered scenes.
     """
-    _check_args(task, images, image_size)
+    _check_args(task, images, image_size, difficulty)
     out_dir = Path(out_dir)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     image_entries, annotations = [], []
     for image_id in range(1, images + 1):
-        image = _background(rng, image_size)
-        objects = _draw_figures(rng, image) if task == "keypoints" else _draw_shapes(rng, image)
+        image, objects = _scene(rng, task, image_size, difficulty)
         file_name = f"{image_id:06d}.png"
         (image_dir / file_name).write_bytes(_png_bytes(image))
         image_entries.append({"id": image_id, "file_name": file_name,
                               "width": image_size, "height": image_size})
         for obj in objects:
             annotations.append(_annotation(obj, len(annotations) + 1, image_id))
-    categories = [PERSON_CATEGORY] if task == "keypoints" else SHAPE_CATEGORIES
+    categories = [PERSON_CATEGORY] if task == "keypoints" else \
+        HARD_SHAPE_CATEGORIES if difficulty == "hard" else SHAPE_CATEGORIES
+    hard = " hard" if difficulty == "hard" else ""
     dataset = {
-        "info": {"description": f"lth-compress synthetic {task} {split} (seed {seed})",
+        "info": {"description": f"lth-compress synthetic{hard} {task} {split} (seed {seed})",
                  "version": "1"},
         "licenses": [], "images": image_entries, "annotations": annotations,
         "categories": categories,
@@ -267,16 +198,26 @@ def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
     return ann_file
 
 
+def _scene(rng: np.random.Generator, task: str, size: int,
+           difficulty: str) -> tuple[np.ndarray, list[SceneObject]]:
+    if difficulty == "hard":
+        return draw_crowd(rng, size) if task == "keypoints" else draw_hard_shapes(rng, size)
+    image = _background(rng, size)
+    objects = _draw_figures(rng, image) if task == "keypoints" else _draw_shapes(rng, image)
+    return image, objects
+
+
 def split_seed(seed: int, split_index: int) -> int:
     """A seed for split `split_index` derived from `seed` (train and val never share one)."""
     return int(np.random.SeedSequence([seed, split_index]).generate_state(1)[0])
 
 
 def write_synthetic_splits(out_dir: str | Path, task: str, train_images: int, val_images: int,
-                           seed: int = 0, image_size: int = 128) -> dict[str, Path]:
+                           seed: int = 0, image_size: int = 128,
+                           difficulty: str = "easy") -> dict[str, Path]:
     """Write the `train` and `val` splits with different derived seeds; returns split -> JSON."""
     return {
         split: write_synthetic(out_dir, task, count, seed=split_seed(seed, index),
-                               image_size=image_size, split=split)
+                               image_size=image_size, split=split, difficulty=difficulty)
         for index, (split, count) in enumerate((("train", train_images), ("val", val_images)))
     }

@@ -46,6 +46,7 @@ class SyntheticCfg(_Section):
     val_images: int = Field(60, ge=1, le=100000)
     image_size: int = Field(128, ge=32, le=2048)
     seed: int = Field(0, ge=0)
+    difficulty: Literal["easy", "hard"] = "easy"  # compress.data.synth.DIFFICULTIES
 
 
 class DataCfg(_Section):

@@ -62,7 +62,8 @@ def _ensure_synthetic(root: Path, task: str, cfg: Any) -> None:
     log.info("generating synthetic %s data (%d train / %d val images) in %s", task,
              cfg.synthetic.train_images, cfg.synthetic.val_images, root)
     write_synthetic_splits(root, task, cfg.synthetic.train_images, cfg.synthetic.val_images,
-                           seed=cfg.synthetic.seed, image_size=cfg.synthetic.image_size)
+                           seed=cfg.synthetic.seed, image_size=cfg.synthetic.image_size,
+                           difficulty=cfg.synthetic.difficulty)
 
 
 def ground_truth_path(kind: str, val: Any, root: Path, split: str, data_dir: Path) -> Path:

@@ -131,3 +131,69 @@ def test_splits_use_different_seeds(tmp_path: Path) -> None:
 def test_bad_arguments_raise_data_error(tmp_path: Path, kwargs: dict) -> None:
     with pytest.raises(DataError):
         write_synthetic(tmp_path, **kwargs)
+
+
+def _tree_bytes(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("task", ["segmentation", "keypoints"])
+def test_hard_scenes_byte_deterministic_by_seed(tmp_path: Path, task: str) -> None:
+    for name, seed in (("a", 4), ("b", 4), ("c", 5)):
+        write_synthetic_splits(tmp_path / name, task, 6, 3, seed=seed, image_size=64, difficulty="hard")
+    assert _tree_bytes(tmp_path / "a") == _tree_bytes(tmp_path / "b")
+    assert _tree_bytes(tmp_path / "a") != _tree_bytes(tmp_path / "c")
+
+
+def test_hard_shapes_crowded_small_outline_only(tmp_path: Path) -> None:
+    coco = _load(write_synthetic(tmp_path, "segmentation", 40, seed=2, image_size=96, difficulty="hard"))
+    assert len(coco.cats) == 8
+    counts = [len(coco.imgToAnns[i]) for i in coco.imgs]
+    assert max(counts) >= 6 and min(counts) >= 1 and sum(counts) / len(counts) >= 3.5
+    assert {a["category_id"] for a in coco.anns.values()} == set(range(1, 9))
+    boxes = [a["bbox"] for a in coco.anns.values()]
+    assert sum(max(w, h) < 0.16 * 96 for _, _, w, h in boxes) >= 0.15 * len(boxes)  # small ones
+    overlapping = 0
+    for image_id in coco.imgs:
+        anns = coco.imgToAnns[image_id]
+        for i, a in enumerate(anns):
+            mask = coco.annToMask(a)
+            ys, xs = np.nonzero(mask)
+            x, y, w, h = a["bbox"]
+            assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            overlapping += any(_iou(a["bbox"], b["bbox"]) > 0 for b in anns[i + 1:])
+    assert overlapping >= 20
+    colours: dict[int, set] = {}
+    for ann in coco.anns.values():  # one category takes many colours: shape is the only cue
+        image = np.asarray(Image.open(tmp_path / "train" / coco.imgs[ann["image_id"]]["file_name"]))
+        ys, xs = np.nonzero(coco.annToMask(ann))
+        colours.setdefault(ann["category_id"], set()).add(tuple(int(c) // 64 for c in image[ys[0], xs[0]]))
+    assert all(len(c) >= 3 for c in colours.values())
+
+
+def _iou(a: list[float], b: list[float]) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
+    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
+    return w * h / (aw * ah + bw * bh - w * h)
+
+
+def test_hard_keypoints_crowds_and_invisible_joints(tmp_path: Path) -> None:
+    coco = _load(write_synthetic(tmp_path, "keypoints", 30, seed=3, image_size=96, difficulty="hard"))
+    counts = [len(coco.imgToAnns[i]) for i in coco.imgs]
+    assert max(counts) >= 3 and sum(counts) / len(counts) >= 2.0
+    vis = np.array([v for a in coco.anns.values() for v in a["keypoints"][2::3]])
+    assert (vis == 1).mean() > 0.05 and (vis == 0).sum() > 0 and (vis == 2).mean() > 0.5
+    for ann in coco.anns.values():
+        kp = np.array(ann["keypoints"]).reshape(-1, 3)
+        assert ann["num_keypoints"] == int((kp[:, 2] > 0).sum())
+        assert (kp[kp[:, 2] == 0, :2] == 0).all()
+        mask = coco.annToMask(ann)
+        for x, y, v in kp[kp[:, 2] == 2]:
+            assert mask[int(y), int(x)], "a visible joint lies off its figure's visible pixels"
+
+
+def test_unknown_difficulty_is_a_data_error(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="difficulty"):
+        write_synthetic(tmp_path, "segmentation", 2, difficulty="extreme")
