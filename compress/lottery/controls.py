@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -93,7 +94,9 @@ def _run_control(index: int, name: str, setup: Any, ctx: Any, out: Path) -> None
     model.to(ctx.device)
     apply_mask(model, mask)
     holder = MaskHolder(model, mask)
-    plan = RoundPlan(start_iteration=start, after_step=[holder.after_step])
+    plan = RoundPlan(start_iteration=start, after_step=[holder.after_step],
+                     optimizer_wrapper=setup.modifiers(out / "sparse_logs") if setup.modifiers else None,
+                     lr_from_modifiers=setup.lr_from_modifiers)
     log.info("round %d control %s: training iterations %d-%d", index, name, start,
              ctx.schedule.total_iterations)
     metrics = ctx.metrics.with_fields(round=index, control=name) if ctx.dist.is_main else NullMetrics()
@@ -113,6 +116,7 @@ def _run_control(index: int, name: str, setup: Any, ctx: Any, out: Path) -> None
                                       "prunable_sparsity": sparsity["prunable"]["sparsity"],
                                       "metrics": record})
     (out / "last.pt").unlink(missing_ok=True)
+    shutil.rmtree(out / "sparse_logs", ignore_errors=True)
     log.info("round %d control %s done: %s", index, name,
              {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
 

@@ -44,7 +44,9 @@ class LotterySetup:
     prunable: tuple[str, ...]
     rewind_iteration: int
     early_bird: bool = True
-    round0_wrapper: Optional[Callable] = None  # SparseML modifiers driving round 0's optimizer
+    # SparseML modifiers driving every round's training: log_dir -> the train loop's optimizer wrapper
+    modifiers: Optional[Callable[[Path], Callable]] = None
+    lr_from_modifiers: bool = False  # the modifiers set the learning rate
     allocate: Optional[RuntimeAllocator] = None  # distribution runtime: zeros per layer
     controls: tuple[str, ...] = ()  # compress.lottery.controls.CONTROL_NAMES
     control_rounds: tuple[int, ...] = ()  # the pruning rounds that train the controls
@@ -107,7 +109,8 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     total = ctx.schedule.total_iterations
     plan = RoundPlan(start_iteration=start, rewind_iteration=rewind_at,
                      snapshot_iteration=start + (total - start) // 2 if setup.early_bird else None,
-                     optimizer_wrapper=setup.round0_wrapper if index == 0 else None)
+                     optimizer_wrapper=modifier_stepper(setup, round_dir),
+                     lr_from_modifiers=setup.lr_from_modifiers)
     holder = MaskHolder(model, mask) if mask is not None else None
     if holder is not None:
         plan.after_step.append(holder.after_step)
@@ -128,6 +131,11 @@ def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:
     scores = ctx.evaluate(model, round_dir)  # every rank predicts its share; rank 0 scores
     if ctx.dist.is_main:
         _finish_round(index, setup, ctx, model, mask, outcome, {**scores, **extra})
+
+
+def modifier_stepper(setup: LotterySetup, out_dir: Path) -> Optional[Callable]:
+    """The recipe's SparseML modifiers for one training run (None without modifiers)."""
+    return setup.modifiers(out_dir / "sparse_logs") if setup.modifiers is not None else None
 
 
 def _prune_and_rewind(index: int, setup: LotterySetup, ctx: LotteryContext,

@@ -129,14 +129,45 @@ def sparseml_loggers(log_dir: str | os.PathLike) -> Any:
     return LoggerManager([PythonLogger(logger=logger)])
 
 
-def manager_from_yaml(recipe_yaml_text: str) -> Any:
-    """`ScheduledModifierManager.from_yaml`, its errors turned into RecipeError."""
+def manager_from_yaml(source: str, variables: Mapping[str, Any] | None = None) -> Any:
+    """`ScheduledModifierManager.from_yaml` on recipe text or a recipe file path (.yaml, or .md
+    with YAML front matter), with `variables` overriding the file's own; errors -> RecipeError."""
+    import yaml
     from sparseml.pytorch.optim import ScheduledModifierManager
+    from sparseml.utils.restricted_eval import UnknownVariableException
 
     try:
-        return ScheduledModifierManager.from_yaml(recipe_yaml_text)
-    except (ValueError, TypeError, KeyError) as err:
+        return ScheduledModifierManager.from_yaml(source, recipe_variables=dict(variables or {})
+                                                  or None)
+    except (ValueError, TypeError, KeyError, RuntimeError, AttributeError, OSError,
+            yaml.YAMLError, UnknownVariableException) as err:
         raise RecipeError(f"SparseML rejected the modifiers: {err}", key="modifiers") from err
+
+
+# Modifiers that only shape training (learning rate, epochs, weight decay): every method can run
+# them on each round's training. Any other modifier (pruning, quantization, ...) needs `gradual`.
+TRAINING_MODIFIERS = ("EpochRangeModifier", "LearningRateModifier", "LearningRateFunctionModifier",
+                      "SetLearningRateModifier", "SetWeightDecayModifier")
+LR_MODIFIERS = ("LearningRateModifier", "LearningRateFunctionModifier", "SetLearningRateModifier")
+
+
+def modifier_names(source: str, variables: Mapping[str, Any] | None = None) -> list[str]:
+    """The class name of every modifier a recipe (text or file path) holds, as SparseML loads it."""
+    return [type(m).__name__ for m in manager_from_yaml(source, variables).iter_modifiers()]
+
+
+def epoch_range_epochs(source: str, variables: Mapping[str, Any] | None = None) -> float | None:
+    """The end epoch of the recipe's `!EpochRangeModifier`s (the training length it sets)."""
+    ends = [float(m.end_epoch) for m in manager_from_yaml(source, variables).iter_modifiers()
+            if type(m).__name__ == "EpochRangeModifier"]
+    return max(ends) if ends else None
+
+
+def all_prunable_params(model: nn.Module) -> list[str]:
+    """The weights SparseML's `__ALL_PRUNABLE__` selects (every Linear / ConvNd / Embedding)."""
+    from sparseml.pytorch.utils import get_prunable_layers
+
+    return [f"{name}.weight" for name, _ in get_prunable_layers(model)]
 
 
 def _targets(mask: Mapping[str, Tensor], expected: Mapping[str, Tensor],
@@ -233,29 +264,35 @@ def _check_not_all(final: float | Mapping[str, float]) -> None:
                          "lower the fraction or the number of rounds")
 
 
-def gmp_manager(recipe_yaml_text: str, model: nn.Module, optimizer: torch.optim.Optimizer,
-                steps_per_epoch: int, *, log_dir: str | os.PathLike,
-                start_iteration: int = 0) -> tuple[Any, Any]:
-    """Start a SparseML recipe (gradual pruning, constant pruning, ...) for a training run.
+def gmp_manager(source: str, model: nn.Module, optimizer: torch.optim.Optimizer,
+                steps_per_epoch: int, *, log_dir: str | os.PathLike, start_iteration: int = 0,
+                scaler: Any = None, variables: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
+    """Start a SparseML recipe (text or file path: gradual pruning, learning rate, ...) for a
+    training run.
 
-    Returns (manager, wrapped_optimizer): call `wrapped_optimizer.step()` instead of
-    `optimizer.step()` every iteration (it runs the modifiers), `manager.finalize(model)` at the
-    end. The wrapper starts at `start_iteration` (as an epoch fraction), so a resumed run continues
-    the schedule where its checkpoint left it. Logs go to `log_dir/sparseml.log` (never to
+    Returns (manager, wrapper): call `wrapper.step()` instead of `optimizer.step()` every
+    iteration (it runs the modifiers), `manager.finalize(model)` at the end. With a GradScaler
+    (`scaler`) SparseML wraps the scaler instead (`modify(wrap_optim=...)`): call
+    `wrapper.step(optimizer)` every iteration; the scaler may skip the optimizer step on inf
+    gradients, the modifiers' step count still advances, so the schedule never shifts. The
+    wrapper starts at `start_iteration` (as an epoch fraction), so a resumed run continues the
+    schedule where its checkpoint left it. Logs go to `log_dir/sparseml.log` (never to
     `sparse_logs/` in the CWD).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch {steps_per_epoch} must be >= 1")
-    manager = manager_from_yaml(recipe_yaml_text)
-    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch,
+    manager = manager_from_yaml(source, variables)
+    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, wrap_optim=scaler,
                              epoch=start_iteration / steps_per_epoch, loggers=sparseml_loggers(log_dir))
     return manager, wrapped
 
 
-def modifier_wrapper(recipe_yaml_text: str, steps_per_epoch: int,
-                     log_dir: str | os.PathLike) -> Callable[[nn.Module, Any, int], Any]:
-    """The training loop's optimizer wrapper for a run driven by SparseML modifiers."""
-    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int) -> Any:
-        return gmp_manager(recipe_yaml_text, model, optimizer, steps_per_epoch, log_dir=log_dir,
-                           start_iteration=iteration)[1]
+def modifier_wrapper(source: str, steps_per_epoch: int, log_dir: str | os.PathLike,
+                     variables: Mapping[str, Any] | None = None) -> Callable[..., Any]:
+    """The training loop's optimizer wrapper for a run driven by SparseML modifiers:
+    wrap(model, optimizer, iteration, scaler=None) -> the object whose step() drives them."""
+    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+             scaler: Any = None) -> Any:
+        return gmp_manager(source, model, optimizer, steps_per_epoch, log_dir=log_dir,
+                           start_iteration=iteration, scaler=scaler, variables=variables)[1]
     return wrap

@@ -17,12 +17,13 @@ from pydantic import BaseModel, ValidationError
 from compress.core.errors import RecipeError
 from compress.recipe.schema import Recipe, rewind_beyond_schedule
 from compress.recipe.safe_yaml import TAG_KEY, dump_recipe_yaml, load_yaml_text
+from compress.recipe.sparseml_file import resolve_modifier_files
 
 
 def load_recipe(path: str | Path, *, smoke: bool = False, overrides: list[str] = ()) -> Recipe:
     """Read and validate a recipe file, apply the smoke profile and overrides, return the model."""
     path = Path(path)
-    raw = read_recipe_dict(path)
+    raw = resolve_modifier_files(read_recipe_dict(path), path.parent, str(path))
     validate(raw, str(path))  # the file itself must be valid, smoke or not
     if raw.get("smoke"):
         validate(merge_smoke(raw), f"{path} (smoke profile)")
@@ -30,6 +31,7 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: list[str] =
         raw = merge_smoke(raw)
     for item in overrides:
         raw = apply_override(raw, item)
+    raw = resolve_modifier_files(raw, path.parent, "--set")
     return validate(raw, str(path) if not overrides else f"{path} (with --set)")
 
 

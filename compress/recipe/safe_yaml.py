@@ -6,7 +6,8 @@ the `modifiers:` section is SparseML's own recipe syntax in both directions.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Callable
 
 import yaml
 
@@ -46,8 +47,10 @@ def _represent_dict(dumper: _RecipeDumper, data: dict[str, Any]) -> yaml.Node:
 _RecipeDumper.add_representer(dict, _represent_dict)
 
 
-def load_yaml_text(text: str, source: str) -> Any:
-    """Parse YAML safely; errors name the source, line and column. Tags are checked afterwards."""
+def load_yaml_text(text: str, source: str,
+                   tag_allowed: Callable[[str], bool] | None = None) -> Any:
+    """Parse YAML safely; errors name the source, line and column. Tags are checked afterwards:
+    allowed where `tag_allowed(key path)` (default: entries of the recipe's `modifiers` list)."""
     try:
         data = yaml.load(text, Loader=_RecipeLoader)  # noqa: S506 - a SafeLoader subclass
     except RecipeError as err:
@@ -61,28 +64,35 @@ def load_yaml_text(text: str, source: str) -> Any:
         raise RecipeError(f"{where}{problem}", file=source) from None
     except yaml.YAMLError as err:
         raise RecipeError(f"malformed YAML: {err}", file=source) from None
-    check_tags(data, source, "")
+    check_tags(data, source, "", tag_allowed or _in_modifiers_list)
     return data
 
 
-def check_tags(data: Any, source: str, key: str) -> None:
-    """Every `!Tag` must be a SparseML modifier and appear only in the `modifiers` list."""
+def check_tags(data: Any, source: str, key: str,
+               allowed: Callable[[str], bool] = lambda key: False) -> None:
+    """Every `!Tag` must be a SparseML modifier and appear only where `allowed(key path)`."""
     if isinstance(data, dict):
         if TAG_KEY in data:
-            _check_modifier_tag(data[TAG_KEY], source, key)
+            if not allowed(key):
+                raise RecipeError(f"tag '!{data[TAG_KEY]}' is only allowed on entries of a "
+                                  "modifiers list", file=source, key=key)
+            validate_modifier_tags([data[TAG_KEY]], file=source, key=key)
         for child_key, value in data.items():
             if child_key != TAG_KEY:
-                check_tags(value, source, f"{key}.{child_key}" if key else str(child_key))
+                check_tags(value, source, f"{key}.{child_key}" if key else str(child_key), allowed)
     elif isinstance(data, list):
         for index, value in enumerate(data):
-            check_tags(value, source, f"{key}[{index}]")
+            check_tags(value, source, f"{key}[{index}]", allowed)
 
 
-def _check_modifier_tag(tag: str, source: str, key: str) -> None:
-    if not (key.startswith("modifiers[") or key.startswith("smoke.modifiers[")):
-        raise RecipeError(f"tag '!{tag}' is only allowed on entries of the modifiers list",
-                          file=source, key=key)
-    validate_modifier_tags([tag], file=source, key=key)
+def _in_modifiers_list(key: str) -> bool:
+    return key.startswith("modifiers[") or key.startswith("smoke.modifiers[")
+
+
+def in_sparseml_modifiers_list(key: str) -> bool:
+    """A SparseML recipe file's modifier lists: any key naming `modifiers` (`modifiers`,
+    `training_modifiers`, ...), at the top or one stage down."""
+    return re.search(r"(^|\.)[^.\[]*modifiers\[\d+\]$", key) is not None
 
 
 def dump_recipe_yaml(data: dict[str, Any]) -> str:

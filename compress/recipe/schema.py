@@ -6,13 +6,15 @@ Every key has a default and a range; `compress/recipe/load.py` loads, merges and
 from __future__ import annotations
 
 import re
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.lottery.controls import CONTROL_NAMES
 from compress.lottery.methods import METHOD_NAMES, METHODS
 from compress.models.heads import HeadConfig
+from compress.lottery.sparseml_adapter import TRAINING_MODIFIERS, modifier_names
+from compress.core.errors import RecipeError
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
@@ -194,7 +196,8 @@ class Recipe(_Section):
     data: DataCfg = DataCfg()
     train: TrainCfg = TrainCfg()
     lottery: LotteryCfg = LotteryCfg()
-    modifiers: list[dict[str, Any]] = []
+    modifiers: Union[list[dict[str, Any]], str] = []  # inline, or a SparseML recipe file's path
+    modifier_variables: dict[str, Union[int, float, str, bool]] = {}  # override the file's variables
     export: ExportCfg = ExportCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     bench: BenchCfg = BenchCfg()
@@ -202,7 +205,9 @@ class Recipe(_Section):
 
     @field_validator("modifiers")
     @classmethod
-    def _tagged(cls, modifiers: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    def _tagged(cls, modifiers: Union[list[dict[str, Any]], str]) -> Union[list[dict[str, Any]], str]:
+        if isinstance(modifiers, str):
+            return modifiers
         for index, modifier in enumerate(modifiers):
             if "__tag__" not in modifier:
                 raise ValueError(f"entry {index} is not a SparseML modifier: write it as "
@@ -214,7 +219,27 @@ class Recipe(_Section):
         if METHODS[self.lottery.method].needs_modifiers and not self.modifiers:
             raise ValueError(f"lottery.method '{self.lottery.method}' needs a modifiers section "
                              "(a SparseML GMP recipe)")
+        if self.modifier_variables and not isinstance(self.modifiers, str):
+            raise ValueError("modifier_variables override a SparseML recipe file's variables: "
+                             "set `modifiers:` to the file's path")
+        self._modifiers_fit_method()
         return self
+
+    def _modifiers_fit_method(self) -> None:
+        """Training modifiers run under every method; the others (pruning, ...) need gradual."""
+        if isinstance(self.modifiers, str):
+            try:
+                names = modifier_names(self.modifiers, self.modifier_variables)
+            except RecipeError as err:
+                raise ValueError(str(err).split(": ", 1)[-1]) from None
+        else:
+            names = [m["__tag__"] for m in self.modifiers]
+        method = METHODS[self.lottery.method]
+        other = [n for n in names if n not in TRAINING_MODIFIERS]
+        if other and not method.needs_modifiers:
+            raise ValueError(f"lottery.method '{self.lottery.method}' cannot use !{other[0]}: its "
+                             "training runs only " + ", ".join(f"!{n}" for n in TRAINING_MODIFIERS)
+                             + "; SparseML pruning modifiers need lottery.method 'gradual'")
 
 
 def rewind_beyond_schedule(recipe: Recipe) -> Optional[str]:

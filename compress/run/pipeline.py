@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 
@@ -29,8 +29,7 @@ from compress.core.distributed import SINGLE
 from compress.run import setup as rs
 from compress.run.torch_eval import evaluate_torch
 from compress.lottery.methods import METHODS
-from compress.lottery.sparseml_adapter import modifier_wrapper
-from compress.recipe.safe_yaml import modifiers_to_sparseml_yaml
+from compress.run.modifiers import apply_epoch_range, lr_from_modifiers, modifier_factory
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.lottery.masks import load_mask
 from compress.run.summary_table import format_summary
@@ -38,7 +37,6 @@ from compress.lottery.runtime_aware import RuntimeAllocator, profile_for_run
 from evaluate.runtimes.ort import physical_cores
 
 log = logging.getLogger(__name__)
-PRUNABLE_PLACEHOLDER = "__PRUNABLE__"  # in a modifier's params: the toolkit's prunable set
 
 
 def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
@@ -106,7 +104,8 @@ def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
                         controls=tuple(lot.controls),
                         control_rounds=tuple(lot.control_rounds or
                                              range(1, method.pruning_rounds(lot) + 1)),
-                        round0_wrapper=round0_wrapper(recipe, run, iters_per_epoch, tuple(names)),
+                        modifiers=modifier_factory(recipe, iters_per_epoch, tuple(names)),
+                        lr_from_modifiers=lr_from_modifiers(recipe, tuple(names)),
                         allocate=allocate)
 
 
@@ -127,17 +126,6 @@ def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, na
                             stem_max_sparsity=cfg.stem_max_sparsity)
 
 
-def round0_wrapper(recipe: Recipe, run: RunFolder, iters_per_epoch: int,
-                   prunable: tuple[str, ...]) -> Optional[Callable]:
-    """SparseML's optimizer wrapper running the recipe's modifiers (methods that take them)."""
-    if not METHODS[recipe.lottery.method].needs_modifiers:
-        return None
-    modifiers = [{k: (list(prunable) if v == PRUNABLE_PLACEHOLDER else v) for k, v in m.items()}
-                 for m in recipe.modifiers]
-    return modifier_wrapper(modifiers_to_sparseml_yaml(modifiers), iters_per_epoch,
-                            run.round_dir(0) / "sparse_logs")
-
-
 def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None,
                 dist: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
     """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
@@ -155,6 +143,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
     setup = lottery_setup(recipe, run, factory(), ipe, progress, dist)
+    schedule = apply_epoch_range(recipe, schedule, setup.prunable)
     device = rs.pick_device(recipe.train.device)
     if dist.enabled and device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)

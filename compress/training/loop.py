@@ -97,20 +97,20 @@ def _loss_parts(loss_dict: dict[str, torch.Tensor], total: torch.Tensor) -> dict
 
 
 def _step(model: nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor,
-          scaler: torch.amp.GradScaler | None, grad_clip: float | None) -> None:
+          scaler: torch.amp.GradScaler | None, grad_clip: float | None, stepper: Any = None) -> None:
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
         if grad_clip is not None:
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-        scaler.step(optimizer)
+        (stepper or scaler).step(optimizer)  # SparseML's wrapper around the scaler, if any
         scaler.update()
         return
     loss.backward()
     if grad_clip is not None:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    optimizer.step()
+    (stepper or optimizer).step()
 
 
 def train_one_epoch(
@@ -118,7 +118,7 @@ def train_one_epoch(
     *, scheduler: Any = None, start_iteration: int = 0, max_iterations: int | None = None, amp: bool = False,
     grad_clip: float | None = None, after_step: Sequence[Callable[[int], None]] = (),
     on_record: Callable[[dict[str, Any]], None] | None = None, log_every: int = 20, progress: bool = True,
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None, stepper: Any = None,
 ) -> dict[str, float]:
     """Train over `loader` once (or until the global iteration reaches `max_iterations`).
 
@@ -127,7 +127,9 @@ def train_one_epoch(
     the end, {iteration, lr, loss, loss_<part>..., seconds_per_iter} averaged over the window.
     Returns the epoch means of the loss parts plus `iterations` (run here) and `iteration` (global).
     Raises NonFiniteLossError before stepping on a NaN/inf loss. Pass `scaler` to keep a
-    GradScaler's state across epochs (else one is made per call when AMP is on).
+    GradScaler's state across epochs (else one is made per call when AMP is on). `stepper`
+    (SparseML's modifier wrapper) takes the place of `optimizer.step()`, or with AMP of
+    `scaler.step(optimizer)` (it then wraps the scaler).
     """
     device = torch.device(device)
     amp = use_amp(amp, device)
@@ -148,7 +150,7 @@ def train_one_epoch(
         if not all(math.isfinite(v) for v in parts.values()):
             raise NonFiniteLossError(iteration + 1, parts)
         lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
-        _step(model, optimizer, loss, scaler if amp else None, grad_clip)
+        _step(model, optimizer, loss, scaler if amp else None, grad_clip, stepper)
         if scheduler is not None:
             scheduler.step()
         iteration += 1

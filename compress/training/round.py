@@ -47,7 +47,9 @@ class RoundPlan:
     rewind_iteration: Optional[int] = None  # capture weights here (round 0 of IMP)
     snapshot_iteration: Optional[int] = None  # early-bird snapshot (50% of the round)
     after_step: list[Callable[[int], None]] = field(default_factory=list)
-    optimizer_wrapper: Optional[Callable[[nn.Module, torch.optim.Optimizer, int], Any]] = None
+    # SparseML modifiers: wrapper(model, optimizer, iteration, scaler) -> the stepper that runs them
+    optimizer_wrapper: Optional[Callable[..., Any]] = None
+    lr_from_modifiers: bool = False  # the modifiers set the learning rate: no scheduler of ours
 
 
 def _make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimizer:
@@ -131,8 +133,8 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
     scaler = _make_scaler(schedule, device)
     state = _resume(last_path, model, optimizer, scaler, metrics, plan.start_iteration)
     fresh = not last_path.is_file()
-    wrapped = plan.optimizer_wrapper(model, optimizer, state.iteration) \
-        if plan.optimizer_wrapper else optimizer
+    stepper = plan.optimizer_wrapper(model, optimizer, state.iteration, scaler) \
+        if plan.optimizer_wrapper else None
 
     def capture(it: int) -> None:
         for name, at in (("rewind", plan.rewind_iteration), ("snapshot", plan.snapshot_iteration)):
@@ -148,8 +150,9 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
         epoch = state.iteration // schedule.iterations_per_epoch
         epoch_end = min((epoch + 1) * schedule.iterations_per_epoch, schedule.total_iterations)
         torch.manual_seed(seed + 7919 * epoch)  # RPN/RoI sampling, flips: the same on resume
-        train_one_epoch(trained, wrapped, loaders["train_factory"](seed + epoch), device,
-                        scheduler=_scheduler(optimizer, schedule, state.iteration),
+        train_one_epoch(trained, optimizer, loaders["train_factory"](seed + epoch), device,
+                        scheduler=None if plan.lr_from_modifiers else
+                        _scheduler(optimizer, schedule, state.iteration), stepper=stepper,
                         start_iteration=state.iteration, max_iterations=epoch_end,
                         amp=scaler is not None, grad_clip=schedule.grad_clip, scaler=scaler,
                         after_step=[*plan.after_step, capture], on_record=metrics.with_fields(epoch=epoch),
