@@ -149,8 +149,8 @@ def train_one_epoch(
         parts = _loss_parts(loss_dict, loss)
         if not all(math.isfinite(v) for v in parts.values()):
             raise NonFiniteLossError(iteration + 1, parts)
-        lr = optimizer.param_groups[0]["lr"]  # the rate this step uses
         _step(model, optimizer, loss, scaler if amp else None, grad_clip, stepper)
+        lr = optimizer.param_groups[0]["lr"]  # the rate this step used (SparseML sets it in step)
         if scheduler is not None:
             scheduler.step()
         iteration += 1
