@@ -40,6 +40,11 @@ class ModelCfg(_Section):
     def _sizes(self) -> "ModelCfg":
         if self.max_size < self.min_size:
             raise ValueError(f"max_size {self.max_size} must be >= min_size {self.min_size}")
+        levels = 3 if self.backbone == "tiny" else 5  # FPN outputs, pool level included
+        sizes = self.heads.anchor_sizes
+        if sizes is not None and len(sizes) != levels:
+            raise ValueError(f"heads.anchor_sizes {sizes} needs {levels} sizes for backbone "
+                             f"'{self.backbone}' (one per FPN level)")
         return self
 
 
