@@ -74,8 +74,10 @@ def check_tags(data: Any, source: str, key: str,
     if isinstance(data, dict):
         if TAG_KEY in data:
             if not allowed(key):
-                raise RecipeError(f"tag '!{data[TAG_KEY]}' is only allowed on entries of a "
-                                  "modifiers list", file=source, key=key)
+                where = "the modifiers list" if allowed is _in_modifiers_list else \
+                    "a modifiers list (a key naming `modifiers`)"
+                raise RecipeError(f"tag '!{data[TAG_KEY]}' is only allowed on entries of {where}",
+                                  file=source, key=key)
             validate_modifier_tags([data[TAG_KEY]], file=source, key=key)
         for child_key, value in data.items():
             if child_key != TAG_KEY:
