@@ -117,13 +117,13 @@ def test_shipped_recipes_validate_with_and_without_smoke(path):
 
 def test_override_applies_and_resolved_yaml_round_trips(tmp_path):
     path = tmp_path / "ok.yaml"
-    path.write_text(GOOD + "modifiers:\n  - !GMPruningModifier {init_sparsity: 0.0, final_sparsity: 0.5,"
-                    " start_epoch: 0.0, end_epoch: 1.0, update_frequency: 0.5, params: __ALL_PRUNABLE__}\n")
+    path.write_text(GOOD + "modifiers:\n  - !SetLearningRateModifier {start_epoch: 0.0,"
+                    " learning_rate: 0.01}\n")  # pruning modifiers need method gradual
     recipe = load_recipe(path, overrides=["train.lr=0.005", "lottery.rounds=3"])
     assert recipe.train.lr == 0.005 and recipe.lottery.rounds == 3
     saved = tmp_path / "recipe.yaml"
     saved.write_text(resolved_yaml(recipe))
-    assert "!GMPruningModifier" in saved.read_text()
+    assert "!SetLearningRateModifier" in saved.read_text()
     again = load_resolved(saved)
     assert again == recipe and recipe_hash(again) == recipe_hash(recipe)
 
