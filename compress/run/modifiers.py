@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Callable, Optional
 
 from compress.lottery.sparseml_adapter import (LR_MODIFIERS, epoch_range_epochs, modifier_names,
                                                modifier_wrapper)
