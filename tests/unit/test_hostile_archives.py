@@ -113,6 +113,7 @@ for path in sys.argv[2:]:
 """
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_hostile_archives_peak_memory(hostile, tmp_path):
     """All three refused in one fresh process: its peak RSS (torch imports included) stays under
     1.5 GiB, and no refusal raises the peak the imports set by more than 64 MiB."""

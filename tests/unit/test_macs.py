@@ -96,6 +96,7 @@ def test_layer_formulas_by_hand() -> None:
     assert layer_call_macs(linear, y, linear(y)) == 2 * 3 * 5 * 7
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_dense_macs_match_fvcore_on_r50_maskrcnn() -> None:
     """R-50 FPN Mask R-CNN, 256 x 256, heads at capacity: conv / linear / deconv MACs vs fvcore.
 

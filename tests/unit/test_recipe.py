@@ -97,6 +97,7 @@ def test_rewind_within_a_round_or_unused_is_accepted(tmp_path):
     assert load_recipe(path).lottery.method == "dense"  # no round rewinds
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_cli_subprocess_bad_recipe_has_no_traceback(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("name: t\nmodel: {arch: maskrcnn, backbone: resnet5}\n")

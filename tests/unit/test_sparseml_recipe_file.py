@@ -97,6 +97,7 @@ def test_modifier_variables_need_a_file(tmp_path):
         load_recipe(write_recipe(tmp_path, "[]", "imp", "modifier_variables: {rate: 0.1}\n"))
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_imp_rounds_train_under_a_learning_rate_card(tmp_path):
     """A training-only card applies to every IMP round: the logged rate is the card's, not the
     toolkit's warm-up / step schedule."""
@@ -123,6 +124,7 @@ def card_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_card_runs_gradual_every_all_prunable_layer_at_final_sparsity(card_run):
     recipe = load_recipe(CARD_RECIPE, smoke=True, overrides=TINY_CARD)
     model = rs.model_factory(recipe, rs.prepare_data(recipe, card_run / "data"))()
