@@ -37,7 +37,7 @@ from compress.lottery.profile import (build_profile, default_profile_path, layer
                                       predicted_latency_ms, profile_key)
 from evaluate.runtimes.bench import bench_onnx  # noqa: E402
 from evaluate.runtimes.deepsparse import deepsparse_bench_files  # noqa: E402
-from evaluate.runtimes.machine import loaded, machine_record  # noqa: E402
+from evaluate.runtimes.protocol import finish, machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_aware.json"
 ARCH, BACKBONE = "r50_fpn_backbone", "resnet50"
@@ -155,7 +155,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     torch.set_num_threads(args.cores)
-    start, before = time.time(), machine_record(args.cores)
+    start, info = time.time(), machine(args.cores)
     model = make_model(ARCH)
     names = conv_names(model)
     shapes = layer_input_shapes(model, names, args.size)
@@ -171,14 +171,12 @@ def main() -> None:
         time_files(files, args.size, args.cores, args.iterations, args.repeat)
     rows = rows_of(files)
     print(format_table(rows))
-    after = machine_record(args.cores)
-    busy = loaded(max(before["load_avg"][0], after["load_avg"][0]), args.cores)
-    if busy:
+    info = finish(info)
+    if info["under_load"]:
         print("warning: the load average exceeded the cores while timing: other work shared them; "
               "figures are pessimistic and noisy, compare only ratios within this run")
     write_json(args.out, {
-        "machine": {**after, "load_avg_before": before["load_avg"], "loaded": busy,
-                    "torch": torch.__version__, "wall_s": time.time() - start, "profile_s": profile_s},
+        "machine": {**info, "torch": torch.__version__, "wall_s": time.time() - start, "profile_s": profile_s},
         "model": ARCH, "image_size": args.size, "batch": 1, "iterations": args.iterations,
         "repeat": args.repeat, "mass_bound": args.mass_bound, "profile": str(path),
         "rows": rows,

@@ -26,8 +26,8 @@ from torch import Tensor, nn
 
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
-from compress.core.errors import ModelFileError
-from compress.lottery.masks import MaskHolder, Mask, apply_mask, load_mask, save_mask, sparsity_report
+from compress.lottery.masks import (Mask, MaskHolder, apply_mask, finished_intact, load_mask, save_mask,
+                                    sparsity_report)
 from compress.run.folder import NullMetrics
 from compress.training.round import RoundPlan, train_round
 
@@ -60,8 +60,7 @@ def run_controls(index: int, names: tuple[str, ...], setup: Any, ctx: Any) -> di
     results = {}
     for name in names:
         out = control_dir(ctx.run.round_dir(index), name)
-        done = ctx.dist.broadcast((out / "metrics.json").is_file() and _intact(out)
-                                  if ctx.dist.is_main else None)
+        done = ctx.dist.broadcast(finished_intact(out) if ctx.dist.is_main else None)
         if not done:
             _run_control(index, name, setup, ctx, out)
         ctx.dist.barrier()
@@ -119,15 +118,3 @@ def _run_control(index: int, name: str, setup: Any, ctx: Any, out: Path) -> None
     shutil.rmtree(out / "sparse_logs", ignore_errors=True)
     log.info("round %d control %s done: %s", index, name,
              {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
-
-
-def _intact(out: Path) -> bool:
-    """A finished control whose checkpoint or mask fails its checks is trained again."""
-    try:
-        load_checkpoint(out / "checkpoint.pt")
-        load_mask(out / "mask.pt")
-    except ModelFileError as err:
-        log.warning("%s; control %s runs again", err, out.name)
-        (out / "metrics.json").unlink(missing_ok=True)
-        return False
-    return True

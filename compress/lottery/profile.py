@@ -32,7 +32,7 @@ from tqdm import tqdm
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from evaluate.runtimes.deepsparse import deepsparse_bench_files
-from evaluate.runtimes.machine import cpu_identity, machine_record
+from evaluate.runtimes.protocol import cpu_identity, machine
 
 log = logging.getLogger(__name__)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -176,7 +176,7 @@ def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores
         else:
             log.warning("profile: %s %s (%s)", name, entry["status"], entry.get("reason"))
         data["layers"][name] = entry
-        data["machine"] = machine_record(cores)
+        data["machine"] = machine(cores)
         write_json(path, data)
     if not todo:
         log.info("profile %s reused (%d layers)", path, len(data["layers"]))

@@ -21,10 +21,9 @@ from torch import nn
 
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
-from compress.core.errors import ModelFileError
 from compress.lottery.controls import run_controls
-from compress.lottery.masks import (MaskHolder, early_bird_iou, is_nested, load_mask, mask_iou,
-                                    rewind, save_mask, sparsity_report)
+from compress.lottery.masks import (MaskHolder, early_bird_iou, finished_intact, is_nested, load_mask,
+                                    mask_iou, rewind, save_mask, sparsity_report)
 from compress.lottery.methods import Method
 from compress.lottery.runtime_aware import RuntimeAllocator
 from compress.training.round import RoundPlan, Schedule, train_round
@@ -77,8 +76,7 @@ def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]
     records = []
     for index in range(setup.pruning_rounds + 1):
         round_dir = ctx.run.round_dir(index)
-        done = ctx.dist.broadcast((round_dir / "metrics.json").is_file() and _intact(round_dir)
-                                  if ctx.dist.is_main else None)
+        done = ctx.dist.broadcast(finished_intact(round_dir) if ctx.dist.is_main else None)
         if not done:
             _run_round(index, setup, ctx)
         ctx.dist.barrier()
@@ -194,18 +192,6 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
 def _ranking(distribution: str) -> str:
     """The magnitude ranking an early-bird check compares (runtime allocates a global count)."""
     return "global" if distribution == "runtime" else distribution
-
-
-def _intact(round_dir: Path) -> bool:
-    """A finished round whose checkpoint or mask fails its checks is run again (deterministic)."""
-    try:
-        load_checkpoint(round_dir / "checkpoint.pt")
-        load_mask(round_dir / "mask.pt")
-    except ModelFileError as err:
-        log.warning("%s; %s runs again", err, round_dir.name)
-        (round_dir / "metrics.json").unlink(missing_ok=True)
-        return False
-    return True
 
 
 def _round_record(index: int, round_dir: Path) -> dict[str, Any]:

@@ -51,6 +51,8 @@ def format_profile(data: dict[str, Any]) -> str:
         cells = ("".join(f"{v:>8.2f}" for v in entry["latency_ms"]) if entry["status"] == "ok"
                  else f"  {entry['status']}: {entry.get('reason')}")
         lines.append(f"{name[-48:]:<48}{cells}")
+    flags = data["key"]["flags"]
+    flags = [name for name, has in flags.items() if has] if isinstance(flags, dict) else flags
     lines.append("DeepSparse ms per layer (fastest pass) at each weight sparsity, batch 1 "
-                 f"({data['key']['cores']} cores, {data['key']['cpu']}, {','.join(data['key']['flags'])})")
+                 f"({data['key']['cores']} cores, {data['key']['cpu']}, {','.join(flags)})")
     return "\n".join(lines)

@@ -45,13 +45,17 @@ def pin_cores(cores: int) -> list[int]:
     return chosen
 
 
+def cpu_identity() -> dict[str, Any]:
+    """{"cpu": model name, "flags": {avx2, avx512, vnni: bool}}: what decides the kernels, stable
+    across runs (a cache key for latency profiles)."""
+    model, flags = _cpu_model_and_flags()
+    return {"cpu": model, "flags": {name: any(f in flags for f in names) for name, names in FLAGS.items()}}
+
+
 def machine(cores: int) -> dict[str, Any]:
     """CPU model, vector flags, cores and the load average now (call again after: `finish`)."""
-    model, flags = _cpu_model_and_flags()
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
-    return {"cpu": model, "flags": {name: any(f in flags for f in names)
-                                    for name, names in FLAGS.items()},
-            "logical_cpus": os.cpu_count(), "cores_used": cores,
+    return {**cpu_identity(), "logical_cpus": os.cpu_count(), "cores_used": cores,
             "load_avg_before": [round(x, 2) for x in load],
             "under_load": load[0] > LOAD_PER_CORE_LIMIT * (os.cpu_count() or 1)}
 
