@@ -38,3 +38,16 @@ LIGHT_HEADS = HeadConfig(
     representation_size=256, mask_head_layers=2, mask_head_channels=64,
     keypoint_head_layers=2, keypoint_head_channels=64,
 )
+
+# A lightened tiny Mask R-CNN for the lottery tests that train several rounds in-process.
+TINY_LOTTERY = [
+    "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
+    "data.synthetic.image_size=64", "data.synthetic.train_images=8",
+    "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
+    "lottery.rewind=2it", "train.lr_steps=[6it]", "train.warmup_iters=2",
+    "model.heads.fpn_channels=16", "model.heads.representation_size=32",
+    "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
+    "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
+    "model.heads.rpn_pre_nms_top_n_test=50", "model.heads.rpn_post_nms_top_n_test=20",
+    "model.heads.box_batch_size_per_image=16", "evaluate.max_images=2",
+]

@@ -19,21 +19,11 @@ from compress.run.folder import RunFolder
 from compress.report.controls_section import sec_controls
 from compress.report.page import Section
 from compress.report.run_data import load_run
+from support.recipes import TINY_LOTTERY
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
-TINY = [
-    "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
-    "data.synthetic.image_size=64", "data.synthetic.train_images=8",
-    "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
-    "lottery.rewind=2it", "train.lr_steps=[6it]", "train.warmup_iters=2",
-    "model.heads.fpn_channels=16", "model.heads.representation_size=32",
-    "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
-    "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
-    "model.heads.rpn_pre_nms_top_n_test=50", "model.heads.rpn_post_nms_top_n_test=20",
-    "model.heads.box_batch_size_per_image=16", "evaluate.max_images=2",
-    "lottery.rounds=2", "lottery.controls=[reinit,random_mask,rewind_to_init]",
-    "lottery.control_rounds=[2]",
-]
+TINY = [*TINY_LOTTERY, "lottery.rounds=2", "lottery.controls=[reinit,random_mask,rewind_to_init]",
+        "lottery.control_rounds=[2]"]
 NAMES = ("reinit", "random_mask", "rewind_to_init")
 
 

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 import torch
 
+from support.recipes import TINY_LOTTERY
+
 import compress.lottery.runner as lottery
 import compress.lottery.sparseml_adapter as adapter
 from compress.run import pipeline as pipeline
@@ -25,17 +27,7 @@ from compress.core.seeding import seed_everything
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
 ROUNDS = 3
-TINY = [
-    "model.backbone=tiny", "model.min_size=64", "model.max_size=64",
-    "data.synthetic.image_size=64", "data.synthetic.train_images=8",
-    "data.synthetic.val_images=4", "train.iterations=8", "train.batch_size=2",
-    "lottery.rewind=2it", "train.lr_steps=[6it]", "train.warmup_iters=2",
-    "model.heads.fpn_channels=16", "model.heads.representation_size=32",
-    "model.heads.mask_head_channels=8", "model.heads.box_detections_per_img=10",
-    "model.heads.rpn_pre_nms_top_n_train=100", "model.heads.rpn_post_nms_top_n_train=50",
-    "model.heads.rpn_pre_nms_top_n_test=50", "model.heads.rpn_post_nms_top_n_test=20",
-    "model.heads.box_batch_size_per_image=16", "evaluate.max_images=2",
-]
+TINY = TINY_LOTTERY
 REWIND_IT = 2
 
 
