@@ -8,15 +8,13 @@ the metrics log must equal the reference bit for bit.
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from support.kill_resume import kill_then_resume, log_records
 from support.recipes import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,33 +58,15 @@ def control_epoch_saved(out: Path) -> bool:
         return False
 
 
-def log_records(out: Path) -> list[dict[str, Any]]:
-    lines = (out / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds_per_iter"} for line in lines]
+def control_unfinished(run: Path) -> None:
+    assert not (run / "rounds" / "round_1" / "controls" / "random_mask" / "metrics.json").exists()
 
 
 def test_sigkill_during_a_control_then_resume(tmp_path):
     ref_out, out = tmp_path / "reference", tmp_path / "killed"
     env = subprocess_env()
-    reference = subprocess.Popen(command(ref_out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(command(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while proc.poll() is None and not control_epoch_saved(out):
-            assert time.monotonic() < deadline, "the run never reached the control's second epoch"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before the kill"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert not (out / "rounds" / "round_1" / "controls" / "random_mask" / "metrics.json").exists()
-    resumed = subprocess.run(command(out, resume=True), cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert reference.wait(timeout=TIMEOUT_S) == 0, reference.stderr.read()[-2000:]
+    kill_then_resume(command, out, ref_out, cwd=REPO, env=env, ready=control_epoch_saved,
+                     timeout_s=TIMEOUT_S, after_kill=control_unfinished)
 
     for name in CONTROLS:
         a = ref_out / "rounds" / "round_1" / "controls" / name

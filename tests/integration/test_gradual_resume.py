@@ -4,15 +4,13 @@ must equal an uninterrupted run's bit for bit."""
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from support.kill_resume import kill_then_resume, log_records
 from support.recipes import NO_STAGES, TINY, set_args, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,24 +46,8 @@ def in_second_epoch(out: Path) -> bool:
 def test_gradual_card_kill_mid_pruning_then_resume_is_bit_exact(tmp_path):
     ref_out, out = tmp_path / "reference", tmp_path / "killed"
     env = subprocess_env()
-    reference = subprocess.Popen(command(ref_out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.PIPE, text=True)
-    proc = subprocess.Popen(command(out), cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + TIMEOUT_S
-    try:
-        while proc.poll() is None and not in_second_epoch(out):
-            assert time.monotonic() < deadline, "the run never reached its second epoch"
-            time.sleep(0.005)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL, "the run finished before the kill"
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    resumed = subprocess.run(command(out, resume=True), cwd=REPO, env=env, capture_output=True,
-                             text=True, timeout=TIMEOUT_S)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert reference.wait(timeout=TIMEOUT_S) == 0, reference.stderr.read()[-2000:]
+    kill_then_resume(command, out, ref_out, cwd=REPO, env=env, ready=in_second_epoch,
+                     timeout_s=TIMEOUT_S, poll_s=0.005)
 
     a, b = ref_out / "rounds" / "round_0", out / "rounds" / "round_0"
     x, y = load(a / "checkpoint.pt")["model"], load(b / "checkpoint.pt")["model"]
@@ -75,7 +57,5 @@ def test_gradual_card_kill_mid_pruning_then_resume_is_bit_exact(tmp_path):
     mx, my = load(a / "mask.pt"), load(b / "mask.pt")
     assert all(torch.equal(mx[k], my[k]) for k in mx)
     assert json.loads((a / "metrics.json").read_text()) == json.loads((b / "metrics.json").read_text())
-    strip = lambda p: [{k: v for k, v in json.loads(line).items() if k != "seconds_per_iter"}
-                       for line in p.read_text().splitlines()]
-    assert strip(ref_out / "metrics.jsonl") == strip(out / "metrics.jsonl")
+    assert log_records(ref_out) == log_records(out)
     assert json.loads((a / "metrics.json").read_text())["prunable_sparsity"] > 0.7
