@@ -183,14 +183,41 @@ def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores
     return data
 
 
+def non_increasing(values: Sequence[float]) -> np.ndarray:
+    """The least-squares non-increasing fit of `values` (pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for value in map(float, values):
+        blocks.append([value, 1.0])
+        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
+            mean, weight = blocks.pop()
+            blocks[-1] = [(blocks[-1][0] * blocks[-1][1] + mean * weight) / (blocks[-1][1] + weight),
+                          blocks[-1][1] + weight]
+    return np.concatenate([np.full(int(w), m) for m, w in blocks])
+
+
+def latency_curve(profile: Mapping[str, Any], name: str) -> np.ndarray | None:
+    """A layer's latency at each grid sparsity, as the allocator and the predictions use it: the
+    measured curve made non-increasing, or None for a layer not profiled (or failed).
+
+    One compiled graph per grid point carries noise that the fastest of several runs does not
+    remove (one compilation picks a better tiling than the next: the same layer read 63 ms at 50%
+    and 138 ms at 70% on an idle host). An allocator searching the raw curves chases such dips,
+    and the ticket it chooses is then slower than predicted. The monotone fit pools a rise with its
+    neighbours, so no single grid point can be exploited; a layer whose latency truly rises with
+    sparsity reads as flat there: no time to gain, which is what the allocator should conclude.
+    """
+    entry = profile["layers"].get(name)
+    if entry is None or entry.get("status") != "ok":
+        return None
+    return non_increasing(entry["latency_ms"])
+
+
 def predicted_latency_ms(profile: Mapping[str, Any], sparsities: Mapping[str, float]) -> dict[str, float]:
-    """Per-layer latency at the given sparsities, linear between grid points (a failed layer: 0)."""
+    """Per-layer latency at the given sparsities (`latency_curve`, linear between grid points; a
+    layer not profiled: 0)."""
     grid = np.asarray(profile["grid"], dtype=float)
     out = {}
     for name, sparsity in sparsities.items():
-        entry = profile["layers"].get(name)
-        if entry is None or entry["status"] != "ok":
-            out[name] = 0.0
-            continue
-        out[name] = float(np.interp(sparsity, grid, np.asarray(entry["latency_ms"], dtype=float)))
+        curve = latency_curve(profile, name)
+        out[name] = 0.0 if curve is None else float(np.interp(sparsity, grid, curve))
     return out

@@ -71,7 +71,7 @@ def sec_runtime(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                     "measured DeepSparse ms", "predicted / measured"], rows,
           f"DeepSparse latency of {BACKBONE_GRAPH}: per-layer profile sum at the ticket's spread vs "
           f"the bench stage's p50 ({key.get('cores', '?')} cores, {key.get('image_size', '?')} px, "
-          f"{key.get('cpu', '?')} {','.join(key.get('flags', []))})")
+          f"{key.get('cpu', '?')} {','.join(f for f, on in key.get('flags', {}).items() if on)})")
     section.text.append("The profile sums the layers timed alone; the whole graph adds element-wise "
-                        "work and saves fusion, so compare the ratio across runs rather than 1.0 "
-                        "(benchmarks/bench_runtime_aware.py calibrates it with a dense measurement).")
+                        "work and saves fusion (benchmarks/bench_runtime_aware.py measures how close "
+                        "the sum comes for several spreads of R-50 FPN).")
