@@ -15,7 +15,9 @@ so proposals survive as class-1 detections and NMS, the mask head and mask pasti
 
 Every model is exported (`export.onnx_export.export_full`) and partitioned
 (`export.deploy.build_deployment`, parity with the full graph checked); rows: the full graph on
-ONNX Runtime (dense, 80%, 90%) and the deployment on DeepSparse (dense, 80%, 90%), all on the same
+ONNX Runtime (dense, 80%, 90%), the deployment on DeepSparse (dense, 80%, 90%) and the dense
+deployment with every part on ONNX Runtime (the partition and its torch mask pasting without
+sparsity, so the table separates what the glue gives from what sparsity gives), all on the same
 images and canvas, timed by the shared protocol (warm-up, runners interleaved call by call,
 p50/p90/p99, spread, cores pinned, CPU flags and load recorded). Writes
 benchmarks/results/deploy.json.
@@ -117,9 +119,12 @@ def main() -> None:
 
 
 def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]:
-    """Every model on both engines, all six runners interleaved call by call."""
+    """Every model on both engines, plus the dense deployment with every part on ONNX Runtime
+    (what the partition and its torch mask pasting give without sparsity): seven runners,
+    interleaved call by call."""
     targets = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
                for engine in ("onnxruntime", "deepsparse")}
+    targets[(0.0, "onnxruntime/deployment")] = (models[0.0]["folder"], "onnxruntime", "deployment")
     rows = bench_pipelines(targets, parity_images(args.image_size)[:2], warmup=args.warmup,
                            iterations=args.iterations, cores=args.cores)
     return [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": s,
@@ -128,15 +133,21 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]
 
 
 def ratios(rows: list[dict]) -> dict[str, float | None]:
-    """ORT dense end to end / DeepSparse ticket end to end (p50), per sparsity."""
-    dense = next((r["p50_ms"] for r in rows if r["engine"] == "onnxruntime"
-                  and r["sparsity"] == 0.0 and r["status"] == "ok"), None)
+    """p50 ratios, per sparsity: ORT dense (full graph) / DeepSparse ticket (the end-to-end
+    speed-up), and ORT dense deployment / DeepSparse ticket (the part sparsity and DeepSparse
+    give, with the same partition and mask pasting on both sides)."""
+    def dense(runner: str) -> float | None:
+        return next((r["p50_ms"] for r in rows if r["engine"] == "onnxruntime" and r["sparsity"] == 0.0
+                     and r.get("runner") == runner and r["status"] == "ok"), None)
+    full, deployed = dense("full_graph"), dense("deployment")
     out = {}
     for r in rows:
         if r["engine"] == "deepsparse":
-            ok = dense and r["status"] == "ok"
+            ok = r["status"] == "ok"
             out[f"ort_dense_over_deepsparse_{int(r['sparsity'] * 100)}"] = (
-                dense / r["p50_ms"] if ok else None)
+                full / r["p50_ms"] if ok and full else None)
+            out[f"ort_dense_deployment_over_deepsparse_{int(r['sparsity'] * 100)}"] = (
+                deployed / r["p50_ms"] if ok and deployed else None)
     return out
 
 
@@ -146,7 +157,8 @@ def print_table(rows: list[dict], info: dict) -> None:
     for r in rows:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("parts") or {}).items())
         p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") else "-"
-        print(f"{r['sparsity']:.0%} {r['engine']:<12} {r['status']:<7} p50 {p50} ms  [{parts}]"
+        print(f"{r['sparsity']:.0%} {r['engine']:<12} {r.get('runner', ''):<11} {r['status']:<7} "
+              f"p50 {p50} ms  [{parts}]"
               f"{'  ' + r['reason'] if r.get('reason') else ''}")
     print(ratios(rows))
 

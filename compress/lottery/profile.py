@@ -32,7 +32,7 @@ from tqdm import tqdm
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from evaluate.runtimes.deepsparse import deepsparse_bench_files
-from evaluate.runtimes.protocol import cpu_identity, machine
+from evaluate.runtimes.protocol import cpu_identity, finish, machine
 
 log = logging.getLogger(__name__)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -167,16 +167,19 @@ def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores
         signature = layer_signature(module, shapes[name])
         timed = by_signature.get(signature)
         if timed is None:
+            info = machine(cores)
             timed = time_layer(module, shapes[name], grid, cores, warmup, iterations)
+            data["machine"] = finish(info)
+            timed["other_cpu_cores"] = data["machine"].get("other_cpu_cores")
         entry = {"signature": signature, "input_shape": shapes[name],
-                 "numel": int(module.weight.numel()), **{k: timed[k] for k in
-                                                         ("status", "latency_ms", "reason") if k in timed}}
+                 "numel": int(module.weight.numel()),
+                 **{k: timed[k] for k in ("status", "latency_ms", "reason", "other_cpu_cores")
+                    if k in timed}}
         if entry["status"] == "ok":
             by_signature[signature] = entry
         else:
             log.warning("profile: %s %s (%s)", name, entry["status"], entry.get("reason"))
         data["layers"][name] = entry
-        data["machine"] = machine(cores)
         write_json(path, data)
     if not todo:
         log.info("profile %s reused (%d layers)", path, len(data["layers"]))

@@ -7,7 +7,10 @@ reference). Images go onto the manifest's fixed canvas first (resized with their
 placed top-left, zero-padded), so DeepSparse compiles once; detections are mapped back to the
 image. A part with a padding rule takes a data-dependent count of RoIs along `axis`: the count is
 zero-padded to the smallest compiled bucket that holds it, outputs are cut back to the count, and
-a count of zero skips the part (empty outputs).
+a count of zero skips the part (empty outputs). A part with runtime `torch` is one of torchvision's
+own post-processing functions run eagerly (`TORCH_OPS`): Mask R-CNN's mask pasting, which the
+exported graph carries as an ONNX Loop that ONNX Runtime runs mask by mask, ten times slower; its
+ONNX file stays in the folder as the reference the export parity checks it against.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
 
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
@@ -99,6 +103,21 @@ def on_canvas(detector: Any, height: int, width: int) -> Any:
     return predict
 
 
+def paste_masks(logits: np.ndarray, labels: np.ndarray, boxes: np.ndarray, *, height: int,
+                width: int) -> list[np.ndarray]:
+    """Mask R-CNN's mask post-processing, as torchvision runs it: the predicted class's mask
+    logits (N x C x M x M) through a sigmoid, pasted into their boxes on a height x width image."""
+    if len(boxes) == 0:
+        return [np.zeros((0, 1, height, width), dtype=np.float32)]
+    probs = maskrcnn_inference(torch.from_numpy(np.asarray(logits)),
+                               [torch.from_numpy(np.asarray(labels)).long()])[0]
+    pasted = paste_masks_in_image(probs, torch.from_numpy(np.asarray(boxes)), (height, width))
+    return [pasted.numpy()]
+
+
+TORCH_OPS = {"paste_masks": paste_masks}
+
+
 def _bucket(part: dict[str, Any], count: int) -> int:
     sizes = [c["inputs"][0][part["padding"]["axis"]] for c in part["compiled"]]
     fitting = [i for i, size in enumerate(sizes) if size >= count]
@@ -129,7 +148,8 @@ class DeployedDetector:
         self.server: DeepSparseServer | None = None
         self.sessions = {p["name"]: ort_session(self.folder / p["file"], threads=self.threads,
                                                 spinning=False)
-                         for p in self.parts if not self._on_deepsparse(p)}
+                         for p in self.parts
+                         if not self._on_deepsparse(p) and p["runtime"] != "torch"}
         if any(self._on_deepsparse(p) for p in self.parts):
             self.server = DeepSparseServer(self._specs(), num_cores=self.threads,
                                            compile_timeout_s=compile_timeout_s,
@@ -175,6 +195,9 @@ class DeployedDetector:
         if padding and count == 0:
             shapes = part["compiled"][0]["outputs"]
             return [np.zeros((0, *shape[1:]), dtype=np.float32) for shape in shapes]
+        if part["runtime"] == "torch":
+            canvas = self.manifest["canvas"]
+            return TORCH_OPS[part["op"]](*inputs, height=canvas["height"], width=canvas["width"])
         if not self._on_deepsparse(part):
             session = self.sessions[part["name"]]
             return session.run(part["outputs"], dict(zip(part["inputs"], inputs)))

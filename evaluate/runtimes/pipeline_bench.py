@@ -25,9 +25,9 @@ def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "parts": {}, **fields}
 
 
-def _detector(export_dir: Path, engine: str, cores: int) -> Any:
+def _detector(export_dir: Path, engine: str, cores: int, runner: str) -> Any:
     manifest = read_manifest(export_dir)
-    if engine == "onnxruntime":
+    if runner == "full_graph":
         full = Path(manifest["folder"]).parent / manifest["source"]
         canvas = manifest["canvas"]
         return on_canvas(OnnxDetector(full, threads=cores, spinning=False),
@@ -35,19 +35,30 @@ def _detector(export_dir: Path, engine: str, cores: int) -> Any:
     return DeployedDetector(export_dir, engine=engine, threads=cores)
 
 
-def bench_pipelines(targets: Mapping[str, tuple[str | os.PathLike, str]],
+def _runner(target: tuple) -> str:
+    """A target is (folder, engine) or (folder, engine, runner); onnxruntime runs the full graph
+    unless the runner says "deployment" (the partitioned runner with every part on ORT)."""
+    if len(target) > 2:
+        return target[2]
+    return "full_graph" if target[1] == "onnxruntime" else "deployment"
+
+
+def bench_pipelines(targets: Mapping[str, tuple],
                     images: Sequence[torch.Tensor], *, warmup: int = 2, iterations: int = 10,
                     repeats: int = 1, cores: int | None = None) -> dict[str, dict[str, Any]]:
-    """A row per target label -> (export folder, engine), every target interleaved call by call.
+    """A row per target label -> (export folder, engine[, runner]), every target interleaved call
+    by call.
 
     onnxruntime runs the exported full graph, deepsparse the deployment (DeepSparse parts in its
-    child, glue on ONNX Runtime), both on the same canvas. A crash or timeout is a failed row.
+    child, glue on ONNX Runtime), both on the same canvas; (folder, "onnxruntime", "deployment")
+    runs the deployment with every part on ONNX Runtime. Each row names its `runner`. A crash or
+    timeout is a failed row.
     """
     cores = cores or physical_cores()
     runners, failures, opened = {}, {}, {}
-    for label, (folder, engine) in targets.items():
+    for label, (folder, engine, *_) in targets.items():
         try:
-            detector = _detector(Path(folder), engine, cores)
+            detector = _detector(Path(folder), engine, cores, _runner(targets[label]))
         except DeepSparseFailed as err:
             failures[label] = str(err)
             continue
@@ -68,16 +79,18 @@ def bench_pipelines(targets: Mapping[str, tuple[str | os.PathLike, str]],
         for detector in opened.values():
             detector.close()
     rows = {}
-    for label, (_, engine) in targets.items():
+    for label, (_, engine, *_) in targets.items():
         reason = failures.get(label) or errors.get(label)
         if reason or not latencies.get(label):
-            rows[label] = _row(engine, "failed", cores, reason=reason or "no timed call")
+            rows[label] = _row(engine, "failed", cores, runner=_runner(targets[label]),
+                               reason=reason or "no timed call")
             continue
         summary = stats(latencies[label])
         breakdown = ({p: float(np.median(v)) for p, v in parts[label].items()} if label in opened
                      else {"full_graph": summary["p50_ms"]})
         compiled = opened[label].supported_op_fraction if label in opened else {}
         rows[label] = _row(engine, "ok", cores, **summary, parts=breakdown,
+                           runner=_runner(targets[label]),
                            items_per_s=1000.0 / summary["mean_ms"],
                            supported_op_fraction=min((c["supported_op_fraction"]
                                                       for c in compiled.values()), default=None),

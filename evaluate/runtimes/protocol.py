@@ -3,8 +3,9 @@
 Warm-up calls first; then the runners (engines, models) take turns call by call (A B A B ...,
 never A A A B B B), so a change in machine load hits every runner alike; several repeats; p50 /
 p90 / p99 and the spread per runner; threads pinned to the cores given. `machine()` records the
-CPU model, its vector flags (AVX2 / AVX-512 / VNNI), the cores, and the load average before and
-after; a table measured while the machine was busy carries `under_load: true`. Machines differ:
+CPU model, its vector flags (AVX2 / AVX-512 / VNNI), the cores, the load average before and
+after, and (`finish`) the CPU other processes took while the benchmark ran; a table measured
+while the machine was busy carries `under_load: true`. Machines differ:
 compare ratios from one run, never absolute times across runs.
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 LOAD_PER_CORE_LIMIT = 0.25  # 1-minute load average per core above which a figure is flagged
+OTHER_WORK_LIMIT = 0.1  # cores of other work, averaged over the run, above which it is flagged
 FLAGS = {"avx2": ("avx2",), "avx512": ("avx512f",), "vnni": ("avx512_vnni", "avx512vnni", "avx_vnni")}
 
 
@@ -52,19 +54,47 @@ def cpu_identity() -> dict[str, Any]:
     return {"cpu": model, "flags": {name: any(f in flags for f in names) for name, names in FLAGS.items()}}
 
 
+def _busy_cpu_s() -> float | None:
+    """CPU seconds the whole machine has spent busy since boot (/proc/stat), or None."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as handle:
+            fields = [int(v) for v in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    # user nice system idle iowait irq softirq steal ...: busy = all but idle and iowait
+    return (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_s() -> float:
+    """CPU seconds of this process and its finished children."""
+    times = os.times()
+    return times.user + times.system + times.children_user + times.children_system
+
+
 def machine(cores: int) -> dict[str, Any]:
-    """CPU model, vector flags, cores and the load average now (call again after: `finish`)."""
+    """CPU model, vector flags, cores and the load average now; `finish` adds what other work
+    ran while the benchmark did."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     return {**cpu_identity(), "logical_cpus": os.cpu_count(), "cores_used": cores,
             "load_avg_before": [round(x, 2) for x in load],
-            "under_load": load[0] > LOAD_PER_CORE_LIMIT * (os.cpu_count() or 1)}
+            "under_load": load[0] > LOAD_PER_CORE_LIMIT * (os.cpu_count() or 1),
+            "_clock": [time.monotonic(), _busy_cpu_s(), _own_cpu_s()]}
 
 
 def finish(info: dict[str, Any]) -> dict[str, Any]:
-    """Add the load average after the run; flag the table if the machine was busy at any end.
-    (The benchmark's own work counts in the after figure, so only the before figure flags.)"""
+    """Add the load average after the run and the CPU other work took meanwhile
+    (`other_cpu_cores`: the machine's busy CPU time minus this process tree's, over the wall
+    time); that share decides `under_load` (more than OTHER_WORK_LIMIT of a core). Without
+    /proc/stat the load average before the run decides, as `machine` set it."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     info["load_avg_after"] = [round(x, 2) for x in load]
+    start, busy, own = info.pop("_clock", [None, None, None])
+    now = _busy_cpu_s()
+    if start is not None and busy is not None and now is not None:
+        wall = max(time.monotonic() - start, 1e-9)
+        other = max(0.0, (now - busy) - (_own_cpu_s() - own)) / wall
+        info["other_cpu_cores"] = round(other, 3)
+        info["under_load"] = other > OTHER_WORK_LIMIT
     return info
 
 

@@ -4,8 +4,9 @@ Each part of `partition.partition` becomes `NN_<name>.onnx`. Heavy parts (backbo
 head convs, box head, mask / keypoint head) are marked `deepsparse` with the shapes they are
 compiled at: the backbone at the canvas's feature shapes, the box head at the RPN's post-NMS
 proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
-detections per image. The manifest records, per part: file, runtime, inputs, outputs, compiled
-shapes and the padding rule. Parity: the partition, every part on ONNX Runtime, against the full
+detections per image. Mask R-CNN's mask pasting runs in torch (`runtime: torch`, see
+`evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
+compiled shapes and the padding rule. Parity: the partition, every part on ONNX Runtime, against the full
 graph on ONNX Runtime on the same canvas images (detections, boxes, masks, keypoints).
 """
 from __future__ import annotations
@@ -58,6 +59,18 @@ def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> li
     return entries
 
 
+def _paste_in_torch(entries: list[dict[str, Any]], outputs: Sequence[str]) -> None:
+    """Mask R-CNN: the last part (sigmoid, class gather and the ONNX Loop that pastes masks one by
+    one) runs as torchvision's own `paste_masks` instead, in place; its file stays as the
+    reference. Any other shape of graph is left as it is."""
+    heads = [e for e in entries if e["name"] == "mask_head"]
+    last = entries[-1]
+    if (heads and len(heads[0]["outputs"]) == 1 and last["runtime"] == "onnxruntime"
+            and last["outputs"] == ["masks"] and {"boxes", "labels"} <= set(outputs)):
+        last.update(name="paste_masks", runtime="torch", op="paste_masks",
+                    inputs=[heads[0]["outputs"][0], "labels", "boxes"])
+
+
 def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
                   folder: Path, roi_count: int, max_detections: int) -> None:
     """Fill in each DeepSparse part's compiled shapes (buckets) and padding rule, in place."""
@@ -104,6 +117,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
         write_json(out_dir / MANIFEST, manifest)
         return manifest
     entries = _write_parts(model, parts, out_dir)
+    _paste_in_torch(entries, base["outputs"])
     write_json(out_dir / MANIFEST, {**base, "status": "draft", "parts": entries})
     canvases = [to_canvas(image, canvas_size, canvas_size)[0] for image in images]
     with DeployedDetector(out_dir, engine="onnxruntime") as reference:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from evaluate.runtimes import protocol
-from evaluate.runtimes.protocol import interleaved, machine, stats
+from evaluate.runtimes.protocol import finish, interleaved, machine, stats
 
 
 def test_runners_take_turns_after_their_warmup():
@@ -43,3 +43,21 @@ def test_machine_records_flags_and_flags_load(monkeypatch):
     assert info["under_load"] is True and info["load_avg_before"] == [8.0, 4.0, 2.0]
     monkeypatch.setattr(protocol.os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     assert machine(2)["under_load"] is False
+
+
+def test_finish_flags_other_work_by_cpu_time(monkeypatch):
+    """Other processes' CPU time during the run (machine busy time minus this process tree's)
+    flags the table; the benchmark's own work does not."""
+    busy = iter([100.0, 101.0])  # the machine: 1 CPU second busy during the run
+    own = iter([5.0, 5.95])  # of which this process: 0.95 s
+    clock = iter([0.0, 1.0])
+    monkeypatch.setattr(protocol, "_busy_cpu_s", lambda: next(busy))
+    monkeypatch.setattr(protocol, "_own_cpu_s", lambda: next(own))
+    monkeypatch.setattr(protocol.time, "monotonic", lambda: next(clock))
+    monkeypatch.setattr(protocol.os, "getloadavg", lambda: (3.0, 3.0, 3.0))  # stale: not used
+    info = finish(machine(2))
+    assert info["other_cpu_cores"] == pytest.approx(0.05) and info["under_load"] is False
+    assert "_clock" not in info
+    busy, own, clock = iter([100.0, 102.0]), iter([5.0, 5.5]), iter([0.0, 1.0])
+    info = finish(machine(2))
+    assert info["other_cpu_cores"] == pytest.approx(1.5) and info["under_load"] is True

@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from compress.core.errors import ModelFileError
 from compress.stages.evaluate import deployment_parity
+from evaluate.runtimes.ort import ort_session
 from evaluate.runtimes.parity import summarize
 from evaluate.runtimes.pipeline import DeployedDetector, from_canvas, read_manifest, to_canvas
 from export.deploy.build import build_deployment
@@ -43,7 +44,8 @@ def test_manifest_describes_every_part(deployed):
                                  "placement": on_disk["canvas"]["placement"]}
     for part in on_disk["parts"]:
         assert (folder / "deploy" / part["file"]).is_file()
-        assert part["inputs"] and part["outputs"] and part["runtime"] in ("onnxruntime", "deepsparse")
+        assert part["inputs"] and part["outputs"]
+        assert part["runtime"] in ("onnxruntime", "deepsparse", "torch")
         if part["runtime"] == "deepsparse":
             model = onnx.load(str(folder / "deploy" / part["file"]))
             scopes = HEAVY_GROUPS[part["name"]]
@@ -51,6 +53,31 @@ def test_manifest_describes_every_part(deployed):
                        for n in model.graph.node)
             assert part["compiled"] and all(c["inputs"] and c["outputs"] for c in part["compiled"])
             assert (part["padding"] is None) == (part["name"] == "backbone")
+
+
+def test_mask_pasting_runs_in_torch_and_matches_the_graph(deployed):
+    """Mask R-CNN's last part (the graph's ONNX Loop pasting masks) runs as torchvision's paste;
+    its mask probabilities equal the full graph's on ONNX Runtime, pixel by pixel."""
+    arch, folder, manifest = deployed
+    last = manifest["parts"][-1]
+    if arch != "maskrcnn":
+        assert all(part["runtime"] != "torch" for part in manifest["parts"])
+        return
+    assert last["runtime"] == "torch" and last["op"] == "paste_masks"
+    assert (folder / "deploy" / last["file"]).is_file()  # the ONNX reference stays beside it
+    full = ort_session(folder / "model.onnx")
+    names = [o.name for o in full.get_outputs()]
+    compared = 0
+    with DeployedDetector(folder, engine="onnxruntime") as detector:
+        for image in images():
+            canvas = to_canvas(image, 64, 64)[0]
+            ref = dict(zip(names, full.run(None, {full.get_inputs()[0].name: canvas})))
+            got = detector.run_canvas(canvas)
+            assert got["masks"].shape == ref["masks"].shape
+            compared += len(ref["masks"])
+            if len(ref["masks"]):
+                assert np.abs(got["masks"] - ref["masks"]).max() < 1e-5
+    assert compared > 0
 
 
 def test_runner_maps_back_to_the_image(deployed):
