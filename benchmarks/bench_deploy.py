@@ -8,7 +8,10 @@ head convs and deconv; not the final predictors, shortcuts, biases or norms), di
 `--distribution`: layerwise by default (each prunable tensor loses the same fraction, by |w|).
 On random weights a global |w| ranking is decided by the init scale, not by training: at 80% it
 prunes fc6/fc7 (fan-in 12544 / 1024, the smallest init) to 100% and the RPN conv to 99.9%, a
-ticket no training would give; `--distribution global` runs it anyway. Random weights give
+ticket no training would give; `--distribution global` runs it anyway. `--distribution runtime`
+takes the per-layer counts from the runtime-aware allocator (`compress.lottery.allocator`, its
+accuracy guard at the default mass bound) over the DeepSparse latency profile of the prunable
+layers at this image size (built first, or reused from the profile cache). Random weights give
 every class the same score (~1/91, under torchvision's 0.05 threshold, so nothing would be
 detected and the mask head would never run): the class-1 bias of the box predictor is set to +5,
 so proposals survive as class-1 detections and NMS, the mask head and mask pasting do real work.
@@ -37,7 +40,10 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
-from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune  # noqa: E402
+from compress.lottery.allocator import allocate, layer_curves  # noqa: E402
+from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune, prune_to_counts  # noqa: E402
+from compress.lottery.profile import (build_profile, default_profile_path,  # noqa: E402
+                                      layer_input_shapes, profile_key)
 from compress.models.prunable import default_prunable  # noqa: E402
 from compress.stages.export import parity_images  # noqa: E402
 from evaluate.runtimes.pipeline_bench import bench_pipelines  # noqa: E402
@@ -58,13 +64,31 @@ def make_model(size: int) -> torch.nn.Module:
     return model
 
 
-def prune(model: torch.nn.Module, sparsity: float, distribution: str) -> dict[str, float]:
-    """Zero `sparsity` of the prunable weights by magnitude; achieved sparsity per part."""
+def runtime_profile(model: torch.nn.Module, size: int, cores: int) -> dict:
+    """The DeepSparse latency profile of the prunable layers (cached like a run's profile)."""
+    names = default_prunable(model)
+    shapes = layer_input_shapes(model, names, size)
+    path = default_profile_path(profile_key(model, names, shapes, "maskrcnn", "resnet50", size, cores))
+    print(f"profile {path}", flush=True)
+    return build_profile(model, names, size, cores, path, arch="maskrcnn", backbone="resnet50",
+                         progress=sys.stderr.isatty())
+
+
+def prune(model: torch.nn.Module, sparsity: float, distribution: str,
+          profile: dict | None = None) -> dict[str, float]:
+    """Zero `sparsity` of the prunable weights by magnitude (per layer: the allocator's counts
+    for `runtime`); achieved sparsity per part."""
     names = default_prunable(model)
     if sparsity > 0:
         params = dict(model.named_parameters())
-        mask = magnitude_prune({n: params[n] for n in names}, dense_mask(model, names), sparsity,
-                               distribution)
+        weights = {n: params[n].detach() for n in names}
+        dense = dense_mask(model, names)
+        if distribution == "runtime":
+            total = round(sparsity * sum(w.numel() for w in weights.values()))
+            mask = prune_to_counts(weights, dense, allocate(layer_curves(weights, dense, profile),
+                                                            total).zeros)
+        else:
+            mask = magnitude_prune(weights, dense, sparsity, distribution)
         apply_mask(model, mask)
     params = dict(model.named_parameters())
     groups: dict[str, list[int]] = {}
@@ -76,13 +100,14 @@ def prune(model: torch.nn.Module, sparsity: float, distribution: str) -> dict[st
     return {"overall": overall, **{g: z / t for g, (z, t) in groups.items()}}
 
 
-def export_all(size: int, distribution: str, folder: Path) -> dict[float, dict]:
+def export_all(size: int, distribution: str, folder: Path, cores: int) -> dict[float, dict]:
     base = make_model(size)
     images = parity_images(size)[:2]
+    profile = runtime_profile(base, size, cores) if distribution == "runtime" else None
     out = {}
     for sparsity in SPARSITIES:
         model = copy.deepcopy(base)
-        achieved = prune(model, sparsity, distribution)
+        achieved = prune(model, sparsity, distribution, profile)
         target = folder / f"s{int(sparsity * 100)}"
         export_full(model, target / "model.onnx", image_size=size, opset=17)
         manifest = build_deployment(target / "model.onnx", target / "deploy", canvas_size=size,
@@ -102,14 +127,15 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--cores", type=int, default=2)
-    parser.add_argument("--distribution", choices=("global", "layerwise"), default="layerwise")
+    parser.add_argument("--distribution", choices=("global", "layerwise", "runtime"),
+                        default="layerwise")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     pin_cores(args.cores)
     torch.set_num_threads(args.cores)
     info = machine(args.cores)
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
-        models = export_all(args.image_size, args.distribution, Path(tmp))
+        models = export_all(args.image_size, args.distribution, Path(tmp), args.cores)
         rows = bench_all(models, args)
     write_json(args.out, {"machine": finish(info), "distribution": args.distribution,
                           "iterations": args.iterations, "warmup": args.warmup,

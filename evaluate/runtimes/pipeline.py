@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torchvision.models.detection.roi_heads import maskrcnn_inference, paste_masks_in_image
+from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, maskrcnn_inference
 
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
@@ -120,8 +120,27 @@ def paste_masks(logits: np.ndarray, labels: np.ndarray, boxes: np.ndarray, *, he
         return [np.zeros((0, 1, height, width), dtype=np.float32)]
     probs = maskrcnn_inference(torch.from_numpy(np.asarray(logits)),
                                [torch.from_numpy(np.asarray(labels)).long()])[0]
-    pasted = paste_masks_in_image(probs, torch.from_numpy(np.asarray(boxes)), (height, width))
-    return [pasted.numpy()]
+    return [paste_into_image(probs, torch.from_numpy(np.asarray(boxes)), height, width).numpy()]
+
+
+def paste_into_image(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                     padding: int = 1) -> torch.Tensor:
+    """torchvision's `paste_masks_in_image`, value for value, into one preallocated N x 1 x H x W
+    tensor: torchvision builds a full image per mask and stacks them (two passes over N x H x W,
+    half the time at 800 px). Same steps: masks padded and boxes scaled by `expand_masks` /
+    `expand_boxes`, each mask resized (bilinear) to its integer box and cut to the image."""
+    masks, scale = expand_masks(masks, padding=padding)
+    corners = expand_boxes(boxes, scale).to(dtype=torch.int64).tolist()
+    out = torch.zeros((len(corners), 1, height, width), dtype=masks.dtype)
+    for index, (bx0, by0, bx1, by1) in enumerate(corners):
+        x0, x1, y0, y1 = max(bx0, 0), min(bx1 + 1, width), max(by0, 0), min(by1 + 1, height)
+        if x0 >= x1 or y0 >= y1:
+            continue
+        size = (max(by1 - by0 + 1, 1), max(bx1 - bx0 + 1, 1))
+        resized = torch.nn.functional.interpolate(masks[index:index + 1], size=size, mode="bilinear",
+                                                  align_corners=False)[0, 0]
+        out[index, 0, y0:y1, x0:x1] = resized[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0]
+    return out
 
 
 TORCH_OPS = {"paste_masks": paste_masks}

@@ -80,6 +80,28 @@ def test_mask_pasting_runs_in_torch_and_matches_the_graph(deployed):
     assert compared > 0
 
 
+def test_paste_into_image_equals_torchvision_paste():
+    """Bit for bit, on boxes as the detector gives them (clipped to the image), at the edges, and
+    degenerate ones."""
+    from torchvision.models.detection.roi_heads import paste_masks_in_image
+    from torchvision.ops import clip_boxes_to_image
+
+    from evaluate.runtimes.pipeline import paste_into_image
+
+    generator = torch.Generator().manual_seed(3)
+    for height, width in ((96, 128), (128, 64)):
+        corner = torch.rand(60, 2, generator=generator) * 140 - 20
+        boxes = torch.cat([corner, corner + torch.rand(60, 2, generator=generator) * 90], dim=1)
+        boxes = clip_boxes_to_image(boxes, (height, width))
+        boxes[0] = torch.tensor([10.0, 10.0, 10.0, 10.0])  # a point
+        boxes[1] = torch.tensor([0.0, 0.0, width, height])  # the whole image
+        boxes[2] = torch.tensor([width - 1.0, height - 1.0, width, height])  # the far corner
+        masks = torch.rand(60, 1, 28, 28, generator=generator)
+        expected = paste_masks_in_image(masks, boxes, (height, width))
+        assert torch.equal(paste_into_image(masks, boxes, height, width), expected)
+    assert paste_into_image(masks[:0], boxes[:0], 32, 32).shape == (0, 1, 32, 32)
+
+
 def test_runner_maps_back_to_the_image(deployed):
     """A 40x80 image goes onto the 64x64 canvas at scale 0.8; boxes come back in image pixels."""
     _, folder, _ = deployed
