@@ -42,8 +42,12 @@ FORMAT = 1
 def layer_input_shapes(model: nn.Module, names: Sequence[str], image_size: int) -> dict[str, list[int]]:
     """Input shape of each `names` weight's module while `model` (eval) runs one square image.
 
-    A detector takes a list of 3 x H x W images; other models a 1 x 3 x H x W batch. A head that
-    saw no RoI (random weights keep no detection) gets a batch of 1: latency per RoI.
+    A detector takes a list of 3 x H x W images; other models a 1 x 3 x H x W batch. An R-CNN's
+    heads take the RoI counts the deployment compiles them at, fixed by the model's settings and
+    not by what its current weights detect (so `compress profile` on a fresh model and a run on
+    its trained one key the same profile): the box head the RPN's post-NMS proposal count, the
+    mask and keypoint heads the detections per image. Any other layer that saw no input row gets
+    a batch of 1.
     """
     modules = dict(model.named_modules())
     shapes: dict[str, list[int]] = {}
@@ -64,12 +68,25 @@ def layer_input_shapes(model: nn.Module, names: Sequence[str], image_size: int) 
         for handle in handles:
             handle.remove()
         model.train(was_training)
+    rois = _head_rois(model)
     for name in names:
         shape = shapes.get(name)
         if shape is None:
             raise UserError(f"layer {name} did not run on a {image_size} px image; cannot profile it")
-        shapes[name] = [max(1, shape[0])] + shape[1:]
+        head = next((count for prefix, count in rois.items() if name.startswith(prefix)), None)
+        shapes[name] = [head or max(1, shape[0])] + shape[1:]
     return shapes
+
+
+def _head_rois(model: nn.Module) -> dict[str, int]:
+    """Module-name prefix -> the RoI count an R-CNN head is deployed at (none for other models)."""
+    heads, rpn = getattr(model, "roi_heads", None), getattr(model, "rpn", None)
+    if heads is None or rpn is None:
+        return {}
+    proposals, detections = int(rpn._post_nms_top_n["testing"]), int(heads.detections_per_img)
+    return {"roi_heads.box_head.": proposals, **{f"roi_heads.{part}.": detections for part in
+                                                 ("mask_head", "mask_predictor", "keypoint_head",
+                                                  "keypoint_predictor")}}
 
 
 def layer_signature(module: nn.Module, shape: Sequence[int]) -> str:

@@ -320,3 +320,28 @@ def test_allocator_matches_exhaustive_search_on_convex_curves():
         for a in range(0, curves[0].zeros_max + 1) for b in range(0, curves[1].zeros_max + 1)
         if 0 <= total - a - b <= curves[2].zeros_max)
     assert got.predicted_ms == pytest.approx(best, abs=0.02)
+
+
+def test_head_shapes_follow_the_model_settings_not_its_detections():
+    """`compress profile` (a fresh 91-class model) and a run (its trained few-class model) must key
+    the same profile: the heads take the deployment's RoI counts, whatever the weights detect."""
+    from compress.lottery.profile import layer_input_shapes, profile_key
+    from compress.models.build import build_model
+    from compress.models.prunable import select_prunable
+
+    keys, shapes = [], []
+    for seed, classes, thresh in ((0, 91, 0.05), (1, 3, 0.0)):
+        torch.manual_seed(seed)
+        model = build_model("maskrcnn", "tiny", classes, min_size=64, max_size=64).eval()
+        model.roi_heads.score_thresh = thresh  # none detected vs every proposal kept
+        names = select_prunable(model, scope="all")
+        found = layer_input_shapes(model, names, 64)
+        shapes.append(found)
+        keys.append(profile_key(model, names, found, "maskrcnn", "tiny", 64, 2))
+    assert keys[0] == keys[1]
+    found, model = shapes[1], model
+    for name, shape in found.items():
+        if name.startswith("roi_heads.box_head."):
+            assert shape[0] == model.rpn._post_nms_top_n["testing"]
+        elif name.startswith(("roi_heads.mask_head.", "roi_heads.mask_predictor.")):
+            assert shape[0] == model.roi_heads.detections_per_img
