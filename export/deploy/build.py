@@ -6,8 +6,9 @@ compiled at: the backbone at the canvas's feature shapes, the box head at the RP
 proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
 detections per image. Mask R-CNN's mask pasting runs in torch (`runtime: torch`, see
 `evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
-compiled shapes and the padding rule. Parity: the partition, every part on ONNX Runtime, against the full
-graph on ONNX Runtime on the same canvas images (detections, boxes, masks, keypoints).
+compiled shapes and the padding rule. Parity: the partition, every part on ONNX Runtime (the
+pasting in torch), against the full graph on ONNX Runtime on the same canvas images
+(detections, boxes, masks, keypoints).
 """
 from __future__ import annotations
 
