@@ -74,6 +74,7 @@ class Allocation:
     mass_removed: float
     mass_global: float  # least mass the same count can remove (global magnitude under the caps)
     lam: float
+    global_predicted_ms: float  # predicted latency of that global magnitude allocation
 
     def sparsity(self, numel: Mapping[str, int]) -> dict[str, float]:
         return {n: z / numel[n] for n, z in self.zeros.items()}
@@ -81,6 +82,7 @@ class Allocation:
     def record(self) -> dict[str, Any]:
         return {"predicted_ms": self.predicted_ms, "mass_removed": self.mass_removed,
                 "mass_global": self.mass_global, "lam": self.lam,
+                "global_predicted_ms": self.global_predicted_ms,
                 "mass_ratio": self.mass_removed / self.mass_global if self.mass_global else 1.0}
 
 
@@ -180,18 +182,23 @@ def allocate(curves: Sequence[LayerCurve], total_zeros: int, mass_bound: float =
         cands = c.candidates()
         cum = np.concatenate([[0.0], np.cumsum(c.kept_sorted)])
         tables.append((cands, c.latency(cands), cum[cands]))
-    least = _settle(curves, np.zeros(len(curves), dtype=np.int64), target)
-    mass_global = _mass(curves, least)
+    reference = global_allocation(curves, total_zeros)
+    mass_global = reference.mass_removed
     scale = max(sum(float(t[1].max()) for t in tables), 1e-9) / max(mass_global, 1e-12)
-    chosen, chosen_lam = least, float("inf")
     for lam in scale * np.logspace(-4, 4, 25):  # a small lam still breaks latency ties by mass
         picks = _solve(tables, lam, target)
-        if _mass(curves, picks) <= (1.0 + mass_bound) * mass_global + 1e-12:
-            chosen, chosen_lam = picks, lam
-            break
-    zeros = {c.name: c.zeros_now + int(k) for c, k in zip(curves, chosen)}
-    predicted = float(sum(c.latency(np.asarray([k]))[0] for c, k in zip(curves, chosen)))
-    return Allocation(zeros, predicted, _mass(curves, chosen), mass_global, chosen_lam)
+        mass = _mass(curves, picks)
+        if mass <= (1.0 + mass_bound) * mass_global + 1e-12:
+            return _allocation(curves, picks, mass, mass_global, lam, reference.predicted_ms)
+    return reference
+
+
+def _allocation(curves: Sequence[LayerCurve], picks: np.ndarray, mass: float, mass_global: float,
+                lam: float, global_predicted_ms: float | None = None) -> Allocation:
+    predicted = float(sum(c.latency(np.asarray([k]))[0] for c, k in zip(curves, picks)))
+    return Allocation({c.name: c.zeros_now + int(k) for c, k in zip(curves, picks)}, predicted,
+                      mass, mass_global, lam,
+                      predicted if global_predicted_ms is None else global_predicted_ms)
 
 
 def global_allocation(curves: Sequence[LayerCurve], total_zeros: int) -> Allocation:
@@ -199,6 +206,4 @@ def global_allocation(curves: Sequence[LayerCurve], total_zeros: int) -> Allocat
     target = total_zeros - sum(c.zeros_now for c in curves)
     picks = _settle(curves, np.zeros(len(curves), dtype=np.int64), target)
     mass = _mass(curves, picks)
-    predicted = float(sum(c.latency(np.asarray([k]))[0] for c, k in zip(curves, picks)))
-    return Allocation({c.name: c.zeros_now + int(k) for c, k in zip(curves, picks)},
-                      predicted, mass, mass, float("inf"))
+    return _allocation(curves, picks, mass, mass, float("inf"))

@@ -26,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
+from scipy.optimize import isotonic_regression
 from torch import nn
 from tqdm import tqdm
 
@@ -204,15 +205,8 @@ def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores
 
 
 def non_increasing(values: Sequence[float]) -> np.ndarray:
-    """The least-squares non-increasing fit of `values` (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, weight]
-    for value in map(float, values):
-        blocks.append([value, 1.0])
-        while len(blocks) > 1 and blocks[-2][0] < blocks[-1][0]:
-            mean, weight = blocks.pop()
-            blocks[-1] = [(blocks[-1][0] * blocks[-1][1] + mean * weight) / (blocks[-1][1] + weight),
-                          blocks[-1][1] + weight]
-    return np.concatenate([np.full(int(w), m) for m, w in blocks])
+    """The least-squares non-increasing fit of `values` (SciPy's pool-adjacent-violators)."""
+    return np.asarray(isotonic_regression(np.asarray(values, dtype=float), increasing=False).x)
 
 
 def latency_curve(profile: Mapping[str, Any], name: str) -> np.ndarray | None:

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 from torch import Tensor, nn
 
 from compress.core.atomic import write_json
-from compress.lottery.allocator import allocate, global_allocation, layer_curves
+from compress.lottery.allocator import allocate, layer_curves
 from compress.lottery.profile import build_profile, default_profile_path, layer_input_shapes, profile_key
 
 log = logging.getLogger(__name__)
@@ -39,13 +39,12 @@ class RuntimeAllocator:
         curves = layer_curves({n: state[n] for n in mask}, mask, self.profile,
                               self.max_layer_sparsity, self.stem_max_sparsity)
         chosen = allocate(curves, total, self.mass_bound)
-        reference = global_allocation(curves, total)
         self.last_record = {"runtime_predicted_ms": chosen.predicted_ms,
-                            "global_predicted_ms": reference.predicted_ms,
+                            "global_predicted_ms": chosen.global_predicted_ms,
                             "runtime_mass_ratio": chosen.record()["mass_ratio"]}
         log.info("runtime-aware allocation: predicted %.1f ms (global magnitude %.1f ms), "
                  "magnitude mass removed %.2fx global's", chosen.predicted_ms,
-                 reference.predicted_ms, self.last_record["runtime_mass_ratio"])
+                 chosen.global_predicted_ms, self.last_record["runtime_mass_ratio"])
         return chosen.zeros
 
 

@@ -55,10 +55,11 @@ def bench_pipelines(targets: Mapping[str, tuple],
     timeout is a failed row.
     """
     cores = cores or physical_cores()
+    plans = {label: (Path(t[0]), t[1], _runner(t)) for label, t in targets.items()}
     runners, failures, opened = {}, {}, {}
-    for label, (folder, engine, *_) in targets.items():
+    for label, (folder, engine, runner) in plans.items():
         try:
-            detector = _detector(Path(folder), engine, cores, _runner(targets[label]))
+            detector = _detector(folder, engine, cores, runner)
         except DeepSparseFailed as err:
             failures[label] = str(err)
             continue
@@ -79,10 +80,10 @@ def bench_pipelines(targets: Mapping[str, tuple],
         for detector in opened.values():
             detector.close()
     rows = {}
-    for label, (_, engine, *_) in targets.items():
+    for label, (_, engine, runner) in plans.items():
         reason = failures.get(label) or errors.get(label)
         if reason or not latencies.get(label):
-            rows[label] = _row(engine, "failed", cores, runner=_runner(targets[label]),
+            rows[label] = _row(engine, "failed", cores, runner=runner,
                                reason=reason or "no timed call")
             continue
         summary = stats(latencies[label])
@@ -90,7 +91,7 @@ def bench_pipelines(targets: Mapping[str, tuple],
                      else {"full_graph": summary["p50_ms"]})
         compiled = opened[label].supported_op_fraction if label in opened else {}
         rows[label] = _row(engine, "ok", cores, **summary, parts=breakdown,
-                           runner=_runner(targets[label]),
+                           runner=runner,
                            items_per_s=1000.0 / summary["mean_ms"],
                            supported_op_fraction=min((c["supported_op_fraction"]
                                                       for c in compiled.values()), default=None),

@@ -21,19 +21,9 @@ from evaluate.runtimes.bench import (
     graph_inputs,
     latency_stats,
 )
+from export.onnx_export import BackboneGraph
 
 SIZE = 64
-
-
-class _FeatureTuple(nn.Module):
-    """Backbone + FPN returning a tuple (ONNX outputs) instead of an OrderedDict."""
-
-    def __init__(self, backbone: nn.Module) -> None:
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.backbone(images).values())
 
 
 def _tiny_detector() -> nn.Module:
@@ -44,7 +34,7 @@ def _tiny_detector() -> nn.Module:
 @pytest.fixture(scope="module")
 def backbone_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("onnx") / "backbone.onnx"
-    module = _FeatureTuple(_tiny_detector().backbone).eval()
+    module = BackboneGraph(_tiny_detector()).eval()  # export's own graph, batch axis left fixed
     torch.onnx.export(module, (torch.rand(1, 3, SIZE, SIZE),), str(path), dynamo=False,
                       opset_version=17, input_names=["images"])
     return path
@@ -83,7 +73,7 @@ def test_batch_two_needs_a_dynamic_batch_axis(backbone_onnx: Path, tmp_path: Pat
     (fixed,) = bench_onnx(backbone_onnx, engines=("onnxruntime",), batch_sizes=(2,), iterations=1)
     assert fixed["status"] == "skipped" and "fixed batch of 1" in fixed["reason"]
     path = tmp_path / "dynamic.onnx"
-    module = _FeatureTuple(_tiny_detector().backbone).eval()
+    module = BackboneGraph(_tiny_detector()).eval()
     torch.onnx.export(module, (torch.rand(1, 3, SIZE, SIZE),), str(path), dynamo=False,
                       opset_version=17, input_names=["images"],
                       dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"}})
