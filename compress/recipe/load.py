@@ -1,5 +1,6 @@
 """Load, merge and validate a recipe: safe YAML (SparseML modifier tags allowed, nothing else),
-the smoke profile, `--set key.path=value` overrides, then the typed schema.
+the smoke profile, `--set key.path=value` overrides, then the typed schema. Paths in the file are
+relative to the file, paths in `--set` to the current folder (compress/recipe/paths.py).
 
 Every failure is a RecipeError with one line: file, key path, bad value, what is allowed.
 """
@@ -16,6 +17,7 @@ from pydantic import BaseModel, ValidationError
 
 from compress.core.errors import RecipeError
 from compress.recipe.schema import Recipe, rewind_beyond_schedule
+from compress.recipe.paths import resolve_override_path, resolve_recipe_paths
 from compress.recipe.safe_yaml import TAG_KEY, dump_recipe_yaml, load_yaml_text
 from compress.recipe.sparseml_file import resolve_modifier_files
 
@@ -24,13 +26,14 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: list[str] =
     """Read and validate a recipe file, apply the smoke profile and overrides, return the model."""
     path = Path(path)
     raw = resolve_modifier_files(read_recipe_dict(path), path.parent, str(path))
+    raw = resolve_recipe_paths(raw, path.parent.resolve())
     validate(raw, str(path))  # the file itself must be valid, smoke or not
     if raw.get("smoke"):
         validate(merge_smoke(raw), f"{path} (smoke profile)")
     if smoke:
         raw = merge_smoke(raw)
     for item in overrides:
-        raw = apply_override(raw, item)
+        raw = resolve_override_path(apply_override(raw, item), item.partition("=")[0], Path.cwd())
     raw = resolve_modifier_files(raw, path.parent, "--set")
     return validate(raw, str(path) if not overrides else f"{path} (with --set)")
 
@@ -151,6 +154,16 @@ def recipe_hash(recipe: Recipe) -> str:
     """Short content hash of the resolved recipe (names a run folder, stamps a ticket)."""
     payload = json.dumps(recipe.model_dump(mode="json"), sort_keys=True).encode()
     return hashlib.sha256(payload).hexdigest()[:8]
+
+
+BACKBONE_TAGS = {"resnet18": "r18", "resnet50": "r50"}
+
+
+def run_folder_name(recipe: Recipe) -> str:
+    """The default run folder name, from what runs (after the smoke merge and `--set`): arch,
+    backbone, method and the recipe hash, e.g. `maskrcnn_r18_imp-1a2b3c4d`."""
+    backbone = BACKBONE_TAGS.get(recipe.model.backbone, recipe.model.backbone)
+    return f"{recipe.model.arch}_{backbone}_{recipe.lottery.method}-{recipe_hash(recipe)}"
 
 
 def resolved_yaml(recipe: Recipe) -> str:
