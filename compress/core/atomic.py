@@ -1,6 +1,7 @@
 """Atomic file writes: write to a temp file in the same folder, fsync, then rename.
 
-A killed process leaves either the old file or the new one, never half of one.
+A killed process leaves either the old file or the new one, never half of one. The file gets
+the mode a plain `open()` would give it (0o666 less the umask), not mkstemp's private 0o600.
 """
 from __future__ import annotations
 
@@ -10,6 +11,22 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
+
+_UMASK: int | None = None
+
+
+def process_umask() -> int:
+    """The process umask, read once (from /proc where it can be; `os.umask` sets it to read it)."""
+    global _UMASK
+    if _UMASK is None:
+        try:
+            status = Path("/proc/self/status").read_text()
+            _UMASK = next(int(line.split()[1], 8) for line in status.splitlines()
+                          if line.startswith("Umask:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            _UMASK = os.umask(0o022)
+            os.umask(_UMASK)
+    return _UMASK
 
 
 @contextmanager
@@ -22,6 +39,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
+            os.fchmod(handle.fileno(), 0o666 & ~process_umask())
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
