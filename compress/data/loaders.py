@@ -4,7 +4,7 @@ Layouts under `root`:
 - coco: `annotations/instances_<split>.json` (`person_keypoints_<split>.json` for keypoints)
   and images in `<split>/` (e.g. split `val2017`).
 - voc: `Annotations/`, `ImageSets/Main/<split>.txt`, `JPEGImages/` (root = VOCdevkit/VOC2012).
-- synthetic: `annotations/<split>.json` and `<split>/`, as `compress data synth` writes them.
+- synthetic: the coco layout, as `compress data synth` writes it (compress/data/synth.py).
 """
 from __future__ import annotations
 
@@ -28,20 +28,16 @@ _SMOKE_HINT = "`compress run RECIPE --smoke` runs offline on generated data"
 
 def expected_layout(kind: str, split: str, task: str) -> str:
     """A one-line description of where `kind` data is expected under its root."""
-    if kind == "coco":
-        prefix = "person_keypoints" if task == "keypoints" else "instances"
-        return f"annotations/{prefix}_{split}.json and images in {split}/"
     if kind == "voc":
         return VOC_LAYOUT.replace("<split>", split)
-    return f"annotations/{split}.json and images in {split}/ (written by `compress data synth`)"
+    layout = f"{annotation_file(kind, '', split, task).as_posix()} and images in {split}/"
+    return layout if kind == "coco" else f"{layout} (written by `compress data synth`)"
 
 
 def annotation_file(kind: str, root: str | Path, split: str, task: str) -> Path:
-    """Where the COCO-format annotation file of a coco or synthetic split lives."""
-    if kind == "coco":
-        prefix = "person_keypoints" if task == "keypoints" else "instances"
-        return Path(root) / "annotations" / f"{prefix}_{split}.json"
-    return Path(root) / "annotations" / f"{split}.json"
+    """Where the COCO-format annotation file of a coco or synthetic split lives (one layout)."""
+    prefix = "person_keypoints" if task == "keypoints" else "instances"
+    return Path(root) / "annotations" / f"{prefix}_{split}.json"
 
 
 def build_dataset(kind: str, root: str | Path, split: str, task: str, train: bool,

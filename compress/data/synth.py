@@ -1,9 +1,11 @@
 """Built-in synthetic dataset: coloured shapes and stick figures written in COCO format.
 
 `write_synthetic` draws small images with big, strongly coloured objects (a small detector learns
-them in minutes on a CPU) and writes `out_dir/annotations/<split>.json` plus
-`out_dir/<split>/<file_name>.png`. The same seed gives byte-identical files (fixed key order,
-no timestamps, deterministic PNG encoding).
+them in minutes on a CPU) in the COCO layout `compress.data.loaders` reads for `data.dataset: coco`:
+`out_dir/annotations/instances_<split>.json` (`person_keypoints_<split>.json` for keypoints) plus
+`out_dir/<split>/<file_name>.png`, and records the split's settings in the marker file
+(compress/data/synth_marker.py). The same seed gives byte-identical files (fixed key order, no
+timestamps, deterministic PNG encoding).
 
 Tasks (difficulty "easy"; "hard" scenes are described in compress/data/synth_scenes.py):
 - "detection" / "segmentation": 1-3 shapes (rectangle, ellipse, triangle; one colour per
@@ -27,6 +29,7 @@ from pycocotools import mask as mask_utils
 
 from compress.core.atomic import write_text
 from compress.core.errors import DataError
+from compress.data.synth_marker import MARKER, folder_state, forget_split, record_split
 from compress.data.synth_scenes import HARD_SHAPE_CATEGORIES, draw_crowd, draw_hard_shapes
 from compress.data.synth_figures import (PERSON_CATEGORY, SceneObject, draw_figure, figure_points,
                                          hidden_by_others, jitter)
@@ -164,14 +167,19 @@ def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
                     image_size: int = 128, split: str = "train", difficulty: str = "easy") -> Path:
     """Write `images` generated images and their COCO JSON; returns the annotation file path.
 
-    Images go to `out_dir/<split>/<id:06d>.png`, annotations to `out_dir/annotations/<split>.json`
-    (written last and atomically, so a complete JSON means all its images are on disk).
+    Images go to `out_dir/<split>/<id:06d>.png`, annotations to `annotation_path(...)` (written
+    after the images, atomically), then the marker records the split as complete.
     `difficulty` "hard" draws compress.data.synth_scenes' crowded, cluttered scenes.
     """
     _check_args(task, images, image_size, difficulty)
     out_dir = Path(out_dir)
+    if folder_state(out_dir, {}) == "foreign":
+        raise DataError(f"'{out_dir}' holds files lth-compress did not generate (no {MARKER}); "
+                        "synthetic data is written only into a new or empty folder, or one it "
+                        "generated before", key="--out")
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
+    forget_split(out_dir, split)
     rng = np.random.default_rng(seed)
     image_entries, annotations = [], []
     for image_id in range(1, images + 1):
@@ -191,11 +199,24 @@ def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
         "licenses": [], "images": image_entries, "annotations": annotations,
         "categories": categories,
     }
-    ann_file = out_dir / "annotations" / f"{split}.json"
+    ann_file = annotation_path(out_dir, split, task)
     write_text(ann_file, json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n")
+    record_split(out_dir, split, split_settings(task, images, seed, image_size, difficulty))
     log.info("wrote %d synthetic %s images (%d objects) to %s", images, task,
              len(annotations), out_dir)
     return ann_file
+
+
+def annotation_path(root: str | Path, split: str, task: str) -> Path:
+    """Where the annotations of `split` live: COCO's names, as `data.dataset: coco` reads them."""
+    prefix = "person_keypoints" if task == "keypoints" else "instances"
+    return Path(root) / "annotations" / f"{prefix}_{split}.json"
+
+
+def split_settings(task: str, images: int, seed: int, image_size: int, difficulty: str) -> dict:
+    """What the marker records of a split: everything that decides its content."""
+    return {"task": task, "images": images, "seed": seed, "image_size": image_size,
+            "difficulty": difficulty}
 
 
 def _scene(rng: np.random.Generator, task: str, size: int,

@@ -14,7 +14,9 @@ from compress.core.atomic import write_json
 from compress.recipe.schema import Recipe
 from compress.training.round import Schedule
 from compress.data.loaders import build_dataset
-from compress.data.synth import write_synthetic_splits
+from compress.data.synth import split_seed, split_settings, write_synthetic_splits
+from compress.data.synth_marker import MARKER, describe, folder_state, read_marker
+from compress.core.errors import DataError
 from compress.data.voc import voc_to_coco
 from compress.models.build import ARCH_TASK, build_model
 from compress.training.schedule import parse_duration
@@ -40,13 +42,14 @@ class DataBundle:
 
 
 def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
-    """Datasets for the recipe; synthetic data is generated into `data_dir` once."""
+    """Datasets for the recipe; synthetic data is generated once, into `data_dir` (the run
+    folder's) or into `data.root` only where `check_synthetic_root` allows it."""
 
     cfg, task = recipe.data, ARCH_TASK[recipe.model.arch]
     if cfg.dataset == "synthetic":
         root = Path(cfg.root) if cfg.root else data_dir
         splits = ("train", "val")
-        _ensure_synthetic(root, task, cfg)
+        _ensure_synthetic(root, task, cfg, user_root=bool(cfg.root))
     else:
         root, splits = Path(cfg.root), (cfg.train_split, cfg.val_split)
     train = build_dataset(cfg.dataset, root, splits[0], task, train=True)
@@ -55,9 +58,39 @@ def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
     return DataBundle(task, train, val, gt_path, train.num_classes, dict(val.label_to_cat_id))
 
 
-def _ensure_synthetic(root: Path, task: str, cfg: Any) -> None:
-    done = root / "annotations" / "val.json"
-    if done.is_file():
+def synthetic_settings(task: str, cfg: Any) -> dict[str, dict[str, Any]]:
+    """The marker settings of the train and val splits `data.synthetic` asks for."""
+    syn = cfg.synthetic
+    return {split: split_settings(task, count, split_seed(syn.seed, index), syn.image_size,
+                                  syn.difficulty)
+            for index, (split, count) in enumerate((("train", syn.train_images),
+                                                    ("val", syn.val_images)))}
+
+
+def check_synthetic_root(root: Path, task: str, cfg: Any) -> bool:
+    """Whether a user's `data.root` must be generated (True) or holds this very set (False);
+    raises DataError for any other folder: a user's files are never written over."""
+    state = folder_state(root, synthetic_settings(task, cfg))
+    if state in ("missing", "empty"):
+        return True
+    if state == "ready":
+        return False
+    fix = ("leave data.root unset (the data is generated in the run folder), name a new or empty "
+           "folder, or read the folder as it is with data.dataset: coco")
+    if state == "other":
+        marked = read_marker(root)["splits"]
+        split = next(s for s, v in synthetic_settings(task, cfg).items() if marked.get(s) != v)
+        raise DataError(f"'{root}' holds a synthetic set generated with other settings ({split}: "
+                        f"{describe(marked[split]) if split in marked else 'missing'}); it is "
+                        f"not regenerated: {fix}", key="data.root")
+    raise DataError(f"'{root}' holds files lth-compress did not generate (no {MARKER}); "
+                    f"synthetic data is never written into a user's folder: {fix}", key="data.root")
+
+
+def _ensure_synthetic(root: Path, task: str, cfg: Any, user_root: bool) -> None:
+    if user_root and not check_synthetic_root(root, task, cfg):
+        return
+    if not user_root and folder_state(root, synthetic_settings(task, cfg)) == "ready":
         return
     log.info("generating synthetic %s data (%d train / %d val images) in %s", task,
              cfg.synthetic.train_images, cfg.synthetic.val_images, root)
@@ -122,9 +155,16 @@ def check_rewind(recipe: Recipe, iters_per_epoch: int, source: Optional[str] = N
 
 
 def train_images_known(recipe: Recipe) -> Optional[int]:
-    """The training set size the recipe alone fixes: generated synthetic data (None otherwise)."""
+    """The training set size the recipe alone fixes: generated synthetic data (None otherwise).
+
+    Called before the run folder is claimed, so a synthetic `data.root` that may not be written
+    into (`check_synthetic_root`) is refused here, before anything is written."""
     cfg = recipe.data
-    return cfg.synthetic.train_images if cfg.dataset == "synthetic" and not cfg.root else None
+    if cfg.dataset != "synthetic":
+        return None
+    if cfg.root:
+        check_synthetic_root(Path(cfg.root), ARCH_TASK[recipe.model.arch], cfg)
+    return cfg.synthetic.train_images
 
 
 def pick_device(name: str) -> torch.device:

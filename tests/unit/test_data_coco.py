@@ -31,7 +31,7 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_segmentation_targets_match_pycocotools(synth_root: Path) -> None:
     torch.manual_seed(0)
     ds = build_dataset("synthetic", synth_root / "seg", "val", "segmentation", train=False)
-    reference = COCO(str(synth_root / "seg/annotations/val.json"))
+    reference = COCO(str(synth_root / "seg/annotations/instances_val.json"))
     assert ds.num_classes == 4 and ds.label_to_cat_id == {1: 1, 2: 2, 3: 3}
     for index in range(len(ds)):
         image, target = ds[index]
@@ -54,7 +54,7 @@ def test_segmentation_targets_match_pycocotools(synth_root: Path) -> None:
 def test_keypoint_targets_and_flip(synth_root: Path) -> None:
     ds = build_dataset("synthetic", synth_root / "kp", "val", "keypoints", train=False)
     assert ds.keypoint_flip_perm == COCO_FLIP and ds.num_classes == 2
-    raw = json.loads((synth_root / "kp/annotations/val.json").read_text())
+    raw = json.loads((synth_root / "kp/annotations/person_keypoints_val.json").read_text())
     image, target = ds[0]
     anns = [a for a in raw["annotations"] if a["image_id"] == target["image_id"]]
     expected = torch.tensor([a["keypoints"] for a in anns]).reshape(-1, 17, 3)
