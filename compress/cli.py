@@ -26,6 +26,7 @@ Examples:
   compress report runs/A runs/B
   compress profile recipes/maskrcnn_lth.yaml --smoke    # per-layer DeepSparse latency
   compress data synth --out data/synth --task keypoints --images 50
+  compress runs                                          # list the run folders under runs/
 """
 
 
@@ -96,17 +97,22 @@ Examples:
   compress evaluate runs/NAME/export --data runs/NAME/data --engine deepsparse""")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Dataset root (COCO, VOC or synthetic).")
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None)
+@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None,
+              help="torch (default for a ticket or checkpoint), onnxruntime (default for an ONNX "
+                   "file) or deepsparse (the export folder's deployment, checked against ONNX Runtime).")
 @click.option("--tide", is_flag=True, help="Also run TIDE error analysis.")
 @click.option("--gt", type=click.Path(dir_okay=False, path_type=Path), help="COCO ground-truth JSON.")
 @click.option("--results", type=click.Path(dir_okay=False, path_type=Path),
               help="COCO results JSON to score (from any framework).")
-@click.option("--iou-type", type=click.Choice(["bbox", "segm", "keypoints"]), default="bbox")
+@click.option("--iou-type", type=click.Choice(["bbox", "segm", "keypoints"]), default="bbox",
+              show_default=True, help="With --results: which COCO metric to compute.")
 @click.option("--convention", type=click.Choice(["coco", "detectron2"]), default=None,
               help="coco: pycocotools' loadRes as is (default with --results; the COCO server's "
                    "rule); detectron2: drop `bbox` from segm results so the mask area sets the "
                    "size range. Default for a model: the recipe's evaluate.convention.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path),
+              help="Output folder (default for a model: the run's eval/<engine>/; with --results: "
+                   "nothing written but the printed table).")
 def evaluate(model: Path | None, data: Path | None, engine: str | None, tide: bool, gt: Path | None,
              results: Path | None, iou_type: str, convention: str | None, out: Path | None) -> None:
     """COCO / VOC metrics for a model, or for a results file against a ground truth."""
@@ -133,9 +139,12 @@ Examples:
 @click.option("--engine", "engines", multiple=True,
               type=click.Choice(["onnxruntime", "onnxruntime-cuda", "deepsparse"]),
               help="Repeatable; default all three (unavailable ones are skipped with a reason).")
-@click.option("--batch", "batches", multiple=True, type=click.IntRange(1, 1024), help="Repeatable.")
-@click.option("--iterations", type=click.IntRange(1, 100000), default=20, show_default=True)
-@click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True)
+@click.option("--batch", "batches", multiple=True, type=click.IntRange(1, 1024),
+              help="Batch size (images per timed call); repeatable; default 1.")
+@click.option("--iterations", type=click.IntRange(1, 100000), default=20, show_default=True,
+              help="Timed calls per engine and batch size.")
+@click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True,
+              help="Untimed calls first (compilation, caches).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="bench.json path.")
 def bench(model: Path, engines: tuple[str, ...], batches: tuple[int, ...], iterations: int,
           warmup: int, out: Path | None) -> None:
@@ -197,13 +206,28 @@ Examples:
 @click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None,
               help="For an export folder: deepsparse (the deployment, default) or onnxruntime "
                    "(the full graph on the same canvas).")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
-@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True)
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for detections.json (COCO results format) and the annotated images.")
+@click.option("--score-threshold", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="Drop detections scoring below this.")
 def predict(model: Path, images: Path, engine: str | None, out: Path, score_threshold: float) -> None:
     """Run a deployed model on your images; write annotated images and COCO-format detections."""
     from compress.stages.predict import predict_command
 
     predict_command(model, images, engine=engine, out=out, score_threshold=score_threshold)
+
+
+@cli.command(epilog="""\b
+Examples:
+  compress runs
+  compress runs experiments/""")
+@click.argument("folder", required=False, default=Path("runs"),
+                type=click.Path(file_okay=False, path_type=Path))
+def runs(folder: Path) -> None:
+    """List the run folders under FOLDER (default runs/): recipe, method, sparsity, bbox mAP, status."""
+    from compress.run.listing import format_runs
+
+    click.echo(format_runs(folder))
 
 
 @cli.group()
@@ -216,13 +240,19 @@ Examples:
   compress data synth --out data/shapes --task segmentation --images 300
   compress data synth --out data/people --task keypoints --images 50 --seed 1
   compress data synth --out data/hard --task segmentation --difficulty hard""")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Dataset root to write (images and COCO annotations).")
 @click.option("--task", type=click.Choice(["detection", "segmentation", "keypoints"]),
-              default="segmentation", show_default=True)
-@click.option("--images", type=click.IntRange(1, 100000), default=200, show_default=True)
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--image-size", type=click.IntRange(32, 2048), default=128, show_default=True)
-@click.option("--split", default="train", show_default=True)
+              default="segmentation", show_default=True,
+              help="detection: boxes; segmentation: boxes + masks; keypoints: stick-figure people.")
+@click.option("--images", type=click.IntRange(1, 100000), default=200, show_default=True,
+              help="Number of images to generate.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Random seed (the same seed writes the same dataset).")
+@click.option("--image-size", type=click.IntRange(32, 2048), default=128, show_default=True,
+              help="Side of the square images, in pixels.")
+@click.option("--split", default="train", show_default=True,
+              help="Split name the images and annotations are written under.")
 @click.option("--difficulty", type=click.Choice(["easy", "hard"]), default="easy", show_default=True,
               help="hard: 8 outline-only shape classes, crowds, occlusion, small objects, clutter.")
 def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str,
