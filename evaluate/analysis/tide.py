@@ -99,6 +99,22 @@ def _evaluate_runs(gt_path: str | os.PathLike, runs: dict[str, str | os.PathLike
             for name, run in tide.runs.items()}
 
 
+@contextlib.contextmanager
+def _opencv_errors_only() -> Iterator[None]:
+    """OpenCV's log at ERROR for the block, then as it was. tidecv's summary figure pads the
+    uint8 plot images with float64 `np.zeros(...) + 255`, so `cv2.imwrite` gets a float64 image
+    of whole numbers in 0..255 and converts it to 8 bits (losslessly) with a warning on stderr
+    that no `--quiet` can reach."""
+    import cv2
+
+    level = cv2.getLogLevel()
+    cv2.setLogLevel(2)  # cv2.utils.logging.LOG_LEVEL_ERROR
+    try:
+        yield
+    finally:
+        cv2.setLogLevel(level)
+
+
 def _tidecv_plot(tide: Any, fig_dir: Path) -> None:
     """tidecv's summary figure per run (its TIDE.plot divides by the error sum: skip clean runs)."""
     import math
@@ -113,7 +129,8 @@ def _tidecv_plot(tide: Any, fig_dir: Path) -> None:
         if sum(errors["main"][name].values()) <= 0:
             log.warning("TIDE: run %s has no errors; tidecv's pie chart is undefined, skipped", name)
             continue
-        plotter.make_summary_plot(str(fig_dir), errors, name, run.mode, hbar_names=True)
+        with _opencv_errors_only():
+            plotter.make_summary_plot(str(fig_dir), errors, name, run.mode, hbar_names=True)
 
 
 def _bar_chart(series: dict[str, dict[str, float]], title: str, out_png: Path) -> None:
