@@ -3,8 +3,12 @@
 MODEL is an export folder (`RUN/export`: its DeepSparse deployment with `--engine deepsparse`,
 the default, or the full graph on the same canvas with `--engine onnxruntime`), the exported full graph (`export/model.onnx`, run with ONNX Runtime) or a torch ticket /
 round checkpoint (`ticket.pt`, `rounds/round_<k>/checkpoint.pt`, rebuilt from the run folder's
-recipe.yaml). Writes one annotated PNG per image (`<stem>.png`) and `detections.json` in COCO
-results format (every detection scoring >= --score-threshold).
+recipe.yaml). Writes one annotated PNG per image (`<stem>.png`), `detections.json` in COCO
+results format (a list: every detection scoring >= --score-threshold) and `images.json`, the
+COCO-style `{"images": [{id, file_name, width, height, drawn}]}` naming the user's file of each
+image id (`drawn`: its annotated PNG). Images are read one at a time (see compress.stages.images
+for the pixel cap, EXIF orientation and 16-bit scaling); detections are filtered by score before
+masks are brought to the image's size (compress.stages.predictors).
 
 Labels map back to COCO category ids (and names) through the run's validation annotations, found
 from the run folder that holds MODEL. Image ids: an image whose file name matches one in those
@@ -17,12 +21,10 @@ from __future__ import annotations
 
 import io
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from compress.core.atomic import write_bytes, write_json
@@ -31,10 +33,13 @@ from compress.data.loaders import build_dataset
 from compress.recipe.load import load_resolved
 from compress.models.build import ARCH_TASK
 from compress.run.loaded import run_of
+from compress.stages.images import IMAGE_SUFFIXES, ImageFile, check_image, collect_images
+from compress.stages.images import read_image, read_pil, to_uint8_rgb, working_tensor
+from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
+from compress.stages.predictors import fit_to_graph, keep_scores, restore, torch_predictor
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
-from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
-from compress.run.loaded import load_model
+from evaluate.runtimes.pipeline import read_manifest
 from evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections
 from compress.report.drawing import side_by_side
@@ -42,8 +47,8 @@ from compress.report.page import Missing
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-Predictor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+__all__ = ["IMAGE_SUFFIXES", "collect_images", "fit_to_graph", "keep_scores", "read_image",
+           "predict_command", "gallery_image"]
 
 
 @dataclass
@@ -56,33 +61,6 @@ class LabelInfo:
     gt_path: Path | None = None
     image_dir: Path | None = None
     image_ids: dict[str, int] = field(default_factory=dict)
-
-
-def collect_images(path: Path) -> list[Path]:
-    """The image files at `path` (one file, or a folder's images, sorted; not recursive)."""
-    if not path.exists():
-        raise DataError("no such file or folder; expected an image or a folder of images",
-                        file=str(path))
-    if path.is_file():
-        return [path]
-    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise DataError(f"folder holds no images (looked for {', '.join(IMAGE_SUFFIXES)})",
-                        file=str(path))
-    return files
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """A 3xHxW float tensor in [0, 1]; a file PIL cannot read is a one-line DataError."""
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"not a readable image ({type(err).__name__}); allowed: "
-                        f"{', '.join(IMAGE_SUFFIXES)}", file=str(path)) from err
-    return torch.from_numpy(array.transpose(2, 0, 1).copy())
 
 
 def run_label_info(run_root: Path) -> LabelInfo:
@@ -127,83 +105,27 @@ def _onnx_task(output_names: list[str]) -> str:
     return "keypoints" if "keypoints" in output_names else "detection"
 
 
-def load_predictor(model_path: Path, engine: str) -> tuple[Predictor, LabelInfo]:
-    """A callable image -> torchvision-style outputs, and the label info of the model's run."""
+def load_predictor(model_path: Path, engine: str,
+                   score_threshold: float) -> tuple[Predictor, LabelInfo]:
+    """A callable image -> outputs (detections >= `score_threshold` only), and the label info of
+    the model's run."""
 
     try:
         run_root: Path | None = run_of(model_path.resolve()).root
     except UserError:
         run_root = None
     if model_path.is_dir():
-        return deployment_predictor(model_path, engine), (
+        return deployment_predictor(model_path, engine, score_threshold), (
             run_label_info(run_root) if run_root else LabelInfo(_onnx_task(
                 read_manifest(model_path)["outputs"])))
     if engine == "onnxruntime":
         detector = OnnxDetector(model_path)
         info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))
-        return fit_to_graph(detector, detector.session.get_inputs()[0].shape), info
+        return fit_to_graph(detector, detector.session.get_inputs()[0].shape, score_threshold), info
     if run_root is None:
         raise ModelFileError("a torch model must sit in its run folder (recipe.yaml and rounds/ "
                              "beside or above it) so it can be rebuilt", file=str(model_path))
-    return torch_predictor(model_path), run_label_info(run_root)
-
-
-def deployment_predictor(export_dir: Path, engine: str) -> Predictor:
-    """An export folder: its DeepSparse deployment, or (onnxruntime) its full graph on the same
-    canvas, so both engines see the same pixels. Close it with `close_predictor`."""
-    manifest = read_manifest(export_dir)
-    if engine == "deepsparse":
-        try:
-            return DeployedDetector(export_dir, engine="deepsparse")
-        except DeepSparseFailed as err:
-            raise UserError(f"DeepSparse cannot run this deployment: {err}", key="--engine") from err
-    full = Path(manifest["folder"]).parent / manifest["source"]
-    canvas = manifest["canvas"]
-    return on_canvas(OnnxDetector(full), canvas["height"], canvas["width"])
-
-
-def close_predictor(predictor: Predictor) -> None:
-    close = getattr(predictor, "close", None)
-    if close is not None:
-        close()
-
-
-def fit_to_graph(detector: Predictor, input_shape: list[Any]) -> Predictor:
-    """A graph with a fixed image size (3 x H x W static) gets each image resized to it, and its
-    boxes, keypoints and masks mapped back to the image's own size; a dynamic graph runs as is."""
-    fixed = [d if isinstance(d, int) else None for d in input_shape[-2:]]
-    if None in fixed:
-        return detector
-    height, width = fixed
-    log.info("the graph takes %dx%d images only: images are resized to it", height, width)
-
-    def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
-        h0, w0 = image.shape[-2:]
-        if (h0, w0) == (height, width):
-            return detector(image)
-        resized = torch.nn.functional.interpolate(image[None], size=(height, width), mode="bilinear",
-                                                  align_corners=False)[0]
-        out = dict(detector(resized))
-        scale = torch.tensor([w0 / width, h0 / height])
-        out["boxes"] = out["boxes"] * scale.repeat(2)
-        if "keypoints" in out:
-            out["keypoints"] = torch.cat([out["keypoints"][..., :2] * scale, out["keypoints"][..., 2:]], -1)
-        if "masks" in out and len(out["masks"]):
-            out["masks"] = torch.nn.functional.interpolate(out["masks"], size=(h0, w0), mode="bilinear",
-                                                           align_corners=False)
-        return out
-    return predict
-
-
-def torch_predictor(checkpoint: Path) -> Predictor:
-    """The torch model of a run folder / ticket.pt / round checkpoint as an image -> outputs call."""
-
-    model = load_model(checkpoint).model.eval()
-
-    def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            return model([image])[0]
-    return predict
+    return torch_predictor(model_path, score_threshold), run_label_info(run_root)
 
 
 def pick_engine(model_path: Path, engine: str | None) -> str:
@@ -226,12 +148,6 @@ def pick_engine(model_path: Path, engine: str | None) -> str:
     return wanted
 
 
-def keep_scores(outputs: dict[str, Any], score_threshold: float) -> dict[str, Any]:
-    """Only the detections scoring >= `score_threshold` (every per-detection output filtered)."""
-    keep = outputs["scores"] >= score_threshold
-    return {name: value[keep] for name, value in outputs.items()}
-
-
 def png_bytes(image: Any) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
@@ -240,39 +156,61 @@ def png_bytes(image: Any) -> bytes:
 
 def predict_command(model_path: Path, images_path: Path, *, engine: str | None, out: Path,
                     score_threshold: float = 0.5) -> Path:
-    """Predict every image; write annotated PNGs and detections.json into `out`; return its path."""
+    """Predict every image, one at a time (read, predict, write, next); write annotated PNGs,
+    detections.json and images.json into `out`; return the path of detections.json."""
 
     engine = pick_engine(model_path, engine)
-    files = collect_images(images_path)
-    images = [read_image(f) for f in files]  # fail on a bad image before loading the model
-    predictor, info = load_predictor(model_path, engine)
+    # every header checked (size cap, readable) before the model loads; pixels decoded one by one
+    files = [check_image(f) for f in collect_images(images_path)]
+    predictor, info = load_predictor(model_path, engine, score_threshold)
     try:
-        results = _predict_all(predictor, info, files, images, out, score_threshold)
+        results, images = _predict_all(predictor, info, files, out, score_threshold)
     except DeepSparseFailed as err:
         raise UserError(f"DeepSparse failed: {err}", key="--engine") from err
     finally:
         close_predictor(predictor)
     target = out / "detections.json"
     write_json(target, results, indent=None)
-    print(f"{len(files)} image(s), {len(results)} detection(s) >= {score_threshold}: {target}")
+    write_json(out / IMAGES_JSON, {"images": images})
+    print(f"{len(files)} image(s), {len(results)} detection(s) >= {score_threshold}: {target} "
+          f"(image ids -> file names: {out / IMAGES_JSON})")
     return target
 
 
-def _predict_all(predictor: Predictor, info: LabelInfo, files: list[Path],
-                 images: list[torch.Tensor], out: Path, score_threshold: float) -> list[dict]:
-    ids = assign_image_ids(files, info.image_ids)
+IMAGES_JSON = "images.json"
+
+
+def _predict_all(predictor: Predictor, info: LabelInfo, files: list[ImageFile], out: Path,
+                 score_threshold: float) -> tuple[list[dict], list[dict]]:
+    """COCO results of every image and the COCO-style `images` records (id, file_name, width,
+    height as predicted, i.e. upright, and `drawn`, the annotated PNG's name)."""
+    ids = assign_image_ids([f.path for f in files], info.image_ids)
     results: list[dict] = []
-    used: set[str] = set()
-    for file, image, image_id in zip(files, images, ids):
-        outputs = keep_scores(predictor(image), score_threshold)
-        mapping = info.label_to_cat_id or _identity(outputs["labels"])
-        results += outputs_to_coco_results(image_id, outputs, mapping, info.task)
-        name = _unique_name(file, used)
-        drawn = draw_detections(image, outputs, class_names=info.class_names or None,
-                                score_threshold=score_threshold)
+    images: list[dict] = []
+    used: set[str] = {IMAGES_JSON}
+    for file, image_id in zip(files, ids):
+        with read_pil(file.path) as picture:
+            outputs = _predict_one(predictor, picture)
+            mapping = info.label_to_cat_id or _identity(outputs["labels"])
+            results += outputs_to_coco_results(image_id, outputs, mapping, info.task)
+            name = _unique_name(file.path, used)
+            drawn = draw_detections(to_uint8_rgb(picture), outputs, score_threshold=score_threshold,
+                                    class_names=info.class_names or None)
+            images.append({"id": image_id, "file_name": file.path.name, "width": picture.width,
+                           "height": picture.height, "drawn": name})
         write_bytes(out / name, png_bytes(drawn))
-        log.info("%s: %d detections -> %s", file.name, len(outputs["scores"]), out / name)
-    return results
+        log.info("%s: %d detections -> %s", file.path.name, len(outputs["scores"]), out / name)
+    return results, images
+
+
+def _predict_one(predictor: Predictor, picture: Any) -> dict[str, torch.Tensor]:
+    """The outputs on the picture; a huge one is predicted shrunk, outputs mapped back."""
+    tensor = working_tensor(picture)
+    size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
+    outputs = predictor(tensor)
+    del tensor
+    original = (picture.height, picture.width)
+    return outputs if size == original else restore(dict(outputs), size, original)
 
 
 def _identity(labels: torch.Tensor) -> dict[int, int]:

@@ -73,8 +73,15 @@ def to_canvas(image: torch.Tensor, height: int, width: int) -> tuple[np.ndarray,
     return canvas, Placement(scale, new_h, new_w, (h, w))
 
 
-def from_canvas(outputs: dict[str, np.ndarray], place: Placement) -> dict[str, torch.Tensor]:
-    """Detections on the canvas -> on the original image (boxes, masks, keypoints)."""
+def from_canvas(outputs: dict[str, np.ndarray], place: Placement, *,
+                score_threshold: float | None = None) -> dict[str, torch.Tensor]:
+    """Detections on the canvas -> on the original image (boxes, masks, keypoints). With
+    `score_threshold`, only detections scoring >= it are kept, before masks are upsampled to the
+    image (one mask of a 13000 px image is 676 MB)."""
+    if score_threshold is not None and "scores" in outputs:
+        keep = np.asarray(outputs["scores"]).reshape(-1) >= score_threshold
+        outputs = {name: np.asarray(value)[keep] if len(np.asarray(value)) == len(keep) else value
+                   for name, value in outputs.items()}
     out = {name: torch.from_numpy(_owned(value)) for name, value in outputs.items()}
     h, w = place.original
     if "boxes" in out:

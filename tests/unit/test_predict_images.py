@@ -1,0 +1,147 @@
+"""`compress predict` on the user's images: streamed one at a time, pixel cap, EXIF orientation,
+16-bit scaling, file names kept (images.json), score filter before masks reach image size."""
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import compress.stages.predict as predict_module
+from compress.cli import main
+from compress.stages.predict import LabelInfo
+from evaluate.runtimes.pipeline import Placement, from_canvas
+
+
+class _Recorder:
+    """A fake model: records the images it is given; `on_call` runs before each answer."""
+
+    def __init__(self, on_call=None):
+        self.seen: list[torch.Tensor] = []
+        self.on_call = on_call
+
+    def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        self.seen.append(image.clone())
+        if self.on_call:
+            self.on_call(len(self.seen))
+        return {"boxes": torch.tensor([[1.0, 1.0, 5.0, 5.0]]), "labels": torch.tensor([1]),
+                "scores": torch.tensor([0.9])}
+
+
+@pytest.fixture
+def fake_model(tmp_path, monkeypatch):
+    recorder = _Recorder()
+    monkeypatch.setattr(predict_module, "load_predictor",
+                        lambda *args, **kwargs: (recorder, LabelInfo("detection")))
+    model = tmp_path / "model.onnx"
+    model.write_bytes(b"not used: the predictor is faked")
+    return model, recorder
+
+
+def _predict(model: Path, images: Path, out: Path) -> int:
+    return main(["predict", str(model), str(images), "--out", str(out)])
+
+
+def test_images_are_read_one_at_a_time(tmp_path, fake_model):
+    model, recorder = fake_model
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(pictures / "a.png")
+    Image.new("RGB", (16, 16), (255, 0, 0)).save(pictures / "b.png")
+    # while the first image is predicted the second changes on disk: a streaming predict sees it
+    recorder.on_call = lambda n: n == 1 and Image.new("RGB", (16, 16), (0, 0, 255)).save(
+        pictures / "b.png")
+    assert _predict(model, pictures, tmp_path / "out") == 0
+    assert recorder.seen[1][2].mean().item() == pytest.approx(1.0)  # blue: read after image 1
+
+
+def test_images_json_names_the_users_files(tmp_path, fake_model):
+    model, _ = fake_model
+    pictures = tmp_path / "pictures"
+    pictures.mkdir()
+    for name in ("holiday 1.jpg", "b.png"):
+        Image.new("RGB", (20, 10), (10, 200, 10)).save(pictures / name)
+    assert _predict(model, pictures, tmp_path / "out") == 0
+    detections = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert isinstance(detections, list) and len(detections) == 2
+    images = json.loads((tmp_path / "out" / "images.json").read_text())["images"]
+    by_id = {image["id"]: image for image in images}
+    assert sorted(image["file_name"] for image in images) == ["b.png", "holiday 1.jpg"]
+    assert {d["image_id"] for d in detections} == set(by_id)
+    assert all((tmp_path / "out" / image["drawn"]).is_file() for image in images)
+    assert {(image["width"], image["height"]) for image in images} == {(20, 10)}
+
+
+def test_exif_orientation_is_applied(tmp_path, fake_model):
+    model, recorder = fake_model
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    Image.new("RGB", (40, 20), (200, 200, 200)).save(tmp_path / "phone.jpg", exif=exif)
+    assert _predict(model, tmp_path / "phone.jpg", tmp_path / "out") == 0
+    assert tuple(recorder.seen[0].shape) == (3, 40, 20)
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path, fake_model):
+    model, recorder = fake_model
+    grey = np.full((8, 8), 40000, dtype=np.uint16)
+    grey[0, 0] = 1000
+    Image.fromarray(grey).save(tmp_path / "scan.png")
+    assert Image.open(tmp_path / "scan.png").mode.startswith("I")
+    assert _predict(model, tmp_path / "scan.png", tmp_path / "out") == 0
+    seen = recorder.seen[0]
+    assert seen[:, 1, 1].tolist() == pytest.approx([40000 / 65535] * 3, abs=1e-6)
+    assert seen[0, 0, 0].item() == pytest.approx(1000 / 65535, abs=1e-6)
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height (8-bit RGB) with one tiny IDAT: Pillow reads the header."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0"))
+                     + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [30000, 14000])
+def test_huge_image_exits_2_in_one_line(tmp_path, fake_model, capsys, side):
+    model, recorder = fake_model
+    _png_header_only(tmp_path / "huge.png", side, side)
+    assert _predict(model, tmp_path / "huge.png", tmp_path / "out") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "huge.png" in err and "pixels" in err
+    assert not recorder.seen
+
+
+def test_from_canvas_filters_before_upsampling_masks(monkeypatch):
+    upsampled: list[int] = []
+    interpolate = torch.nn.functional.interpolate
+
+    def counting(masks, *args, **kwargs):
+        upsampled.append(int(masks.shape[0]))
+        return interpolate(masks, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    outputs = {"boxes": np.array([[0, 0, 8, 8], [1, 1, 9, 9], [2, 2, 4, 4]], np.float32),
+               "scores": np.array([0.9, 0.1, 0.6], np.float32),
+               "labels": np.array([1, 2, 1], np.int64),
+               "masks": np.random.default_rng(0).random((3, 1, 16, 16)).astype(np.float32)}
+    out = from_canvas(outputs, Placement(0.25, 16, 16, (64, 64)), score_threshold=0.5)
+    assert upsampled == [2]
+    assert out["scores"].tolist() == pytest.approx([0.9, 0.6])
+    assert tuple(out["masks"].shape) == (2, 1, 64, 64)
+    assert out["labels"].tolist() == [1, 1]
+
+
+def test_huge_image_is_predicted_shrunk_and_mapped_back(tmp_path, fake_model, monkeypatch):
+    model, recorder = fake_model
+    monkeypatch.setattr("compress.stages.images.WORK_MAX_PIXELS", 32 * 16)
+    Image.new("RGB", (128, 64), (0, 90, 0)).save(tmp_path / "wide.png")
+    assert _predict(model, tmp_path / "wide.png", tmp_path / "out") == 0
+    assert tuple(recorder.seen[0].shape) == (3, 16, 32)
+    detection, = json.loads((tmp_path / "out" / "detections.json").read_text())
+    assert detection["bbox"] == pytest.approx([4.0, 4.0, 16.0, 16.0])  # [1, 1, 5, 5] x 4
