@@ -54,10 +54,16 @@ def _progress(loader: Iterable, enabled: bool, desc: str, total: int | None = No
     return tqdm(loader, desc=desc, total=total, disable=disable, leave=False, dynamic_ncols=True)
 
 
+_AMP_NOTED: set[str] = set()  # device types already told that AMP is off there
+
+
 def use_amp(amp: bool, device: torch.device) -> bool:
-    """AMP runs on CUDA only; elsewhere a request for it trains in float32 (with a warning)."""
+    """AMP runs on CUDA only; elsewhere a request for it trains in float32 (with a warning,
+    once per process and device type: not every round and epoch)."""
     if amp and device.type != "cuda":
-        log.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
+        if device.type not in _AMP_NOTED:
+            _AMP_NOTED.add(device.type)
+            log.warning("AMP requested on %s: AMP runs only on CUDA, training in float32", device)
         return False
     return amp
 

@@ -139,7 +139,7 @@ def count_macs(model: nn.Module, image_size: int | tuple[int, int],
     density, effective, pruned}}, "dense", "effective", "non_prunable", "prunable_dense",
     "effective_exact" (Fraction), "by_type": {conv|linear|deconv: dense}}. A layer is "pruned"
     when it is in `mask` (or, without a mask, when it holds zeros); `non_prunable` is the
-    dense MACs of the other layers.
+    dense MACs of the other layers. The totals are logged at INFO with a mask, at DEBUG without.
     """
     size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     layers = _run_with_hooks(model, example_images(size, batch))
@@ -156,8 +156,11 @@ def count_macs(model: nn.Module, image_size: int | tuple[int, int],
         non_prunable += 0 if pruned else entry["dense"]
         by_type[entry["type"]] = by_type.get(entry["type"], 0) + entry["dense"]
     dense = sum(entry["dense"] for entry in layers.values())
-    log.info("MACs at %sx%s: dense %.3g, effective %.3g", size[0], size[1], dense,
-                 float(total_effective))
+    # one console line per run: the ticket's count (with its mask); a counting pass without a
+    # mask (the report's per-layer MACs) logs at debug
+    log.log(logging.INFO if mask is not None else logging.DEBUG,
+            "MACs at %sx%s: dense %.3g, effective %.3g", size[0], size[1], dense,
+            float(total_effective))
     return {"image_size": list(size), "batch": batch, "layers": layers, "dense": dense,
             "effective": float(total_effective), "effective_exact": total_effective,
             "non_prunable": non_prunable, "prunable_dense": dense - non_prunable,
