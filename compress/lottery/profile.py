@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -166,39 +167,88 @@ def _load(path: Path, key: Mapping[str, Any], grid: Sequence[float]) -> dict[str
     return {"format": FORMAT, "key": dict(key), "grid": list(grid), "layers": {}}
 
 
+class _Progress:
+    """Per-layer progress: a tqdm bar (n/N, ETA) on a terminal; otherwise one log line per layer
+    with n/N and an ETA from the mean time of the layers timed so far and the distinct layers
+    still to time (a repeated block reuses its twin's timing and costs nothing)."""
+
+    def __init__(self, todo: Sequence[str], to_time: int, enabled: bool):
+        self.total, self.to_time, self.done, self.timed, self.seconds = len(todo), to_time, 0, 0, 0.0
+        self.bar = tqdm(total=self.total, desc="profile", unit="layer",
+                        disable=not (enabled and sys.stderr.isatty()))
+
+    def step(self, name: str, seconds: float | None) -> None:
+        self.done += 1
+        if seconds is not None:
+            self.timed, self.seconds = self.timed + 1, self.seconds + seconds
+        self.bar.update(1)
+        if self.bar.disable:
+            left = max(self.to_time - self.timed, 0)
+            eta = self.seconds / self.timed * left if self.timed else 0.0
+            how = f"timed in {seconds:.1f} s" if seconds is not None else "same as an earlier layer"
+            log.info("profile: layer %d/%d %s %s; ETA %s", self.done, self.total, name, how,
+                     _duration(eta))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _layer_entry(module: nn.Module, signature: str, shape: Sequence[int], timed: dict[str, Any],
+                 ) -> dict[str, Any]:
+    return {"signature": signature, "input_shape": list(shape), "numel": int(module.weight.numel()),
+            **{k: timed[k] for k in ("status", "latency_ms", "reason", "other_cpu_cores")
+               if k in timed}}
+
+
+def _time_entry(module: nn.Module, shape: Sequence[int], grid: Sequence[float], cores: int,
+                warmup: int, iterations: int, data: dict[str, Any]) -> dict[str, Any]:
+    info = machine(cores)
+    timed = time_layer(module, shape, grid, cores, warmup, iterations)
+    data["machine"] = finish(info)
+    timed["other_cpu_cores"] = data["machine"].get("other_cpu_cores")
+    return timed
+
+
 def build_profile(model: nn.Module, names: Sequence[str], image_size: int, cores: int,
                   path: Path, *, arch: str, backbone: str, grid: Sequence[float] = GRID,
                   warmup: int = 2, iterations: int = 5, progress: bool = True) -> dict[str, Any]:
     """Build (or finish, or reuse) the profile at `path`; returns it.
 
     Layers already in the file are kept (resume); each newly timed layer is written at once.
+    Progress: see `_Progress`.
     """
     shapes = layer_input_shapes(model, names, image_size)
-    key = profile_key(model, names, shapes, arch, backbone, image_size, cores)
-    data = _load(path, key, grid)
-    modules = dict(model.named_modules())
+    data = _load(path, profile_key(model, names, shapes, arch, backbone, image_size, cores), grid)
+    modules = {n: dict(model.named_modules())[n.rsplit(".", 1)[0]] for n in names}
     by_signature = {v["signature"]: v for v in data["layers"].values() if v["status"] == "ok"}
     todo = [n for n in names if n not in data["layers"]]
-    bar = tqdm(todo, desc="profile", unit="layer", disable=not (progress and sys.stderr.isatty()))
-    for name in bar:
-        module = modules[name.rsplit(".", 1)[0]]
-        signature = layer_signature(module, shapes[name])
+    signatures = {n: layer_signature(modules[n], shapes[n]) for n in todo}
+    to_time = len(set(signatures.values()) - set(by_signature))
+    if todo:
+        log.info("profile: %d layers to time on DeepSparse (%d distinct), %d cores, into %s",
+                 len(todo), to_time, cores, path)
+    bar = _Progress(todo, to_time, progress)
+    for name in todo:
+        signature, started = signatures[name], time.monotonic()
         timed = by_signature.get(signature)
+        seconds = None
         if timed is None:
-            info = machine(cores)
-            timed = time_layer(module, shapes[name], grid, cores, warmup, iterations)
-            data["machine"] = finish(info)
-            timed["other_cpu_cores"] = data["machine"].get("other_cpu_cores")
-        entry = {"signature": signature, "input_shape": shapes[name],
-                 "numel": int(module.weight.numel()),
-                 **{k: timed[k] for k in ("status", "latency_ms", "reason", "other_cpu_cores")
-                    if k in timed}}
+            timed = _time_entry(modules[name], shapes[name], grid, cores, warmup, iterations, data)
+            seconds = time.monotonic() - started
+        entry = _layer_entry(modules[name], signature, shapes[name], timed)
         if entry["status"] == "ok":
-            by_signature[signature] = entry
+            by_signature.setdefault(signature, entry)
         else:
             log.warning("profile: %s %s (%s)", name, entry["status"], entry.get("reason"))
         data["layers"][name] = entry
         write_json(path, data)
+        bar.step(name, seconds)
+    bar.close()
     if not todo:
         log.info("profile %s reused (%d layers)", path, len(data["layers"]))
     return data
