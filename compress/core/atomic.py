@@ -2,17 +2,33 @@
 
 A killed process leaves either the old file or the new one, never half of one. The file gets
 the mode a plain `open()` would give it (0o666 less the umask), not mkstemp's private 0o600.
+Temp files are named `.NAME.lth~XXXXXXXX.tmp` (`temp_beside`): the marker lets a resume remove
+what a killed writer left (`is_own_temp`) without touching a user's own `*.tmp` files.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
 _UMASK: int | None = None
+TEMP_MARK = "lth~"
+_OWN_TEMP = re.compile(r"^\..+\." + re.escape(TEMP_MARK) + r"[A-Za-z0-9_]{8}\.tmp$")
+
+
+def temp_beside(path: str | os.PathLike) -> tuple[int, str]:
+    """`mkstemp` in `path`'s folder with the toolkit's temp name; returns (fd, temp path)."""
+    path = Path(path)
+    return tempfile.mkstemp(prefix=f".{path.name}.{TEMP_MARK}", suffix=".tmp", dir=path.parent)
+
+
+def is_own_temp(name: str) -> bool:
+    """Whether a file name is one `temp_beside` makes (`.NAME.lth~XXXXXXXX.tmp`)."""
+    return bool(_OWN_TEMP.match(name))
 
 
 def process_umask() -> int:
@@ -34,7 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on clean exit, fsync and rename it over `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle

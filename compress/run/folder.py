@@ -1,14 +1,34 @@
-"""The run folder (its layout is in the README): paths, the summary digest and the metrics log."""
+"""The run folder (its layout is in the README): paths, the summary digest and the metrics log.
+
+A writer claims its folder (`claim`): a folder of the user's (existing, not empty, no recipe.yaml
+nor summary.json) is refused unless asked for, and `RUN/.lock` is locked (flock) for as long as
+the process runs, so a second writer gets a one-line UserError naming the holder's pid. Stale-temp
+cleanup takes the lock too, and removes only the toolkit's own temp files and scratch folders in
+the toolkit's own subfolders (and its own root files' temps), never a user's `*.tmp`.
+"""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
-from compress.core.atomic import write_json
+from compress.core.atomic import is_own_temp, write_json
 from compress.core.atomic import write_text
+from compress.core.errors import UserError
+
+LOCK_NAME = ".lock"
+OWN_FOLDERS = ("rounds", "export", "eval", "bench", "plots", "data")
+ROOT_FILES = ("recipe.yaml", "summary.json", "ticket.pt", "metrics.jsonl", "report.md",
+              "report.html", "profile.json")
+SCRATCH_PREFIXES = (".tide_", ".plot_")  # tempfile.TemporaryDirectory folders (TIDE, plots)
+# mkstemp's own names (`.NAME.XXXXXXXX.tmp`), as writers without the lth~ marker leave them
+_MKSTEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
+_HELD: dict[str, IO[str]] = {}  # run folders this process holds the lock of (released at exit)
 
 
 @dataclass(frozen=True)
@@ -53,15 +73,70 @@ class RunFolder:
     def eval_dir(self, engine: str) -> Path:
         return self.root / "eval" / engine
 
-    def remove_stale_temps(self) -> list[Path]:
-        """Delete what a killed process left half-written: atomic-write temp files (.NAME.XXXX.tmp)
-        and scratch folders (.tide_*, .plot_*). Call only while no other process writes here."""
-        import shutil
+    def claim(self, *, allow_foreign: bool = False) -> None:
+        """Check the folder may be written (`check_claimable`), create it and lock it."""
+        self.check_claimable(allow_foreign=allow_foreign)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.lock()
 
-        stale = [p for p in self.root.rglob(".*")
-                 if p.name.endswith(".tmp") or p.name.startswith((".tide_", ".plot_"))]
+    def check_claimable(self, *, allow_foreign: bool = False) -> None:
+        """UserError for a path under a file, a file, or (unless `allow_foreign`) a non-empty
+        folder that is not a run folder."""
+        existing = next(p for p in (self.root, *self.root.parents) if p.exists())
+        if existing != self.root and not existing.is_dir():
+            raise UserError(f"cannot create the run folder: {existing} is a file; expected --out "
+                            "to name a new or empty folder", file=str(self.root))
+        if existing != self.root:
+            return
+        if not self.root.is_dir():
+            raise UserError("is a file; expected --out to name a new or empty folder",
+                            file=str(self.root))
+        if allow_foreign or self.recipe.is_file() or self.summary_path.is_file():
+            return
+        entries = sorted(p.name for p in self.root.iterdir() if p.name != LOCK_NAME)
+        if entries:
+            shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+            raise UserError(f"folder is not empty ({len(entries)} entries: {shown}) and holds no "
+                            "run (no recipe.yaml, no summary.json); choose a new or empty --out, "
+                            "or ask to write into it anyway", file=str(self.root))
+
+    def lock(self) -> None:
+        """Hold an exclusive flock on RUN/.lock until this process ends (idempotent); another
+        process holding it is a UserError naming its pid."""
+        key = str(self.root.resolve())
+        if key in _HELD:
+            return
+        handle = open(self.root / LOCK_NAME, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise UserError(f"another process (pid {holder}) is writing this run folder; wait for "
+                            "it to end (or stop it) before resuming", file=str(self.root)) from err
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        _HELD[key] = handle
+
+    def unlock(self) -> None:
+        handle = _HELD.pop(str(self.root.resolve()), None)
+        if handle is not None:
+            handle.close()
+
+    def remove_stale_temps(self) -> list[Path]:
+        """Delete what a killed writer of the toolkit left: its atomic-write temp files and its
+        scratch folders (.tide_*, .plot_*), in its own subfolders and beside its own root files.
+        Takes the folder's lock first (a UserError while another process writes here)."""
+        self.lock()
+        stale = [p for p in self.root.iterdir() if _own_root_temp(p.name)]
+        for folder in OWN_FOLDERS:
+            if (self.root / folder).is_dir():
+                stale += [p for p in (self.root / folder).rglob(".*") if _own_temp(p)]
         for path in sorted(stale, key=lambda p: len(p.parts), reverse=True):
-            if path.is_dir():
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
             else:
                 path.unlink(missing_ok=True)
@@ -120,6 +195,17 @@ class MetricsLog:
         keep = [line for line in self.path.read_text().splitlines()
                 if line.strip() and not _matches(json.loads(line), self.fixed)]
         write_text(self.path, "".join(line + "\n" for line in keep))
+
+
+def _own_root_temp(name: str) -> bool:
+    legacy = _MKSTEMP.match(name)
+    return is_own_temp(name) or bool(legacy and legacy["name"] in ROOT_FILES)
+
+
+def _own_temp(path: Path) -> bool:
+    if path.name.startswith(SCRATCH_PREFIXES):
+        return path.is_dir() and not path.is_symlink()
+    return path.is_file() and (is_own_temp(path.name) or bool(_MKSTEMP.match(path.name)))
 
 
 def _matches(record: dict[str, Any], fixed: dict[str, Any]) -> bool:
