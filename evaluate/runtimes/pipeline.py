@@ -28,6 +28,7 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, m
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
 from evaluate.runtimes.ort import ort_session, physical_cores
+from evaluate.runtimes.roi_align import multiscale_roi_align
 
 MANIFEST = "manifest.json"
 FORMAT = "lth-compress/deploy-1"
@@ -150,7 +151,7 @@ def paste_into_image(masks: torch.Tensor, boxes: torch.Tensor, height: int, widt
     return out
 
 
-TORCH_OPS = {"paste_masks": paste_masks}
+TORCH_OPS = {"paste_masks": paste_masks, "multiscale_roi_align": multiscale_roi_align}
 
 
 def _bucket(part: dict[str, Any], count: int) -> int:
@@ -232,7 +233,8 @@ class DeployedDetector:
             return [np.zeros((0, *shape[1:]), dtype=np.float32) for shape in shapes]
         if part["runtime"] == "torch":
             canvas = self.manifest["canvas"]
-            return TORCH_OPS[part["op"]](*inputs, height=canvas["height"], width=canvas["width"])
+            params = part.get("params") or {"height": canvas["height"], "width": canvas["width"]}
+            return TORCH_OPS[part["op"]](*inputs, **params)
         if not self._on_deepsparse(part):
             session = self.sessions[part["name"]]
             return session.run(part["outputs"], dict(zip(part["inputs"], inputs)))

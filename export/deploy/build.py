@@ -6,7 +6,10 @@ compiled at: the backbone at the canvas's feature shapes, the box head at the RP
 proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
 detections per image. Mask R-CNN's mask pasting runs in torch (`runtime: torch`, see
 `evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
-compiled shapes and the padding rule. Parity: the partition, every part on ONNX Runtime (the
+compiled shapes and the padding rule. torchvision's level merge in `MultiScaleRoIAlign` is first
+rewritten without scatters (`export.deploy.roi_merge`), and each RoI pool (its RoiAligns and
+the merge) becomes a `runtime: torch` part (`op: multiscale_roi_align`, the RoiAlign attributes
+per level in `params`), checked against its own ONNX file on ONNX Runtime. Parity: the partition, every part on ONNX Runtime (the
 pasting in torch), against the full graph on ONNX Runtime on the same canvas images
 (detections, boxes, masks, keypoints).
 """
@@ -23,13 +26,15 @@ import onnx
 
 from compress.core.atomic import write_json
 from evaluate.runtimes.parity import summarize
-from evaluate.runtimes.pipeline import FORMAT, MANIFEST, DeployedDetector, to_canvas
+from evaluate.runtimes.pipeline import FORMAT, MANIFEST, TORCH_OPS, DeployedDetector, to_canvas
 from evaluate.runtimes.ort import ort_session
-from export.deploy.partition import Part, PartitionError, part_model, partition
+from export.deploy.partition import MERGE, POOL_GROUPS, Part, PartitionError, part_model, partition
+from export.deploy.roi_merge import rewrite_roi_merges
 
 log = logging.getLogger(__name__)
 
 HEAD_BUCKETS = (8, 32)
+POOL_TOLERANCE = 1e-3  # torch RoI pooling vs its ONNX part on ONNX Runtime, max |diff|
 PADDING_RULE = ("zero-pad axis 0 (RoIs) to the smallest compiled count that holds them; "
                 "outputs cut back to the count; a count of 0 skips the part")
 
@@ -54,10 +59,62 @@ def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> li
     for index, part in enumerate(parts):
         name = f"{index:02d}_{part.name}.onnx"
         onnx.save(part_model(model, part, types), str(out_dir / name))
-        entries.append({"name": part.name, "file": name,
-                        "runtime": "deepsparse" if part.heavy else "onnxruntime",
-                        "inputs": part.inputs, "outputs": part.outputs})
+        entry = {"name": part.name, "file": name, "runtime": part.runtime,
+                 "inputs": part.inputs, "outputs": part.outputs}
+        if part.runtime == "torch":
+            entry.update(_pool_op(part))
+        entries.append(entry)
     return entries
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    values = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    return {key: value.decode() if isinstance(value, bytes) else value
+            for key, value in values.items()}
+
+
+def _pool_op(part: Part) -> dict[str, Any]:
+    """A torch RoI-pooling part: its inputs in the op's order (features, RoIs, batch indices
+    per level, then the RoI order) and each level's RoiAlign attributes."""
+    merge = POOL_GROUPS[part.name] + MERGE
+    producer = {out: node for node in part.nodes for out in node.output}
+    concat = next(n for n in part.nodes if n.name == f"{merge}Concat")
+    gather = next(n for n in part.nodes if n.name == f"{merge}Gather")
+    inputs, levels = [], []
+    for pooled in concat.input:
+        align = producer[pooled]
+        attrs = _attributes(align)
+        mode = attrs.get("coordinate_transformation_mode", "output_half_pixel")
+        if attrs.get("mode", "avg") != "avg":
+            raise PartitionError(f"{align.name}: RoiAlign mode {attrs['mode']} is not supported")
+        inputs += list(align.input)
+        levels.append({"spatial_scale": float(attrs.get("spatial_scale", 1.0)),
+                       "output_height": int(attrs.get("output_height", 1)),
+                       "output_width": int(attrs.get("output_width", 1)),
+                       "sampling_ratio": int(attrs.get("sampling_ratio", 0)),
+                       "aligned": mode == "half_pixel"})
+    return {"op": "multiscale_roi_align", "inputs": [*inputs, gather.input[1]],
+            "params": {"levels": levels}}
+
+
+def _check_torch_parts(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
+                       folder: Path) -> None:
+    """Each torch RoI-pooling part against its own ONNX file on ONNX Runtime (the reference),
+    on the reference run's tensors: `reference_max_abs_diff`, in place."""
+    for entry in entries:
+        if entry.get("op") != "multiscale_roi_align":
+            continue
+        feeds = [tensors[name] for name in entry["inputs"]]
+        ours = TORCH_OPS[entry["op"]](*feeds, **entry["params"])[0]
+        session = ort_session(folder / entry["file"], threads=1)
+        names = [i.name for i in session.get_inputs()]
+        theirs = session.run(None, {n: tensors[n] for n in names})[0]
+        same_shape = ours.shape == theirs.shape
+        entry["reference_max_abs_diff"] = (float(np.abs(ours - theirs).max())
+                                           if same_shape and ours.size else 0.0)
+        entry["reference_status"] = ("ok" if same_shape and ours.size == theirs.size
+                                     and entry["reference_max_abs_diff"] <= POOL_TOLERANCE
+                                     else "failed")
 
 
 def _paste_in_torch(entries: list[dict[str, Any]], outputs: Sequence[str]) -> None:
@@ -107,26 +164,31 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(full_onnx))
+    rewrite_roi_merges(model)
     base = {"format": FORMAT, "source": Path(full_onnx).name, "input": model.graph.input[0].name,
             "outputs": [o.name for o in model.graph.output],
             "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
                        "placement": "resized with aspect kept (bilinear), top-left"}}
     try:
-        parts = partition(model)
+        entries = _write_parts(model, partition(model), out_dir)
     except PartitionError as err:
         manifest = {**base, "status": "unsupported", "reason": str(err), "parts": []}
         write_json(out_dir / MANIFEST, manifest)
         return manifest
-    entries = _write_parts(model, parts, out_dir)
     _paste_in_torch(entries, base["outputs"])
     write_json(out_dir / MANIFEST, {**base, "status": "draft", "parts": entries})
     canvases = [to_canvas(image, canvas_size, canvas_size)[0] for image in images]
     with DeployedDetector(out_dir, engine="onnxruntime") as reference:
         tensors = reference.run_canvas(canvases[0], keep_all=True)
     _compile_plan(entries, tensors, out_dir, roi_count, max_detections)
+    _check_torch_parts(entries, tensors, out_dir)
     manifest = {**base, "status": "ok", "parts": entries}
     write_json(out_dir / MANIFEST, manifest)
     parity = verify_deployment(full_onnx, out_dir, canvases)
+    pools = [e for e in entries if e.get("reference_status") == "failed"]
+    if pools and parity["status"] == "ok":
+        parity.update(status="failed", reason=f"{pools[0]['name']}: torch RoI pooling differs "
+                      f"from its ONNX part by {pools[0]['reference_max_abs_diff']:.3g}")
     manifest.update(status="ok" if parity["status"] == "ok" else "failed", parity=parity)
     write_json(out_dir / MANIFEST, manifest)
     log.info("deployment %s: %d parts, parity %s", out_dir, len(entries), parity["status"])

@@ -7,7 +7,9 @@ with one of a heavy group's scopes (`/backbone/` + `/rpn/head/`, `/roi_heads/box
 `/roi_heads/box_predictor/`, the mask or keypoint head + predictor) form that group's part; every
 other node goes to the light part after the last part it reads from. Light parts run on ONNX
 Runtime (transform, anchors, decoding, NMS, RoIAlign, postprocess, mask pasting); heavy parts on
-DeepSparse, or on ONNX Runtime as the reference.
+DeepSparse, or on ONNX Runtime as the reference. The RoI pools whose level merge was rewritten
+(`export.deploy.roi_merge`: RoiAligns + a Concat and a Gather under `<scope>lth_merge/`) form
+parts of their own that run in torch (`evaluate.runtimes.roi_align`), on both engines.
 """
 from __future__ import annotations
 
@@ -24,6 +26,14 @@ HEAVY_GROUPS: dict[str, tuple[str, ...]] = {
 }
 
 
+POOL_GROUPS: dict[str, str] = {
+    "box_roi_pool": "/roi_heads/box_roi_pool/",
+    "mask_roi_pool": "/roi_heads/mask_roi_pool/",
+    "keypoint_roi_pool": "/roi_heads/keypoint_roi_pool/",
+}
+MERGE = "lth_merge/"
+
+
 class PartitionError(RuntimeError):
     """The graph cannot be cut into ordered parts (a heavy part reads a later part's output)."""
 
@@ -34,16 +44,26 @@ class Part:
 
     name: str
     heavy: bool
+    runtime: str = "onnxruntime"
     nodes: list[onnx.NodeProto] = field(default_factory=list)
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
 
 
-def _group_of(node: onnx.NodeProto) -> str | None:
+def _group_of(node: onnx.NodeProto, pools: frozenset[str]) -> str | None:
     for group, scopes in HEAVY_GROUPS.items():
         if node.name.startswith(scopes):
             return group
+    for group in pools:
+        scope = POOL_GROUPS[group]
+        if node.name.startswith(scope) and (node.op_type == "RoiAlign"
+                                            or node.name.startswith(scope + MERGE)):
+            return group
     return None
+
+
+def _runtime(group: str) -> str:
+    return "torch" if group in POOL_GROUPS else "deepsparse"
 
 
 def node_inputs(node: onnx.NodeProto) -> list[str]:
@@ -60,9 +80,10 @@ def node_inputs(node: onnx.NodeProto) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _segments(graph: onnx.GraphProto) -> tuple[list[int], list[str | None]]:
+def _segments(graph: onnx.GraphProto,
+              pools: frozenset[str]) -> tuple[list[int], list[str | None]]:
     """Segment index of every node: heavy groups odd (in order of appearance), light parts even."""
-    groups = [_group_of(node) for node in graph.node]
+    groups = [_group_of(node, pools) for node in graph.node]
     order = list(dict.fromkeys(g for g in groups if g))
     initializers = {init.name for init in graph.initializer}
     producer: dict[str, int] = {}
@@ -84,14 +105,20 @@ def _segments(graph: onnx.GraphProto) -> tuple[list[int], list[str | None]]:
     return segment, [None] + [g for g in order for _ in (0, 1)]
 
 
+def rewritten_pools(model: onnx.ModelProto) -> frozenset[str]:
+    """The RoI pools of `model` whose level merge `export.deploy.roi_merge` rewrote."""
+    return frozenset(group for group, scope in POOL_GROUPS.items()
+                     if any(n.name.startswith(scope + MERGE) for n in model.graph.node))
+
+
 def partition(model: onnx.ModelProto) -> list[Part]:
     """The ordered parts of `model` (light, heavy, light, ...), each with its border tensors."""
     graph = model.graph
-    segment, names = _segments(graph)
+    segment, names = _segments(graph, rewritten_pools(model))
     count = max(segment) + 1
     heavy_names = names[1:]
-    parts = [Part(name=(heavy_names[i - 1] if i % 2 else f"glue_{i // 2}"), heavy=bool(i % 2))
-             for i in range(count)]
+    parts = [Part(name=heavy_names[i - 1], heavy=True, runtime=_runtime(heavy_names[i - 1]))
+             if i % 2 else Part(name=f"glue_{i // 2}", heavy=False) for i in range(count)]
     constants = {out: node for node, seg in zip(graph.node, segment) if seg < 0 for out in node.output}
     initializers = {init.name for init in graph.initializer}
     produced_in = {out: seg for node, seg in zip(graph.node, segment) if seg >= 0 for out in node.output}

@@ -61,7 +61,8 @@ def test_mask_pasting_runs_in_torch_and_matches_the_graph(deployed):
     arch, folder, manifest = deployed
     last = manifest["parts"][-1]
     if arch != "maskrcnn":
-        assert all(part["runtime"] != "torch" for part in manifest["parts"])
+        assert all(part["op"] == "multiscale_roi_align" for part in manifest["parts"]
+                   if part["runtime"] == "torch")
         return
     assert last["runtime"] == "torch" and last["op"] == "paste_masks"
     assert (folder / "deploy" / last["file"]).is_file()  # the ONNX reference stays beside it
