@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from compress.core.errors import UserError
+from compress.run.checks import CheckFailed
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,8 @@ def cli(ctx: click.Context, quiet: bool, verbose: bool) -> None:
 Examples:
   compress run recipes/maskrcnn_lth.yaml --smoke
   compress run recipes/keypointrcnn_lth.yaml --out runs/kp --set lottery.rounds=3
-  compress run recipes/maskrcnn_lth.yaml --out runs/kp --resume""")
+  compress run recipes/maskrcnn_lth.yaml --out runs/kp --resume
+  compress run recipes/maskrcnn_lth.yaml --smoke --strict   # CI: a failed check exits 1""")
 @click.argument("recipe", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
               help="Run folder (default runs/<name>-<recipe hash>).")
@@ -62,14 +64,26 @@ Examples:
 @click.option("--smoke", is_flag=True, help="Same recipe, offline: generated data, tiny budget.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
               help="Override a recipe key (validated like the file). Repeatable.")
+@click.option("--strict", is_flag=True,
+              help="Exit 1 at the end (after every file is written) if any check failed: the "
+                   "run's `warnings:` block (parity, crashed engine, timed under load, target "
+                   "not reached, partial transfer).")
+@click.option("--refuse-loaded-profile", is_flag=True,
+              help="lottery.distribution runtime: stop (exit 2) instead of using a latency "
+                   "profile timed under load.")
 @click.pass_context
 def run(ctx: click.Context, recipe: Path, out: Path | None, resume: bool, smoke: bool,
-        overrides: tuple[str, ...]) -> None:
+        overrides: tuple[str, ...], strict: bool, refuse_loaded_profile: bool) -> None:
     """Train, find the lottery ticket, export, evaluate, benchmark and report."""
     from compress.run.pipeline import run_recipe
+    from compress.run.checks import run_warnings
 
-    run_recipe(recipe, out=out, resume=resume, smoke=smoke, overrides=list(overrides),
-               progress=ctx.obj["progress"])
+    folder = run_recipe(recipe, out=out, resume=resume, smoke=smoke, overrides=list(overrides),
+                        progress=ctx.obj["progress"], refuse_loaded_profile=refuse_loaded_profile)
+    warnings = run_warnings(folder.read_summary())
+    if strict and warnings:
+        raise CheckFailed(f"--strict: {len(warnings)} check(s) failed (listed above; "
+                          f"{folder.summary_path} `warnings`)")
 
 
 @cli.command(epilog="""\b
@@ -134,21 +148,30 @@ def evaluate(model: Path | None, data: Path | None, engine: str | None, tide: bo
 @cli.command(epilog="""\b
 Examples:
   compress bench runs/NAME/export/model.onnx
-  compress bench runs/NAME/export/backbone.onnx --engine deepsparse --batch 1 --batch 4""")
-@click.argument("model", type=click.Path(dir_okay=False, path_type=Path))
+  compress bench runs/NAME/export/backbone.onnx --engine deepsparse --batch 1 --batch 4
+  compress bench runs/NAME/export                # the DeepSparse deployment end to end
+
+\b
+Exit 1 when no requested engine gave a figure (each failed or was skipped).""")
+@click.argument("model", type=click.Path(path_type=Path))
 @click.option("--engine", "engines", multiple=True,
               type=click.Choice(["onnxruntime", "onnxruntime-cuda", "deepsparse"]),
-              help="Repeatable; default all three (unavailable ones are skipped with a reason).")
+              help="Repeatable; default all three for an ONNX file (unavailable ones are skipped "
+                   "with a reason); for an export folder deepsparse (the deployment) and "
+                   "onnxruntime (the full graph on the same canvas).")
 @click.option("--batch", "batches", multiple=True, type=click.IntRange(1, 1024),
               help="Batch size (images per timed call); repeatable; default 1.")
 @click.option("--iterations", type=click.IntRange(1, 100000), default=20, show_default=True,
               help="Timed calls per engine and batch size.")
 @click.option("--warmup", type=click.IntRange(0, 1000), default=5, show_default=True,
               help="Untimed calls first (compilation, caches).")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="bench.json path.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="bench.json path (default: beside MODEL, or in the export folder); "
+                   "machine.json goes beside it.")
 def bench(model: Path, engines: tuple[str, ...], batches: tuple[int, ...], iterations: int,
           warmup: int, out: Path | None) -> None:
-    """Latency and throughput of one ONNX file on each runtime, like for like."""
+    """Latency and throughput of one ONNX file (or an export folder's deployment) on each runtime,
+    like for like."""
     from compress.stages.bench import bench_command
 
     bench_command(model, engines=list(engines), batches=list(batches) or [1],
@@ -280,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         return 2
+    except CheckFailed as err:  # the command's whole purpose failed (compress.run.checks)
+        click.echo(f"error: {err}", err=True)
+        return 1
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS):
             raise_internal(err)

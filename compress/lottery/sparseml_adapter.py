@@ -163,6 +163,18 @@ def epoch_range_epochs(source: str, variables: Mapping[str, Any] | None = None) 
     return max(ends) if ends else None
 
 
+def pruning_targets(source: str, variables: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+    """What each pruning modifier of a recipe aims at: {params (names, `re:` patterns or
+    "__ALL_PRUNABLE__"), target (final sparsity), end_epoch} (a per-sparsity dict: one each)."""
+    out = []
+    for m in manager_from_yaml(source, variables).iter_modifiers():
+        final = getattr(m, "final_sparsity", None)
+        groups = final.items() if isinstance(final, Mapping) else [(final, m.params)]
+        out += [{"params": params, "target": float(target), "end_epoch": float(m.end_epoch)}
+                for target, params in groups if target is not None]
+    return out
+
+
 def all_prunable_params(model: nn.Module) -> list[str]:
     """The weights SparseML's `__ALL_PRUNABLE__` selects (every Linear / ConvNd / Embedding)."""
     from sparseml.pytorch.utils import get_prunable_layers

@@ -26,6 +26,9 @@ from compress.lottery.masks import Mask, apply_mask, dense_mask, load_mask, magn
 log = logging.getLogger(__name__)
 
 BODY_PREFIX = "backbone.body."
+# mask transfer warns (check `partial_transfer`) when the model takes less of the source's weights
+# (a classification ResNet's `fc`, 4-8% of it, is expected to stay behind)
+SOURCE_MATCH_LIMIT = 0.9
 
 
 def load_source(path: str | os.PathLike) -> tuple[dict[str, Tensor], Mask | None]:
@@ -88,6 +91,16 @@ def _copy_matching(model: nn.Module, source: Mapping[str, Tensor],
     return copied
 
 
+def _numel(tensors: Mapping[str, Tensor]) -> int:
+    return sum(int(t.numel()) for t in tensors.values())
+
+
+def coverage(matched: Mapping[str, Tensor], total: Mapping[str, Tensor], what: str) -> str:
+    """"5 of 62 masked tensors (0.01M of 11.17M weights) matched the model"."""
+    return (f"{len(matched)} of {len(total)} {what} tensors ({_numel(matched) / 1e6:.2f}M of "
+            f"{_numel(total) / 1e6:.2f}M weights) matched the model by name and shape")
+
+
 def mask_transfer(model: nn.Module, source_state_dict: Mapping[str, Tensor], param_names: list[str],
                   sparsity: float, distribution: str = "global") -> Mask:
     """Keep the top-k |w| of the source weights of `param_names`, load the source, zero the rest.
@@ -103,6 +116,13 @@ def mask_transfer(model: nn.Module, source_state_dict: Mapping[str, Tensor], par
     copied = _copy_matching(model, source_state_dict)
     log.info("mask transfer: loaded %d source tensors, pruned %d tensors to %.4f",
                  len(copied), len(mask), sparsity)
+    state, taken = model.state_dict(), set(copied)
+    loaded = {n: v for n, v in source_state_dict.items() if map_name(n, state) in taken}
+    if _numel(loaded) < SOURCE_MATCH_LIMIT * _numel(source_state_dict):
+        log.warning("mask transfer: %s; the rest of the source is dropped (first: %s)",
+                    coverage(loaded, source_state_dict, "source"),
+                    ", ".join(n for n in source_state_dict if n not in loaded)[:200],
+                    extra={"check": "partial_transfer"})
     apply_mask(model, mask)
     return mask
 
@@ -132,8 +152,10 @@ def transfer_ticket(model: nn.Module, ticket_state_dict: Mapping[str, Tensor],
                              f"layers matches the model by name and shape (first: "
                              f"{next(iter(ticket_mask), '-')}); pass a name_map")
     if unmatched:
-        log.warning("transfer ticket: %d masked layers without a match: %s", len(unmatched),
-                        ", ".join(unmatched[:8]))
+        kept = {n: ticket_mask[n] for n in ticket_mask if n not in unmatched}
+        log.warning("transfer ticket: %s; the rest of the ticket is dropped (first unmatched: %s)",
+                    coverage(kept, ticket_mask, "masked"), ", ".join(unmatched[:5]),
+                    extra={"check": "partial_transfer"})
     _copy_matching(model, ticket_state_dict, name_map)
     apply_mask(model, mask)
     matched = [n for n in state if n in mask]

@@ -17,7 +17,10 @@ from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.stages.predict import gallery_image
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
+from compress.run.checks import parity_note, run_warnings
+from evaluate.runtimes.protocol import load_note
 
+ROUND_CHECKS = ("shortfall", "partial_transfer", "loaded_profile")  # said under the rounds table
 METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50")  # VOC: Pascal VOC07 AP50
 
 
@@ -39,6 +42,9 @@ def sec_summary(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                          fmt(r.get("prunable_sparsity")), *(fmt(m.get(k)) for k in METRICS),
                          fmt(m.get("val_loss"))])
     table(section, *_drop_empty_columns(header, rows, 5), "Every round (torch, validation set)")
+    for run in runs:
+        section.text += [f"Warning ({run.label}, {w['check']}): {w['message']}"
+                         for w in run_warnings(run.summary) if w["check"] in ROUND_CHECKS]
     rows = [row for run in runs for row in _engine_rows(run)]
     if rows:
         table(section, *_drop_empty_columns(["run", "engine", *METRICS, "note"], rows, 2),
@@ -56,7 +62,9 @@ def _engine_rows(run: RunData) -> list[list[str]]:
                     (("bbox", "bbox"), ("segm", "segm"), ("keypoints", "kp")) for k in ("AP", "AP50")}
             values = [flat["bbox_AP"], flat["bbox_AP50"], flat["segm_AP"], flat["kp_AP"],
                       stats.get("voc", {}).get("voc07_mAP50")]
-            rows.append([run.label, engine_dir.name, *(fmt(v) for v in values), ""])
+            parity = engine_dir / "parity.json"
+            note = parity_note(read_json(parity)) if parity.is_file() else ""
+            rows.append([run.label, engine_dir.name, *(fmt(v) for v in values), note])
         elif (engine_dir / "parity.json").is_file():
             parity = read_json(engine_dir / "parity.json")
             note = (f"backbone graph: max |diff| vs ORT {fmt(parity.get('max_abs_diff_vs_onnxruntime'), 7)}"
@@ -225,11 +233,21 @@ def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                          fmt(b.get("supported_op_fraction"), 3), b.get("reason") or ""])
             if b.get("status") == "ok" and b.get("p50_ms") is not None:
                 ok.append(row)
+        _flag_load(section, run)
     if ok:
         figure(section, plots.plot_latency(ok, plot_dir / "latency.png"),
                "Latency per call on each engine (same ONNX file per graph): bar p50, | p90, x p99")
     table(section, ["run", "graph", "engine", "batch", "status", "p50 ms", "p90 ms", "p99 ms",
                     "items/s", "cores", "supported ops", "reason"], rows)
+
+
+def _flag_load(section: Section, run: RunData) -> None:
+    """A line beside the bench table when the run's benchmark was taken under load."""
+    path = run.root / "bench" / "machine.json"
+    note = load_note(read_json(path)) if path.is_file() else None
+    if note:
+        section.text.append(f"Warning ({run.label}): the benchmark was {note} "
+                            "(bench/machine.json); compare ratios within the run, with care.")
 
 
 def sec_early_bird(section: Section, runs: list[RunData], plot_dir: Path) -> None:

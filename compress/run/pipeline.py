@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +35,20 @@ from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.lottery.masks import load_mask
 from compress.run.summary_table import format_summary
 from compress.lottery.runtime_aware import RuntimeAllocator, profile_for_run
+from compress.lottery.profile import default_profile_path, layer_input_shapes, profile_key
+from compress.run.profile import profile_load
 from evaluate.runtimes.ort import physical_cores
+from compress.run.checks import collecting, format_warnings, run_warnings, tag
+from compress.run.shortfall import gradual_shortfalls
 
 log = logging.getLogger(__name__)
 
 
 def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
-               smoke: bool = False, overrides: list[str] = (), progress: bool = True) -> RunFolder:
+               smoke: bool = False, overrides: list[str] = (), progress: bool = True,
+               refuse_loaded_profile: bool = False) -> RunFolder:
+    """Run the recipe into its run folder; failed checks are warned, collected into summary.json
+    `warnings` and listed at the end (compress.run.checks)."""
     recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
     digest = recipe_hash(recipe)
     run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
@@ -54,14 +62,19 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
                                                         dist.world_size), str(recipe_path))
     if dist.is_main:
         _claim_run_folder(run, recipe, digest, resume)
+        run.update_summary(finished=False)
         log.info("run folder %s (recipe %s)", run.root, digest)
     dist.barrier()
 
     seed_everything(recipe.train.seed)
     try:
-        records, data, loaders = find_ticket(recipe, run, progress and dist.is_main, data, dist)
+        with collecting(run) if dist.is_main else nullcontext():
+            records, data, loaders = find_ticket(recipe, run, progress and dist.is_main, data, dist,
+                                                 refuse_loaded_profile)
+            if dist.is_main:
+                run_stages(StageContext(recipe, run, data, loaders, progress))
         if dist.is_main:
-            run_stages(StageContext(recipe, run, data, loaders, progress))
+            run.update_summary(finished=True)
             _print_summary(run, records)
         dist.barrier()
     finally:
@@ -89,12 +102,13 @@ def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool)
 
 
 def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
-                  iters_per_epoch: int, progress: bool = False, dist: Any = SINGLE) -> LotterySetup:
+                  iters_per_epoch: int, progress: bool = False, dist: Any = SINGLE,
+                  refuse_loaded_profile: bool = False) -> LotterySetup:
     lot = recipe.lottery
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
     method = METHODS[lot.method]
-    allocate = (runtime_allocator(recipe, run, model, names, progress, dist)
+    allocate = (runtime_allocator(recipe, run, model, names, progress, dist, refuse_loaded_profile)
                 if lot.distribution == "runtime" else None)
     return LotterySetup(method=method, lottery=lot, pruning_rounds=method.pruning_rounds(lot),
                         fraction=method.fraction(lot), distribution=lot.distribution,
@@ -110,7 +124,8 @@ def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
 
 
 def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, names: list[str],
-                      progress: bool, dist: Any = SINGLE) -> RuntimeAllocator:
+                      progress: bool, dist: Any = SINGLE,
+                      refuse_loaded: bool = False) -> RuntimeAllocator:
     """The latency profile (rank 0 builds or reuses it; the others read its copy) and the
     allocator over it. Image size: export.image_size, else model.min_size."""
     cfg = recipe.lottery.runtime
@@ -121,13 +136,34 @@ def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, na
                         cores=physical_cores(), given=cfg.profile, run_copy=copy,
                         progress=progress)
     dist.barrier()
-    return RuntimeAllocator(json.loads(copy.read_text()), mass_bound=cfg.mass_bound,
+    profile = json.loads(copy.read_text())
+    if dist.is_main:
+        _check_profile_load(profile, cfg.profile, model, names, recipe, refuse_loaded)
+    return RuntimeAllocator(profile, mass_bound=cfg.mass_bound,
                             max_layer_sparsity=cfg.max_layer_sparsity,
                             stem_max_sparsity=cfg.stem_max_sparsity)
 
 
+def _check_profile_load(profile: dict[str, Any], given: str | None, model: torch.nn.Module,
+                        names: list[str], recipe: Recipe, refuse: bool) -> None:
+    """A profile timed under load is refused (`refuse`) or used with one warning naming it."""
+    note = profile_load(profile)
+    if note is None:
+        return
+    size = recipe.export.image_size or recipe.model.min_size
+    source = Path(given) if given else default_profile_path(profile_key(
+        model, names, layer_input_shapes(model, names, size), recipe.model.arch,
+        recipe.model.backbone, size, physical_cores()))
+    if refuse:
+        raise UserError(f"latency profile: {note}; rebuild it on an idle machine (delete the "
+                        "file and rerun) or drop --refuse-loaded-profile", file=str(source))
+    log.warning("runtime-aware allocation uses latency profile %s: %s (refuse with "
+                "--refuse-loaded-profile)", source, note, extra=tag("loaded_profile"))
+
+
 def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None,
-                dist: Any = None) -> tuple[list[dict[str, Any]], Any, dict]:
+                dist: Any = None, refuse_loaded_profile: bool = False
+                ) -> tuple[list[dict[str, Any]], Any, dict]:
     """Train the rounds and write ticket.pt; returns the per-round records, data and loaders."""
 
     dist = dist or SINGLE
@@ -142,7 +178,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
     rs.check_rewind(recipe, ipe)  # synthetic data at a user's root: known only now
     schedule = rs.make_schedule(recipe, ipe)
     factory = rs.model_factory(recipe, data)
-    setup = lottery_setup(recipe, run, factory(), ipe, progress, dist)
+    setup = lottery_setup(recipe, run, factory(), ipe, progress, dist, refuse_loaded_profile)
     schedule = apply_epoch_range(recipe, schedule, setup.prunable)
     device = rs.pick_device(recipe.train.device)
     if dist.enabled and device.type == "cuda":
@@ -164,11 +200,19 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
     records = run_lottery(setup, ctx)
     if dist.is_main:
         write_ticket(run, recipe, records)
+        if recipe.lottery.method == "gradual":
+            epochs = schedule.total_iterations / schedule.iterations_per_epoch
+            for message in gradual_shortfalls(recipe, run.round_dir(0), setup.prunable, epochs):
+                log.warning("%s", message, extra=tag("shortfall"))
     return records, data, loaders
 
 
 def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:
-    print(format_summary(run.read_summary()))
+    summary = run.read_summary()
+    print(format_summary(summary))
+    block = format_warnings(run_warnings(summary))
+    if block:
+        print(block)
 
 
 def write_ticket(run: RunFolder, recipe: Recipe, records: list[dict[str, Any]]) -> Path:

@@ -15,6 +15,8 @@ from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.recipe.load import load_recipe
 from evaluate.runtimes.ort import physical_cores
+from evaluate.runtimes.protocol import OTHER_WORK_LIMIT
+from compress.run.checks import tag
 
 log = logging.getLogger(__name__)
 COCO_CLASSES = 91
@@ -39,7 +41,22 @@ def profile_recipe(recipe_path: Path, *, out: Optional[Path] = None, smoke: bool
                                                image_size, cores))
     data = build_profile(model, names, image_size, cores, out, arch=m.arch, backbone=m.backbone,
                          progress=progress)
+    note = profile_load(data)
+    if note:
+        log.warning("profile %s: %s; rebuild it on an idle machine (delete it, rerun)", out, note,
+                    extra=tag("under_load"))
     return out, data
+
+
+def profile_load(data: dict[str, Any]) -> Optional[str]:
+    """How much of a profile was timed under load ("12 of 40 layers timed under load, up to 1.20
+    cores of other work"), or None when none was."""
+    loads = [entry.get("other_cpu_cores") for entry in data.get("layers", {}).values()]
+    loaded = [v for v in loads if v is not None and v > OTHER_WORK_LIMIT]
+    if not loaded:
+        return None
+    return (f"{len(loaded)} of {len(loads)} layers timed under load (up to {max(loaded):.2f} "
+            f"cores of other work): their latencies are noisy")
 
 
 def format_profile(data: dict[str, Any]) -> str:

@@ -15,7 +15,9 @@ from compress.stages.export import parity_images, val_images
 from evaluate.runtimes.ort import physical_cores
 from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
 from evaluate.runtimes.pipeline_bench import PIPELINE_ENGINES, bench_pipeline
-from evaluate.runtimes.protocol import finish, machine
+from evaluate.runtimes.protocol import finish, load_note, machine
+from evaluate.runtimes.pipeline import read_manifest
+from compress.run.checks import CheckFailed, tag
 
 log = logging.getLogger(__name__)
 
@@ -53,9 +55,22 @@ def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, 
         rows += bench_pipeline(run.export, images or parity_images(size), engines=engines,
                                warmup=cfg.warmup, iterations=cfg.iterations, cores=cores)
     write_json(run.bench / "bench.json", rows)
-    write_json(run.bench / "machine.json", finish(info))
+    info = finish(info)
+    write_json(run.bench / "machine.json", info)
     log.info("benchmark:\n%s", format_bench_table(rows))
+    warn_bench(rows, info, run.bench / "machine.json")
     return rows
+
+
+def warn_bench(rows: list[dict[str, Any]], info: dict[str, Any], machine_path: Path) -> None:
+    """One warning line per failed row and one if the figures were taken under load."""
+    for row in rows:
+        if row.get("status") == "failed":
+            log.warning("bench %s %s batch %s: FAILED (%s)", row.get("graph") or row.get("model"),
+                        row["engine"], row.get("batch"), row.get("reason"), extra=tag("engine_failed"))
+    note = load_note(info)
+    if note:
+        log.warning("bench: %s (%s)", note, machine_path, extra=tag("under_load"))
 
 
 class MacsStage:
@@ -85,10 +100,45 @@ class BenchStage:
 
 
 def bench_command(model: Path, *, engines: list[str], batches: list[int], iterations: int,
-                  warmup: int, out: Path | None) -> None:
-    if model.suffix != ".onnx":
-        raise UserError("compress bench takes an ONNX file (see `compress export`)", file=str(model))
-    rows = bench_onnx(model, engines=engines or ENGINES, batch_sizes=batches, warmup=warmup,
-                      iterations=iterations)
-    write_json(out or model.parent / "bench.json", rows)
+                  warmup: int, out: Path | None) -> list[dict[str, Any]]:
+    """`compress bench MODEL.onnx | RUN/export`: an ONNX file on each engine x batch, or an export
+    folder's deployment end to end (graph `pipeline`; batch 1). No engine giving a figure (every
+    one failed or was skipped) is `CheckFailed` (exit 1)."""
+    cores = physical_cores()
+    info = machine(cores)
+    if model.is_dir():
+        rows = _bench_export(model, engines, batches, iterations, warmup, cores)
+        target = out or model / "bench.json"
+    elif model.suffix == ".onnx":
+        rows = bench_onnx(model, engines=engines or ENGINES, batch_sizes=batches, warmup=warmup,
+                          iterations=iterations, cores=cores)
+        target = out or model.parent / "bench.json"
+    else:
+        raise UserError("compress bench takes an ONNX file or an export folder holding "
+                        "deploy/manifest.json (see `compress export`)", file=str(model))
+    write_json(target, rows)
+    machine_path, info = target.with_name("machine.json"), finish(info)
+    write_json(machine_path, info)
     print(format_bench_table(rows))
+    warn_bench(rows, info, machine_path)
+    if not any(row.get("status") == "ok" for row in rows):
+        reasons = "; ".join(f"{r['engine']}: {r['status']} ({r.get('reason')})" for r in rows)
+        raise CheckFailed(f"bench: no requested engine gave a figure: {reasons}")
+    return rows
+
+
+def _bench_export(folder: Path, engines: list[str], batches: list[int], iterations: int,
+                  warmup: int, cores: int) -> list[dict[str, Any]]:
+    """The deployment of an export folder against the full graph on ONNX Runtime, end to end."""
+    manifest = read_manifest(folder)  # ModelFileError (exit 2) without export/deploy/
+    unknown = [e for e in engines if e not in PIPELINE_ENGINES]
+    if unknown:
+        raise UserError(f"an export folder's deployment runs on {', '.join(PIPELINE_ENGINES)}, "
+                        f"not {unknown[0]}", key="--engine")
+    if any(b != 1 for b in batches):
+        raise UserError("an export folder's deployment is timed at batch 1 (one image per call)",
+                        key="--batch")
+    canvas = manifest["canvas"]
+    return bench_pipeline(folder, parity_images(min(canvas["height"], canvas["width"])),
+                          engines=engines or list(PIPELINE_ENGINES), warmup=warmup,
+                          iterations=iterations, cores=cores)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from evaluate.analysis.tide import compare_tide, run_tide
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from compress.data.loaders import build_dataset, make_loader
 from compress.run.loaded import load_model, run_of
+from compress.run.checks import CheckFailed, tag
 from compress.models.build import ARCH_TASK
 from compress.run.setup import ground_truth_path
 
@@ -140,10 +142,30 @@ class EvaluateStage:
             if results[engine].get("status", "ok") == "ok":
                 results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
                                                 recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
+        for engine, result in results.items():
+            warn_if_failed(engine, result, results)
         if "torch" in results and "onnxruntime" in results:
             results["onnxruntime_minus_torch_bbox_mAP"] = (results["onnxruntime"]["bbox_mAP"]
                                                            - results["torch"]["bbox_mAP"])
         return results
+
+
+def warn_if_failed(engine: str, result: dict[str, Any], others: dict[str, Any]) -> bool:
+    """One warning line for an engine whose evaluation failed (a crash, or metrics whose parity
+    check failed, which are kept but not to be trusted); True when it failed."""
+    if not isinstance(result, dict) or result.get("status", "ok") == "ok":
+        return False
+    parity = result.get("parity_vs_onnxruntime")
+    if parity is None:
+        log.warning("evaluate %s: FAILED (%s); no metrics", engine, result.get("reason"),
+                    extra=tag("engine_failed"))
+        return True
+    reference = (others.get("onnxruntime") or {}).get("bbox_mAP")
+    versus = f" (onnxruntime {reference:.4f})" if isinstance(reference, float) else ""
+    log.warning("evaluate %s: parity check vs ONNX Runtime FAILED (%s); its bbox mAP %.4f%s is "
+                "not to be trusted", engine, parity.get("reason"), result.get("bbox_mAP", float("nan")),
+                versus, extra=tag("parity"))
+    return True
 
 
 def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
@@ -168,6 +190,12 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
                               dict(dataset.label_to_cat_id), task, out_dir, progress=True,
                               convention=convention or loaded.recipe.evaluate.convention,
                               voc=kind == "voc")
-    if tide and metrics.get("status", "ok") == "ok":
+    failed = warn_if_failed(engine, metrics, {})
+    if tide and not failed:
         analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)
     print(json.dumps(metrics, indent=2))
+    print(f"evaluate: wrote {out_dir}", file=sys.stderr)
+    if failed:
+        raise CheckFailed(f"evaluate {engine} failed: "
+                          f"{(metrics.get('parity_vs_onnxruntime') or metrics).get('reason')} "
+                          f"(see {out_dir / 'parity.json'})")

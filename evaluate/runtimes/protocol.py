@@ -98,6 +98,19 @@ def finish(info: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def load_note(info: Mapping[str, Any]) -> str | None:
+    """One line saying a measurement was taken under load (None when it was not): the cores of
+    other work (or the load average, without /proc/stat) on this machine's CPUs."""
+    if not info.get("under_load"):
+        return None
+    cpus = info.get("logical_cpus") or "?"
+    other = info.get("other_cpu_cores")
+    load = (info.get("load_avg_before") or ["?"])[0]
+    busy = (f"{other:.2f} cores of other work" if other is not None
+            else f"load average {load} before it started")
+    return f"taken under load ({busy} on {cpus} CPUs): its latencies are noisy"
+
+
 def stats(latencies_ms: list[float]) -> dict[str, float]:
     """p50 / p90 / p99 / mean and the spread ((p90 - p10) / p50) of one runner's latencies."""
     values = np.asarray(latencies_ms, dtype=np.float64)
