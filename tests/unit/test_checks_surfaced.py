@@ -197,3 +197,24 @@ def test_strict_run_exits_1_after_writing_when_a_check_failed(monkeypatch, tmp_p
     assert main(["run", "recipe.yaml"]) == 0
     assert main(["run", "recipe.yaml", "--strict"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --strict: 1 check(s) failed")
+
+
+def test_profile_built_under_load_prints_one_warning(monkeypatch, tmp_path, capsys):
+    import compress.lottery.profile as profile_mod
+    from support.recipes import TINY_LOTTERY
+
+    def flat(module, shape, grid, cores, warmup, iterations):
+        return {"status": "ok", "latency_ms": [1.0 for _ in grid]}
+
+    real_finish = profile_mod.finish
+    monkeypatch.setattr(profile_mod, "time_layer", flat)
+    monkeypatch.setattr(profile_mod, "finish", lambda info: {**real_finish(info), "under_load": True,
+                                                             "other_cpu_cores": 1.5})
+    out = tmp_path / "p.json"
+    overrides = [o for o in TINY_LOTTERY if not o.startswith("evaluate.")]
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
+    assert main(["-q", "profile", str(recipe), "--smoke", "--out", str(out),
+                 *[a for o in overrides for a in ("--set", o)]]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if "under load" in line]
+    assert len(lines) == 1 and " W " in lines[0]
+    assert f"profile {out}: " in lines[0] and "(up to 1.50 cores of other work)" in lines[0]
