@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from evaluate.runtimes.child_watch import watch_parent
 from evaluate.runtimes.ort import EngineUnavailable
 
 log = logging.getLogger(__name__)
@@ -117,6 +118,7 @@ def _call(request: dict[str, Any], timeout_s: float, workdir: Path) -> dict[str,
     request_path = workdir / "request.json"
     result_path = workdir / "result.json"
     request["result_path"] = str(result_path)
+    request["parent_pid"] = os.getpid()
     request_path.write_text(json.dumps(request))
     return run_child(_child_argv(request_path), timeout_s, result_path)
 
@@ -284,6 +286,8 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="DeepSparse child process (internal).")
     parser.add_argument("request", help="request JSON written by the parent")
     request = json.loads(Path(parser.parse_args(argv).request).read_text())
+    if "parent_pid" in request:  # killed with the parent, work folder removed (child_watch)
+        watch_parent(int(request["parent_pid"]), Path(request["result_path"]).parent)
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     handler = {"bench": _child_bench, "bench_files": _child_bench_files,
                "outputs": _child_outputs}[request["mode"]]

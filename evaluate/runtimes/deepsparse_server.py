@@ -7,6 +7,9 @@ back; the child copies the engine's outputs into the part's output buffers. The 
 every engine first and answers `READY <json>`; a crash, a timeout or an error (at compile or at run)
 raises `DeepSparseFailed` with a one-line reason and the child is gone, never the parent. The
 child's own stdout is sent to its stderr log, so DeepSparse's prints cannot break the protocol.
+The child dies with its parent, and the shared-memory folder is removed on every exit path: by
+`close()` (also on every failure), and when the parent is killed, by the child's watcher
+(`child_watch`), even mid-compile.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from evaluate.runtimes.child_watch import watch_parent
 from evaluate.runtimes.deepsparse import (_compile, _failure_reason, _signal_name,
                                           child_env, deepsparse_missing_reason)
 
@@ -70,7 +74,7 @@ class DeepSparseServer:
                                for i, shape in enumerate(s.input_shapes)] for s in specs}
         self.outputs = {s.key: [_buffer(self.folder, s.key, "out", i, shape, "w+")
                                 for i, shape in enumerate(s.output_shapes)] for s in specs}
-        request = {"folder": str(self.folder), "num_cores": num_cores,
+        request = {"folder": str(self.folder), "num_cores": num_cores, "parent_pid": os.getpid(),
                    "specs": [{"key": s.key, "onnx_path": s.onnx_path,
                               "input_shapes": [list(x) for x in s.input_shapes],
                               "output_shapes": [list(x) for x in s.output_shapes]} for s in specs]}
@@ -181,11 +185,14 @@ def _serve(request: dict[str, Any], protocol: Any) -> None:
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    request = json.loads(Path(argv[0]).read_text())
+    if "parent_pid" in request:  # killed with the parent, buffers removed (child_watch)
+        watch_parent(int(request["parent_pid"]), request["folder"])
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by DeepSparse goes to the log, not the protocol
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     try:
-        _serve(json.loads(Path(argv[0]).read_text()), protocol)
+        _serve(request, protocol)
     except Exception as err:  # reported to the parent as one line, then exit non-zero
         protocol.write(f"ERROR {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n")
         protocol.flush()
