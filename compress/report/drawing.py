@@ -54,28 +54,31 @@ def _keep(outputs: Mapping[str, Any], score_threshold: float, max_shown: int | N
 
 
 def _paint_masks(canvas: Image.Image, masks: np.ndarray, labels: np.ndarray, keep: np.ndarray) -> Image.Image:
-    """Each kept mask tinted onto `canvas`, touching only the mask's bounding rectangle (an image
-    of 13000 px is 4 GB as one float64 copy)."""
+    """Each kept mask (thresholded at MASK_THRESHOLD) tinted onto `canvas` in place."""
     if masks.ndim == 4:
         masks = masks[:, 0]
-    if not len(masks):
-        return canvas
-    sx, sy = canvas.width / masks.shape[-1], canvas.height / masks.shape[-2]
     for i in keep:
-        binary = masks[i] > MASK_THRESHOLD
-        rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
-        if not len(rows):
-            continue
-        box = (int(cols[0] * sx), int(rows[0] * sy), int(np.ceil((cols[-1] + 1) * sx)),
-               int(np.ceil((rows[-1] + 1) * sy)))
-        crop = binary[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-        stencil = Image.fromarray(crop.astype(np.uint8) * 255).resize(
-            (box[2] - box[0], box[3] - box[1]), Image.NEAREST)
-        region = canvas.crop(box)
-        tint = Image.blend(region, Image.new("RGB", region.size, _color(labels[i])), MASK_ALPHA)
-        region.paste(tint, mask=stencil)
-        canvas.paste(region, box[:2])
+        paint_mask(canvas, masks[i] > MASK_THRESHOLD, int(labels[i]))
     return canvas
+
+
+def paint_mask(canvas: Image.Image, binary: np.ndarray, label: int) -> None:
+    """Tint the pixels of `binary` (a bool mask, scaled to the canvas if its size differs) in the
+    label's colour, in place, touching only the mask's bounding rectangle (a 13000 px image is
+    4 GB as one float64 copy)."""
+    rows, cols = np.flatnonzero(binary.any(1)), np.flatnonzero(binary.any(0))
+    if not len(rows):
+        return
+    sx, sy = canvas.width / binary.shape[-1], canvas.height / binary.shape[-2]
+    box = (int(cols[0] * sx), int(rows[0] * sy), int(np.ceil((cols[-1] + 1) * sx)),
+           int(np.ceil((rows[-1] + 1) * sy)))
+    crop = binary[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    stencil = Image.fromarray(crop.astype(np.uint8) * 255).resize(
+        (box[2] - box[0], box[3] - box[1]), Image.NEAREST)
+    region = canvas.crop(box)
+    tint = Image.blend(region, Image.new("RGB", region.size, _color(label)), MASK_ALPHA)
+    region.paste(tint, mask=stencil)
+    canvas.paste(region, box[:2])
 
 
 def _draw_keypoints(draw: ImageDraw.ImageDraw, points: np.ndarray, scale: float, color: tuple,
@@ -95,13 +98,15 @@ def _draw_keypoints(draw: ImageDraw.ImageDraw, points: np.ndarray, scale: float,
 def draw_detections(image: Any, outputs: Mapping[str, Any], *,
                     class_names: Mapping[int, str] | Sequence[str] | None = None,
                     score_threshold: float = 0.5, min_side_px: int = 256,
-                    max_shown: int | None = None) -> Image.Image:
+                    max_shown: int | None = None, in_place: bool = False) -> Image.Image:
     """The image with every detection scoring >= `score_threshold` drawn on it.
 
     `class_names` maps a label to its name (a mapping, or a list indexed by label); labels without
-    a name are shown as numbers; `max_shown` keeps only the best-scoring ones. Returns a new RGB image at least `min_side_px` on its short side.
+    a name are shown as numbers; `max_shown` keeps only the best-scoring ones. Returns a new RGB image at least `min_side_px` on its short side;
+    with `in_place`, an RGB PIL image large enough is drawn on and returned itself (no copy).
     """
-    canvas = image_to_pil(image)
+    own = in_place and isinstance(image, Image.Image) and image.mode == "RGB"
+    canvas = image if own else image_to_pil(image)
     scale = max(1.0, min_side_px / max(1, min(canvas.size)))
     if scale > 1.0:
         canvas = canvas.resize((round(canvas.width * scale), round(canvas.height * scale)), Image.NEAREST)

@@ -23,10 +23,12 @@ from compress.core.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MAX_IMAGE_PIXELS = 178_000_000
+ORIENTATION = 0x0112  # the EXIF tag
 WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit (and 32-bit int) grey
 # Above this many pixels the image is shrunk (antialiased, in 8/16-bit) before it becomes floats:
-# every predictor resizes to at most 1333 px anyway, and a 13000 px image is 2 GB as floats.
-WORK_MAX_PIXELS = 4096 * 4096
+# every predictor resizes to at most 1333 px anyway, a 13000 px image is 2 GB as floats, and each
+# mask the model returns is upsampled to this size first (16 MB a mask here).
+WORK_MAX_PIXELS = 2048 * 2048
 
 
 @dataclass(frozen=True)
@@ -83,17 +85,25 @@ def check_image(path: Path) -> ImageFile:
 
 
 def read_pil(path: Path) -> Image.Image:
-    """The image decoded, upright (EXIF orientation applied), as RGB, or 'I' for 16-bit grey."""
+    """The image decoded, upright (EXIF orientation applied), as RGB, or 'I' for 16-bit grey.
+    No copy is made where none is needed (an upright RGB file is 676 MB a copy at 13000 px)."""
+    raw = _open(path)
     try:
-        with _open(path) as raw:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                upright = ImageOps.exif_transpose(raw)
-                if upright.mode in WIDE_MODES:
-                    return upright.convert("I") if upright.mode != "I" else upright.copy()
-                return upright.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            raw.load()
+            image = raw
+            if raw.getexif().get(ORIENTATION, 1) != 1:
+                image = ImageOps.exif_transpose(raw)
+            wanted = "I" if image.mode in WIDE_MODES else "RGB"
+            if image.mode != wanted:
+                image = image.convert(wanted)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raw.close()
         raise _unreadable(path, err) from err
+    if image is not raw:
+        raw.close()
+    return image
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:

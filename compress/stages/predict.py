@@ -36,7 +36,8 @@ from compress.run.loaded import run_of
 from compress.stages.images import IMAGE_SUFFIXES, ImageFile, check_image, collect_images
 from compress.stages.images import read_image, read_pil, to_uint8_rgb, working_tensor
 from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
-from compress.stages.predictors import fit_to_graph, keep_scores, restore, torch_predictor
+from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
+from compress.stages.upscale import upscaled_results
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
 from evaluate.runtimes.pipeline import read_manifest
@@ -190,27 +191,33 @@ def _predict_all(predictor: Predictor, info: LabelInfo, files: list[ImageFile], 
     used: set[str] = {IMAGES_JSON}
     for file, image_id in zip(files, ids):
         with read_pil(file.path) as picture:
-            outputs = _predict_one(predictor, picture)
-            mapping = info.label_to_cat_id or _identity(outputs["labels"])
-            results += outputs_to_coco_results(image_id, outputs, mapping, info.task)
+            found, drawn = _predict_one(predictor, info, picture, image_id, score_threshold)
             name = _unique_name(file.path, used)
-            drawn = draw_detections(to_uint8_rgb(picture), outputs, score_threshold=score_threshold,
-                                    class_names=info.class_names or None)
             images.append({"id": image_id, "file_name": file.path.name, "width": picture.width,
                            "height": picture.height, "drawn": name})
-        write_bytes(out / name, png_bytes(drawn))
-        log.info("%s: %d detections -> %s", file.path.name, len(outputs["scores"]), out / name)
+            write_bytes(out / name, png_bytes(drawn))  # `drawn` may be `picture` itself
+            del drawn
+        results += found
+        log.info("%s: %d detections -> %s", file.path.name, len(found), out / name)
     return results, images
 
 
-def _predict_one(predictor: Predictor, picture: Any) -> dict[str, torch.Tensor]:
-    """The outputs on the picture; a huge one is predicted shrunk, outputs mapped back."""
+def _predict_one(predictor: Predictor, info: LabelInfo, picture: Any, image_id: int,
+                 score_threshold: float) -> tuple[list[dict], Any]:
+    """COCO results of one picture and its drawing. A huge picture is predicted shrunk and its
+    masks brought back to its size one at a time (compress.stages.upscale)."""
     tensor = working_tensor(picture)
     size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
     outputs = predictor(tensor)
     del tensor
-    original = (picture.height, picture.width)
-    return outputs if size == original else restore(dict(outputs), size, original)
+    mapping = info.label_to_cat_id or _identity(outputs["labels"])
+    drawable = to_uint8_rgb(picture)
+    if size == (picture.height, picture.width):
+        results = outputs_to_coco_results(image_id, outputs, mapping, info.task)
+    else:  # masks painted onto `drawable` (the decoded picture, ours to change) as they come
+        results, outputs = upscaled_results(drawable, outputs, size, image_id, mapping, info.task)
+    return results, draw_detections(drawable, outputs, score_threshold=score_threshold,
+                                    class_names=info.class_names or None, in_place=True)
 
 
 def _identity(labels: torch.Tensor) -> dict[int, int]:

@@ -145,3 +145,33 @@ def test_huge_image_is_predicted_shrunk_and_mapped_back(tmp_path, fake_model, mo
     assert tuple(recorder.seen[0].shape) == (3, 16, 32)
     detection, = json.loads((tmp_path / "out" / "detections.json").read_text())
     assert detection["bbox"] == pytest.approx([4.0, 4.0, 16.0, 16.0])  # [1, 1, 5, 5] x 4
+
+
+def test_masks_of_a_huge_image_come_back_at_its_size(tmp_path, monkeypatch):
+    def model(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        masks = torch.zeros(2, 1, *image.shape[-2:])
+        masks[0, 0, :, : image.shape[-1] // 2] = 1.0  # left half
+        return {"boxes": torch.tensor([[0.0, 0.0, 16.0, 16.0], [2.0, 2.0, 4.0, 4.0]]),
+                "labels": torch.tensor([1, 1]), "scores": torch.tensor([0.9, 0.8]), "masks": masks}
+    monkeypatch.setattr(predict_module, "load_predictor",
+                        lambda *args, **kwargs: (model, LabelInfo("segmentation")))
+    monkeypatch.setattr("compress.stages.images.WORK_MAX_PIXELS", 32 * 16)
+    (tmp_path / "model.onnx").write_bytes(b"faked")
+    Image.new("RGB", (128, 64), (90, 90, 90)).save(tmp_path / "wide.png")
+    assert _predict(tmp_path / "model.onnx", tmp_path / "wide.png", tmp_path / "out") == 0
+    first, second = json.loads((tmp_path / "out" / "detections.json").read_text())
+    from pycocotools import mask as mask_utils
+    assert first["segmentation"]["size"] == [64, 128]
+    assert mask_utils.area(first["segmentation"]) == 64 * 64
+    assert mask_utils.area(second["segmentation"]) == 0
+    drawn = np.asarray(Image.open(tmp_path / "out" / "wide.png"))
+    assert drawn.shape[:2] == (256, 512)  # small images are drawn enlarged 4x
+    assert (drawn[160, 80] != 90).any() and (drawn[160, 400] == 90).all()
+
+
+def test_a_large_image_is_drawn_full_size(tmp_path, fake_model):
+    model, _ = fake_model
+    Image.new("RGB", (600, 300), (90, 90, 90)).save(tmp_path / "big.png")
+    assert _predict(model, tmp_path / "big.png", tmp_path / "out") == 0
+    drawn = np.asarray(Image.open(tmp_path / "out" / "big.png"))
+    assert drawn.shape == (300, 600, 3) and (drawn[3, 3] != 90).any() and (drawn[200, 400] == 90).all()

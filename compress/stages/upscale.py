@@ -1,0 +1,64 @@
+"""Detections predicted on a shrunk copy of a huge image, brought back to the image's own size one
+mask at a time.
+
+A mask of a 13000 x 13000 image is 676 MB as floats and 169 MB as bytes: instead of upsampling
+every kept mask at once (N x 676 MB), each is upsampled as an 8-bit image (Pillow, bilinear),
+thresholded, RLE-encoded and painted, then dropped. Boxes and keypoints are scaled.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from pycocotools import mask as mask_utils
+
+from compress.report.drawing import MASK_THRESHOLD, paint_mask
+from evaluate.metrics.detections import outputs_to_coco_results
+
+
+def scale_outputs(outputs: Mapping[str, torch.Tensor], size: tuple[int, int],
+                  original: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """Boxes and keypoints predicted at `size` (h, w) in `original` (h, w) pixels; masks left out."""
+    (height, width), (h0, w0) = size, original
+    scale = torch.tensor([w0 / width, h0 / height])
+    out = {name: value for name, value in outputs.items() if name != "masks"}
+    out["boxes"] = out["boxes"] * scale.repeat(2)
+    if "keypoints" in out:
+        out["keypoints"] = torch.cat([out["keypoints"][..., :2] * scale, out["keypoints"][..., 2:]], -1)
+    return out
+
+
+def full_size_masks(masks: torch.Tensor, original: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Each mask (N x 1 x h x w probabilities) as an `original`-sized bool array, one at a time."""
+    h0, w0 = original
+    for mask in masks.reshape(len(masks), *masks.shape[-2:]):
+        small = (mask.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
+        with Image.fromarray(small).resize((w0, h0), Image.BILINEAR) as big:
+            yield np.asarray(big) > round(MASK_THRESHOLD * 255)
+
+
+def rle(binary: np.ndarray) -> dict[str, Any]:
+    encoded = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
+    counts = encoded["counts"]
+    return {"size": [int(s) for s in encoded["size"]],
+            "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
+
+
+def upscaled_results(picture: Image.Image, outputs: Mapping[str, torch.Tensor],
+                     size: tuple[int, int], image_id: int, mapping: Mapping[int, int],
+                     task: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
+    """COCO results at the picture's size, and the scaled outputs (no masks) to draw; each mask
+    is RLE-encoded (segmentation task) and painted onto `picture` (changed in place)."""
+    original = (picture.height, picture.width)
+    scaled = scale_outputs(outputs, size, original)
+    results = outputs_to_coco_results(image_id, scaled, mapping, task)
+    if "masks" in outputs and len(outputs["masks"]):
+        labels = scaled["labels"].reshape(-1).tolist()
+        for index, binary in enumerate(full_size_masks(outputs["masks"], original)):
+            if task == "segmentation":
+                results[index]["segmentation"] = rle(binary)
+            paint_mask(picture, binary, int(labels[index]))
+    return results, scaled
