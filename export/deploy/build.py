@@ -29,6 +29,7 @@ from evaluate.runtimes.parity import summarize
 from evaluate.runtimes.pipeline import FORMAT, MANIFEST, TORCH_OPS, DeployedDetector, to_canvas
 from evaluate.runtimes.ort import ort_session
 from export.deploy.partition import MERGE, POOL_GROUPS, Part, PartitionError, part_model, partition
+from export.deploy.deconv import rewrite_deconvs
 from export.deploy.roi_merge import rewrite_roi_merges
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     out_dir.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(full_onnx))
     rewrite_roi_merges(model)
+    rewrite_deconvs(model)
     base = {"format": FORMAT, "source": Path(full_onnx).name, "input": model.graph.input[0].name,
             "outputs": [o.name for o in model.graph.output],
             "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
