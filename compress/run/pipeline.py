@@ -137,7 +137,7 @@ def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, na
                         progress=progress)
     dist.barrier()
     profile = json.loads(copy.read_text())
-    if dist.is_main:
+    if dist.is_main or refuse_loaded:  # every rank refuses alike; rank 0 warns
         _check_profile_load(profile, cfg.profile, model, names, recipe, refuse_loaded)
     return RuntimeAllocator(profile, mass_bound=cfg.mass_bound,
                             max_layer_sparsity=cfg.max_layer_sparsity,

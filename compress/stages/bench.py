@@ -63,11 +63,21 @@ def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, 
 
 
 def warn_bench(rows: list[dict[str, Any]], info: dict[str, Any], machine_path: Path) -> None:
-    """One warning line per failed row and one if the figures were taken under load."""
+    """One warning line per failed row and one if the figures were taken under load. The full
+    R-CNN graph failing on DeepSparse while the deployment ran is the known limit the deployment
+    exists for (DESIGN.md): said at info level, not warned."""
+    deployed = any(r.get("graph") == "pipeline" and r.get("engine") == "deepsparse"
+                   and r.get("status") == "ok" for r in rows)
     for row in rows:
-        if row.get("status") == "failed":
-            log.warning("bench %s %s batch %s: FAILED (%s)", row.get("graph") or row.get("model"),
-                        row["engine"], row.get("batch"), row.get("reason"), extra=tag("engine_failed"))
+        graph = row.get("graph") or row.get("model")
+        if row.get("status") != "failed":
+            continue
+        if deployed and row["engine"] == "deepsparse" and graph == "model.onnx":
+            log.info("bench model.onnx deepsparse: %s (expected for the full graph; the "
+                     "deployment's pipeline row stands in)", row.get("reason"))
+            continue
+        log.warning("bench %s %s batch %s: FAILED (%s)", graph, row["engine"], row.get("batch"),
+                    row.get("reason"), extra=tag("engine_failed"))
     note = load_note(info)
     if note:
         log.warning("bench: %s (%s)", note, machine_path, extra=tag("under_load"))

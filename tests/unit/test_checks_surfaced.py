@@ -218,3 +218,15 @@ def test_profile_built_under_load_prints_one_warning(monkeypatch, tmp_path, caps
     lines = [line for line in capsys.readouterr().err.splitlines() if "under load" in line]
     assert len(lines) == 1 and " W " in lines[0]
     assert f"profile {out}: " in lines[0] and "(up to 1.50 cores of other work)" in lines[0]
+
+
+def test_full_graph_failing_on_deepsparse_beside_a_working_deployment_is_not_warned(caplog):
+    rows = [{"engine": "deepsparse", "graph": "model.onnx", "batch": 1, "status": "failed",
+             "reason": "compile crashed (Segmentation fault)"},
+            {"engine": "deepsparse", "graph": "pipeline", "batch": 1, "status": "ok"}]
+    with caplog.at_level(logging.INFO):
+        bench_stage.warn_bench(rows, {"under_load": False}, Path("machine.json"))
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        bench_stage.warn_bench(rows[:1], {"under_load": False}, Path("machine.json"))
+    (warned,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warned.check == "engine_failed" and "model.onnx deepsparse batch 1: FAILED" in warned.getMessage()
