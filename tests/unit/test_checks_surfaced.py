@@ -230,3 +230,22 @@ def test_full_graph_failing_on_deepsparse_beside_a_working_deployment_is_not_war
         bench_stage.warn_bench(rows[:1], {"under_load": False}, Path("machine.json"))
     (warned,) = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert warned.check == "engine_failed" and "model.onnx deepsparse batch 1: FAILED" in warned.getMessage()
+
+
+def test_evaluate_stage_warns_the_failed_parity_beside_the_ort_number(monkeypatch, tmp_path, caplog):
+    results = {"onnxruntime": {"engine": "onnxruntime", "bbox_mAP": 0.023}, "deepsparse": FAILED_DS}
+    monkeypatch.setattr(evaluate_stage, "evaluate_engine", lambda engine, *a, **k: dict(results[engine]))
+    monkeypatch.setattr(evaluate_stage, "analyses", lambda *a, **k: {})
+    recipe = SimpleNamespace(evaluate=SimpleNamespace(enabled=True, engines=["onnxruntime", "deepsparse"],
+                                                      convention="coco", tide=False, keypoint_errors=False),
+                             export=SimpleNamespace(enabled=True), data=SimpleNamespace(dataset="coco"))
+    data = SimpleNamespace(gt_path=tmp_path / "gt.json", label_to_cat_id={1: 1}, task="segmentation")
+    ctx = SimpleNamespace(recipe=recipe, run=RunFolder(tmp_path), data=data, loaded=None,
+                          loaders={"val": []}, progress=False)
+    with caplog.at_level(logging.WARNING):
+        out = evaluate_stage.EvaluateStage().run(ctx)
+    assert out["deepsparse"]["status"] == "failed"
+    (record,) = [r for r in caplog.records if getattr(r, "check", None) == "parity"]
+    assert record.getMessage() == (
+        "evaluate deepsparse: parity check vs ONNX Runtime FAILED (boxes differ by 86.6 px "
+        "(tolerance 0.5 px)); its bbox mAP 0.0081 (onnxruntime 0.0230) is not to be trusted")
