@@ -22,8 +22,10 @@ ONNX Runtime (dense, 80%, 90%), the deployment on DeepSparse (dense, 80%, 90%) a
 deployment with every part on ONNX Runtime (the partition and its torch mask pasting without
 sparsity, so the table separates what the glue gives from what sparsity gives), all on the same
 images and canvas, timed by the shared protocol (warm-up, runners interleaved call by call,
-p50/p90/p99, spread, cores pinned, CPU flags and load recorded). Writes
-benchmarks/results/deploy.json.
+p50/p90/p99, spread, cores pinned, CPU flags and load recorded). The table gives each part's
+time and share, and two ratios side by side: end to end (ORT dense full graph / ticket) and
+sparsity's own gain (the dense model on the same partition and engine / ticket), with the
+fraction of the ticket's call spent outside DeepSparse. Writes benchmarks/results/deploy.json.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_deploy.py [--image-size 512] [--iterations 5]
 """
@@ -158,35 +160,74 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]
              **rows[(s, engine)]} for (s, engine) in targets]
 
 
+def _p50(rows: list[dict], engine: str, sparsity: float, runner: str) -> float | None:
+    return next((r["p50_ms"] for r in rows if r["engine"] == engine and r["sparsity"] == sparsity
+                 and r.get("runner") == runner and r["status"] == "ok"), None)
+
+
 def ratios(rows: list[dict]) -> dict[str, float | None]:
-    """p50 ratios, per sparsity: ORT dense (full graph) / DeepSparse ticket (the end-to-end
-    speed-up), and ORT dense deployment / DeepSparse ticket (the part sparsity and DeepSparse
-    give, with the same partition and mask pasting on both sides)."""
-    def dense(runner: str) -> float | None:
-        return next((r["p50_ms"] for r in rows if r["engine"] == "onnxruntime" and r["sparsity"] == 0.0
-                     and r.get("runner") == runner and r["status"] == "ok"), None)
-    full, deployed = dense("full_graph"), dense("deployment")
-    out = {}
+    """p50 ratios, per sparsity s of a DeepSparse deployment:
+    `end_to_end_<s>` = ORT dense full graph / this (what a user gains over plain ONNX Runtime),
+    `sparsity_gain_<s>` = the dense model on the same partition and engine (DeepSparse) / this
+    (what the zeros themselves buy), `ort_dense_deployment_over_deepsparse_<s>` = the dense
+    deployment with every part on ORT / this; and `non_deepsparse_share_<s>`: the fraction of
+    the call spent outside DeepSparse (ORT glue, torch parts, canvas and restore)."""
+    full = _p50(rows, "onnxruntime", 0.0, "full_graph")
+    ort_deployed = _p50(rows, "onnxruntime", 0.0, "deployment")
+    dense = _p50(rows, "deepsparse", 0.0, "deployment")
+    out: dict[str, float | None] = {}
     for r in rows:
-        if r["engine"] == "deepsparse":
-            ok = r["status"] == "ok"
-            out[f"ort_dense_over_deepsparse_{int(r['sparsity'] * 100)}"] = (
-                full / r["p50_ms"] if ok and full else None)
-            out[f"ort_dense_deployment_over_deepsparse_{int(r['sparsity'] * 100)}"] = (
-                deployed / r["p50_ms"] if ok and deployed else None)
+        if r["engine"] != "deepsparse":
+            continue
+        key, ok = int(r["sparsity"] * 100), r["status"] == "ok"
+        p50 = r["p50_ms"] if ok else None
+        out[f"end_to_end_{key}"] = full / p50 if p50 and full else None
+        out[f"sparsity_gain_{key}"] = dense / p50 if p50 and dense else None
+        out[f"ort_dense_deployment_over_deepsparse_{key}"] = (ort_deployed / p50
+                                                               if p50 and ort_deployed else None)
+        out[f"non_deepsparse_share_{key}"] = non_deepsparse_share(r) if ok else None
     return out
 
 
+def non_deepsparse_share(row: dict) -> float | None:
+    """Time outside DeepSparse over the sum of the parts (medians per part)."""
+    parts, engines = row.get("parts") or {}, row.get("part_engines") or {}
+    total = sum(parts.values())
+    if not total or not engines:
+        return None
+    return sum(ms for name, ms in parts.items() if engines.get(name) != "deepsparse") / total
+
+
 def print_table(rows: list[dict], info: dict) -> None:
-    print(f"CPU {info['cpu']} flags {info['flags']} cores {info['cores_used']} load "
+    flags = ", ".join(f for f, on in info["flags"].items() if on) or "none of avx2/avx512/vnni"
+    print(f"CPU {info['cpu']} ({flags}), {info['cores_used']} cores, load "
           f"{info['load_avg_before']}{' UNDER LOAD' if info['under_load'] else ''}")
     for r in rows:
-        parts = ", ".join(f"{k} {v:.1f}" for k, v in (r.get("parts") or {}).items())
         p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") else "-"
         print(f"{r['sparsity']:.0%} {r['engine']:<12} {r.get('runner', ''):<11} {r['status']:<7} "
-              f"p50 {p50} ms  [{parts}]"
-              f"{'  ' + r['reason'] if r.get('reason') else ''}")
-    print(ratios(rows))
+              f"p50 {p50} ms{'  ' + r['reason'] if r.get('reason') else ''}")
+    deployed = [r for r in rows if r.get("runner") == "deployment" and r["status"] == "ok"]
+    names = list(dict.fromkeys(p for r in deployed for p in r["parts"]))
+    header = " | ".join(f"{r['sparsity']:.0%} {r['engine']}" for r in deployed)
+    print(f"\n| part | engine (DeepSparse rows) | {header} |")
+    print("|---|---|" + "---|" * len(deployed))
+    ds = next((r for r in deployed if r["engine"] == "deepsparse"), deployed[0] if deployed else {})
+    for name in names:
+        cells = " | ".join(f"{r['parts'].get(name, 0):.1f} ({r['parts'].get(name, 0) / r['p50_ms']:.0%})"
+                           for r in deployed)
+        print(f"| {name} | {ds.get('part_engines', {}).get(name, '?')} | {cells} |")
+    found = ratios(rows)
+    for key in (80, 90):
+        print(f"{key}%: end to end {_fmt(found.get(f'end_to_end_{key}'))} (ORT dense full graph / "
+              f"ticket), sparsity's own gain {_fmt(found.get(f'sparsity_gain_{key}'))} (DeepSparse "
+              f"dense deployment / ticket), outside DeepSparse "
+              f"{_fmt(found.get(f'non_deepsparse_share_{key}'), pct=True)}")
+
+
+def _fmt(value: float | None, pct: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.0%}" if pct else f"{value:.2f}x"
 
 
 if __name__ == "__main__":

@@ -200,6 +200,16 @@ class DeployedDetector:
                 for p in self.parts if self._on_deepsparse(p) for i, c in enumerate(p["compiled"])]
 
     @property
+    def part_engines(self) -> dict[str, str]:
+        """What runs each timed part: deepsparse, onnxruntime or torch (canvas and restore are
+        the host's own resizing and copying)."""
+        engines = {"canvas": "host"}
+        for part in self.parts:
+            engines[part["name"]] = ("deepsparse" if self._on_deepsparse(part) else
+                                     "torch" if part["runtime"] == "torch" else "onnxruntime")
+        return {**engines, "restore": "host"}
+
+    @property
     def supported_op_fraction(self) -> dict[str, Any]:
         return self.server.info if self.server else {}
 

@@ -91,6 +91,8 @@ def bench_pipelines(targets: Mapping[str, tuple],
                      else {"full_graph": summary["p50_ms"]})
         compiled = opened[label].supported_op_fraction if label in opened else {}
         rows[label] = _row(engine, "ok", cores, **summary, parts=breakdown,
+                           part_engines=(opened[label].part_engines if label in opened
+                                         else {"full_graph": "onnxruntime"}),
                            runner=runner,
                            items_per_s=1000.0 / summary["mean_ms"],
                            supported_op_fraction=min((c["supported_op_fraction"]
