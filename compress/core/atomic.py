@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from compress.core.errors import UserError
+
 _UMASK: int | None = None
 TEMP_MARK = "lth~"
 _OWN_TEMP = re.compile(r"^\..+\." + re.escape(TEMP_MARK) + r"[A-Za-z0-9_]{8}\.tmp$")
@@ -45,11 +47,23 @@ def process_umask() -> int:
     return _UMASK
 
 
+def make_folder(folder: str | os.PathLike) -> Path:
+    """`mkdir -p folder`; a file in the way is a one-line UserError naming it."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as err:
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        raise UserError(f"cannot create the folder: {blocker} is a file; expected a folder "
+                        "(or a path that does not exist yet)", file=str(folder)) from err
+    return folder
+
+
 @contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
     """Open a temp file beside `path`; on clean exit, fsync and rename it over `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent)
     fd, tmp = temp_beside(path)
     try:
         with os.fdopen(fd, mode) as handle:

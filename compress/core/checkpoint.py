@@ -88,6 +88,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     payload = read_torch_file(path)
     if not isinstance(payload, dict):
         raise ModelFileError(f"expected a dict checkpoint, got {type(payload).__name__}", file=str(path))
+    _check_model_entry(payload, path)
     stored = payload.get(CHECKSUM_KEY)
     if stored is None:
         log.debug("%s has no checksum; content not verified", path)
@@ -99,6 +100,39 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
             file=str(path),
         )
     return payload
+
+
+def _check_model_entry(payload: dict[str, Any], path: str | os.PathLike) -> None:
+    """A `model` entry, where there is one, is a state dict: parameter name -> tensor."""
+    if "model" not in payload:
+        return
+    state = payload["model"]
+    if not isinstance(state, dict):
+        raise ModelFileError(f"'model' is {type(state).__name__} {str(state)[:40]!r}; expected the "
+                             "model's state dict (parameter name -> tensor)", file=str(path),
+                             key="model")
+    bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
+    if bad:
+        raise ModelFileError(f"entry {str(bad[0])[:60]!r} is {type(state[bad[0]]).__name__}; "
+                             "expected parameter name -> tensor", file=str(path), key="model")
+
+
+def check_state_dict_fits(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                          path: str | os.PathLike, model_name: str = "the model") -> None:
+    """ModelFileError naming the first key that is missing, unexpected or of another shape than
+    `expected` (the model's own state dict), before load_state_dict's multi-line RuntimeError."""
+    for key, tensor in expected.items():
+        if key not in state:
+            raise ModelFileError(f"missing; {model_name} needs it ({len(expected)} keys, "
+                                 f"{len(set(expected) - set(state))} missing)", file=str(path),
+                                 key=f"model.{key}")
+        if tuple(state[key].shape) != tuple(tensor.shape):
+            raise ModelFileError(f"shape {tuple(state[key].shape)} does not fit {model_name}'s "
+                                 f"{tuple(tensor.shape)}", file=str(path), key=f"model.{key}")
+    extra = sorted(set(state) - set(expected))
+    if extra:
+        raise ModelFileError(f"not a parameter of {model_name} ({len(extra)} unexpected keys)",
+                             file=str(path), key=f"model.{extra[0]}")
 
 
 def state_dict_from_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -27,10 +27,18 @@ def new_figure(width: float, height: float) -> Any:
 
 
 def save_figure(fig: Any, out_png: Path, dpi: int = 100) -> Path:
-    """Render to PNG bytes and write them atomically."""
+    """Render to PNG bytes and write them atomically. Every text is drawn as written: labels
+    carry user strings (run folder names, category names), and a `$` in one must not start
+    matplotlib's mathtext (an unbalanced `$...$` raised a ValueError)."""
+    import matplotlib
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
     buffer = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buffer, format="png", dpi=dpi)
+    with matplotlib.rc_context({"text.parse_math": False}):  # texts made while drawing (ticks)
+        fig.tight_layout()
+        fig.savefig(buffer, format="png", dpi=dpi)
     write_bytes(out_png, buffer.getvalue())
     return Path(out_png)
 

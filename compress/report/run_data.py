@@ -14,6 +14,7 @@ from compress.core.atomic import write_bytes
 from compress.core.errors import DataError, UserError
 from compress.lottery.masks import load_mask
 from compress.report.page import Figure, Missing, Section, Table
+from compress.report.summary_checks import check_round, check_summary
 from compress.run.loaded import load_model
 from evaluate.analysis.macs import count_macs
 from export.compact import bound_bytes
@@ -60,6 +61,8 @@ def read_json(path: Path) -> Any:
         raise Missing(f"{path} is missing") from err
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise DataError(f"invalid JSON ({err})", file=str(path)) from err
+    except RecursionError as err:
+        raise DataError("JSON nested too deeply to read", file=str(path)) from err
 
 
 def load_run(root: Path, label: str) -> RunData:
@@ -67,10 +70,13 @@ def load_run(root: Path, label: str) -> RunData:
     if not root.is_dir():
         raise UserError("run folder not found", file=str(root))
     summary = read_json(root / "summary.json") if (root / "summary.json").is_file() else {}
+    check_summary(summary, str(root / "summary.json"))  # before any plot is (re)drawn
     rounds = summary.get("rounds") or []
     if not rounds:
         files = sorted(root.glob("rounds/round_*/metrics.json"), key=lambda p: int(p.parent.name[6:]))
         rounds = [read_json(p) for p in files]
+        for path, record in zip(files, rounds):
+            check_round(record, str(path), "(top level)")
     if not rounds:
         raise UserError("not a finished run: no summary.json rounds and no rounds/round_<k>/"
                         "metrics.json", file=str(root))

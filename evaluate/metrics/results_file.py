@@ -9,6 +9,7 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import DataError
+from evaluate.metrics import results_checks as checks
 from evaluate.metrics.coco import CONVENTIONS, IOU_TYPES, coco_stats, load_gt, stat_names
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 
@@ -29,6 +30,9 @@ def read_json(path: str | os.PathLike) -> Any:
                         file=str(path)) from err
     except UnicodeDecodeError as err:
         raise DataError("not a UTF-8 JSON file", file=str(path)) from err
+    except RecursionError as err:
+        raise DataError("JSON nested too deeply to read; allowed: a COCO file (a few levels deep)",
+                        file=str(path)) from err
 
 
 def validate_gt(gt: Any, path: str) -> None:
@@ -78,13 +82,14 @@ def _kp_count(gt: dict) -> int | None:
     return counts.pop() if len(counts) == 1 else None
 
 
-def validate_results(results: Any, gt: dict, iou_type: str, path: str) -> None:
-    """Results are a list of objects with image_id, category_id, score and the iou type's key."""
+def validate_results(results: Any, gt: dict, iou_type: str, path: str) -> list[dict]:
+    """Results are a list of objects with image_id, category_id, score and the iou type's key,
+    of the right types and values (results_checks); returns them, bad boxes dropped (warned)."""
     if not isinstance(results, list):
         raise DataError(f"results must be a JSON list of detections, got {type(results).__name__}",
                         file=path)
     if not results:
-        return
+        return results
     for field in ("image_id", "category_id", "score"):
         missing = sum(1 for r in results if not isinstance(r, dict) or field not in r)
         if missing:
@@ -94,9 +99,16 @@ def validate_results(results: Any, gt: dict, iou_type: str, path: str) -> None:
     if missing:
         raise DataError(f"{missing} of {len(results)} result(s) lack {key!r}: not a {iou_type} "
                         f"results file (use --iou-type matching its contents)", file=path)
+    checks.check_types(results, path)
     _unknown(results, "image_id", {img["id"] for img in gt["images"]}, path)
     _unknown(results, "category_id", {c["id"] for c in gt["categories"]}, path)
     _check_shapes(results, gt, iou_type, path)
+    checks.check_numbers(results, "bbox", path, "[x, y, w, h], 4 numbers", optional=True)
+    if iou_type == "segm":
+        checks.check_rles(results, gt, path)
+    if iou_type == "keypoints":
+        checks.check_numbers(results, "keypoints", path, "a flat list of numbers [x, y, v] * K")
+    return checks.drop_bad_boxes(results, path)
 
 
 def _check_shapes(results: list[dict], gt: dict, iou_type: str, path: str) -> None:
@@ -142,7 +154,7 @@ def evaluate_results_file(gt_path: str | os.PathLike, results_path: str | os.Pat
     validate_gt(gt, str(gt_path))
     validate_gt_for(gt, iou_type, str(gt_path))
     results = read_json(results_path)
-    validate_results(results, gt, iou_type, str(results_path))
+    results = validate_results(results, gt, iou_type, str(results_path))
     coco_gt = load_gt(gt)
     metrics = {iou_type: coco_stats(coco_gt, results, iou_type, convention=convention)}
     if out_dir is not None:

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from evaluate.runtimes.child_watch import watch_parent
-from evaluate.runtimes.ort import EngineUnavailable
+from evaluate.runtimes.ort import EngineUnavailable, check_input_size
 
 log = logging.getLogger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate/runtimes/ -> the checkout
@@ -135,6 +135,8 @@ def deepsparse_bench(onnx_path: str | os.PathLike, input_shapes: Sequence[Sequen
     Returns {"engine", "status": "ok", "latencies_ms", "supported_op_fraction", "cores",
     "compile_s"} or a failed / skipped row with a reason.
     """
+    for index, (shape, dtype) in enumerate(zip(input_shapes, input_dtypes)):
+        check_input_size(f"#{index}", [int(d) for d in shape], np.dtype(dtype).itemsize, onnx_path)
     request = {"mode": "bench", "onnx_path": str(onnx_path), "batch_size": batch_size,
                "input_shapes": [list(map(int, s)) for s in input_shapes],
                "input_dtypes": list(input_dtypes), "override_shapes": override_shapes,

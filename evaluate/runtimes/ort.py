@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from pathlib import Path
+from typing import Any
 
 import onnxruntime as ort
 
@@ -12,6 +14,14 @@ from compress.core.errors import ModelFileError
 log = logging.getLogger(__name__)
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+MAX_INPUT_BYTES = 4 * 2**30  # one input tensor; an R-CNN image at 1333 px, batch 8, is 170 MB
+_ITEM_BYTES = {"tensor(double)": 8, "tensor(int64)": 8, "tensor(uint64)": 8, "tensor(float16)": 2,
+               "tensor(bfloat16)": 2, "tensor(int16)": 2, "tensor(uint16)": 2, "tensor(int8)": 1,
+               "tensor(uint8)": 1, "tensor(bool)": 1}
+_LOAD_ERRORS = tuple(getattr(ort.capi.onnxruntime_pybind11_state, name) for name in
+                     ("InvalidGraph", "InvalidProtobuf", "Fail", "NotImplemented",
+                      "InvalidArgument", "NoSuchFile", "NoModel")
+                     if hasattr(ort.capi.onnxruntime_pybind11_state, name))
 
 
 class EngineUnavailable(RuntimeError):
@@ -28,6 +38,18 @@ def physical_cores() -> int:
         cores = None
     logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return max(1, min(cores or logical or 1, logical or 1))
+
+
+def check_input_size(name: str, shape: Any, item_bytes: int, path: str | os.PathLike) -> None:
+    """ModelFileError when a (static) input of `shape` would take more than MAX_INPUT_BYTES, so
+    nothing tries to allocate it (a declared 112 GiB input)."""
+    dims = list(shape)
+    if not all(isinstance(d, int) and d >= 0 for d in dims):
+        return  # dynamic: the caller picks the size
+    size = math.prod(dims) * item_bytes
+    if size > MAX_INPUT_BYTES:
+        raise ModelFileError(f"input {name!r} of shape {dims} needs {size / 2**30:.1f} GiB; allowed: "
+                             f"at most {MAX_INPUT_BYTES / 2**30:.0f} GiB per input", file=str(path))
 
 
 def cuda_unavailable_reason() -> str | None:
@@ -64,12 +86,15 @@ def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider == "cuda" else [])
+    if path.stat().st_size == 0:
+        raise ModelFileError("empty file (0 bytes); expected an ONNX model", file=str(path))
     try:
         session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except (ort.capi.onnxruntime_pybind11_state.InvalidGraph,
-            ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as err:
-        raise ModelFileError(f"not a loadable ONNX model ({err})".replace("\n", " "),
-                             file=str(path)) from err
+    except _LOAD_ERRORS as err:
+        text = " ".join(str(err).split())
+        raise ModelFileError(f"not a loadable ONNX model ({text[:300]})", file=str(path)) from err
+    for value in session.get_inputs():
+        check_input_size(value.name, value.shape, _ITEM_BYTES.get(value.type, 4), path)
     if provider == "cuda" and PROVIDERS["cuda"] not in session.get_providers():
         raise EngineUnavailable("CUDAExecutionProvider is installed but could not start "
                                 "(no CUDA device or CUDA/cuDNN libraries missing)")
