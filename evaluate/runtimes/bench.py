@@ -177,21 +177,25 @@ def _fmt(value: Any, spec: str) -> str:
 
 
 def format_bench_table(rows: Sequence[dict[str, Any]]) -> str:
-    """A plain-text table of benchmark rows, with reasons and notes under it."""
-    header = ("engine", "batch", "status", "p50 ms", "p90 ms", "p99 ms", "mean ms", "items/s",
-              "cores", "ops supported")
-    lines = [[r["engine"], str(r["batch"]), r["status"], _fmt(r.get("p50_ms"), ".2f"),
-              _fmt(r.get("p90_ms"), ".2f"), _fmt(r.get("p99_ms"), ".2f"),
-              _fmt(r.get("mean_ms"), ".2f"), _fmt(r.get("items_per_s"), ".2f"),
-              _fmt(r.get("cores"), "d"), _fmt(r.get("supported_op_fraction"), ".1%")]
-             for r in rows]
+    """A plain-text table of benchmark rows (one graph column: the ONNX file, or `pipeline` for
+    the detector end to end), each distinct reason or note once under it."""
+    header = ("graph", "engine", "batch", "status", "p50 ms", "p90 ms", "p99 ms", "mean ms",
+              "items/s", "cores", "ops supported")
+    lines = [[str(r.get("graph") or r.get("model") or "-"), r["engine"], str(r["batch"]),
+              r["status"], _fmt(r.get("p50_ms"), ".2f"), _fmt(r.get("p90_ms"), ".2f"),
+              _fmt(r.get("p99_ms"), ".2f"), _fmt(r.get("mean_ms"), ".2f"),
+              _fmt(r.get("items_per_s"), ".2f"), _fmt(r.get("cores"), "d"),
+              _fmt(r.get("supported_op_fraction"), ".1%")] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) if lines else len(h)
               for i, h in enumerate(header)]
     out = ["  ".join(h.ljust(w) for h, w in zip(header, widths)),
            "  ".join("-" * w for w in widths)]
     out += ["  ".join(c.ljust(w) for c, w in zip(line, widths)) for line in lines]
-    for r in rows:
+    seen: set[str] = set()
+    for r, line in zip(rows, lines):
         for key in ("reason", "note"):
-            if r.get(key):
-                out.append(f"{r['engine']} batch {r['batch']}: {r[key]}")
+            text = r.get(key)
+            if text and text not in seen:
+                seen.add(text)
+                out.append(f"{line[0]} {r['engine']} batch {r['batch']}: {text}")
     return "\n".join(out)

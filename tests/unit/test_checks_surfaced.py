@@ -127,7 +127,7 @@ def test_bench_whose_only_engine_crashes_exits_1(monkeypatch, tmp_path, capsys):
         "status": "failed", "reason": "DeepSparse child died with SIGSEGV compiling the graph"})
     assert main(["bench", str(model), "--engine", "deepsparse", "--iterations", "1"]) == 1
     captured = capsys.readouterr()
-    assert "deepsparse  1      failed" in captured.out
+    assert "model.onnx  deepsparse  1      failed" in captured.out
     lines = captured.err.strip().splitlines()
     assert any(" W " in line and "bench model.onnx deepsparse batch 1: FAILED (DeepSparse child died"
                in line for line in lines), captured.err
@@ -168,7 +168,7 @@ def test_bench_export_folder_times_the_deployment(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(bench_stage, "bench_pipeline", fake_pipeline)
     assert main(["bench", str(export), "--engine", "deepsparse"]) == 0
     assert calls == {"folder": export, "sizes": {(3, 32, 32)}, "engines": ["deepsparse"]}
-    assert "deepsparse  1      ok      12.50" in capsys.readouterr().out
+    assert "pipeline  deepsparse  1      ok      12.50" in capsys.readouterr().out
     assert json.loads((export / "bench.json").read_text())[0]["graph"] == "pipeline"
     assert main(["bench", str(export), "--engine", "onnxruntime-cuda"]) == 2
 
@@ -249,3 +249,13 @@ def test_evaluate_stage_warns_the_failed_parity_beside_the_ort_number(monkeypatc
     assert record.getMessage() == (
         "evaluate deepsparse: parity check vs ONNX Runtime FAILED (boxes differ by 86.6 px "
         "(tolerance 0.5 px)); its bbox mAP 0.0081 (onnxruntime 0.0230) is not to be trusted")
+
+
+def test_bench_table_has_a_graph_column_and_each_note_once():
+    note = "graph takes one image: batch 2 = 2 sequential calls"
+    rows = [{"engine": e, "batch": 2, "status": "ok", "p50_ms": 1.0, "model": "model.onnx",
+             "graph": g, "note": note} for g in ("model.onnx", "backbone.onnx") for e in ("onnxruntime", "deepsparse")]
+    table = runtime_bench.format_bench_table(rows).splitlines()
+    assert table[0].split()[:2] == ["graph", "engine"]
+    assert [line.split()[0] for line in table[2:6]] == ["model.onnx"] * 2 + ["backbone.onnx"] * 2
+    assert sum(note in line for line in table) == 1
