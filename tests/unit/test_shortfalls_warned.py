@@ -94,3 +94,13 @@ def test_gmp_recipe_on_a_short_training_warns(tmp_path, caplog):
     (message,) = _tagged(caplog, "shortfall")
     assert "of target 0.80" in message
     assert "the modifiers' schedule ends at epoch 3 but training ran 2 epochs" in message
+
+
+def test_round_progress_says_how_long_is_left(caplog):
+    from compress.lottery import runner
+
+    with caplog.at_level(logging.INFO, logger="compress.lottery.runner"):
+        runner._log_progress(1, 5, [40.0, 44.0])
+        runner._log_progress(5, 5, [40.0])
+    assert caplog.messages == ["round 2 of 6 done in 44 s; about 2 min 48 s left (4 rounds)",
+                               "round 6 of 6 done in 40 s"]
