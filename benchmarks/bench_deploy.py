@@ -28,6 +28,7 @@ sparsity's own gain (the dense model on the same partition and engine / ticket),
 fraction of the ticket's call spent outside DeepSparse. Writes benchmarks/results/deploy.json.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_deploy.py [--image-size 512] [--iterations 5]
+        [--distribution runtime] [--openvino]
 """
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ from compress.lottery.profile import (build_profile, default_profile_path,  # no
                                       layer_input_shapes, profile_key)
 from compress.models.prunable import default_prunable  # noqa: E402
 from compress.stages.export import parity_images  # noqa: E402
+from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES  # noqa: E402
 from evaluate.runtimes.pipeline_bench import bench_pipelines  # noqa: E402
 from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
 from export.deploy.build import build_deployment  # noqa: E402
@@ -131,6 +133,9 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=2)
     parser.add_argument("--distribution", choices=("global", "layerwise", "runtime"),
                         default="layerwise")
+    parser.add_argument("--openvino", action="store_true",
+                        help="also time the dense model on OpenVINO (default precision and fp32), "
+                             "full graph and on the same partition (pip install '.[openvino]')")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     pin_cores(args.cores)
@@ -141,7 +146,8 @@ def main() -> None:
         rows = bench_all(models, args)
     write_json(args.out, {"machine": finish(info), "distribution": args.distribution,
                           "iterations": args.iterations, "warmup": args.warmup,
-                          "results": rows, "ratios": ratios(rows)})
+                          "results": rows, "ratios": ratios(rows),
+                          "competitors": competitors(rows)})
     print_table(rows, info)
     print(f"wrote {args.out}")
 
@@ -153,11 +159,29 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]
     targets = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
                for engine in ("onnxruntime", "deepsparse")}
     targets[(0.0, "onnxruntime/deployment")] = (models[0.0]["folder"], "onnxruntime", "deployment")
+    if args.openvino:  # the dense model on OpenVINO: full graph, and on the same partition
+        for engine in OPENVINO_ENGINES:
+            for runner in ("full_graph", "deployment"):
+                targets[(0.0, f"{engine}/{runner}")] = (models[0.0]["folder"], engine, runner)
     rows = bench_pipelines(targets, parity_images(args.image_size)[:2], warmup=args.warmup,
                            iterations=args.iterations, cores=args.cores)
     return [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": s,
              "achieved_sparsity": models[s]["achieved"], "parity": models[s]["parity"],
              **rows[(s, engine)]} for (s, engine) in targets]
+
+
+def competitors(rows: list[dict]) -> dict[str, float | None]:
+    """ORT dense full graph / each dense OpenVINO row (its speed-up over ORT), and that row /
+    the DeepSparse ticket at 90% (how far the ticket leads it)."""
+    full = _p50(rows, "onnxruntime", 0.0, "full_graph")
+    ticket = _p50(rows, "deepsparse", 0.9, "deployment")
+    out: dict[str, float | None] = {}
+    for r in rows:
+        if r["engine"] in OPENVINO_ENGINES and r["status"] == "ok":
+            label = f"{r['engine']}_{r['runner']}"
+            out[f"{label}_over_ort"] = full / r["p50_ms"] if full else None
+            out[f"ticket_90_over_{label}"] = r["p50_ms"] / ticket if ticket else None
+    return out
 
 
 def _p50(rows: list[dict], engine: str, sparsity: float, runner: str) -> float | None:
@@ -217,6 +241,8 @@ def print_table(rows: list[dict], info: dict) -> None:
                            for r in deployed)
         print(f"| {name} | {ds.get('part_engines', {}).get(name, '?')} | {cells} |")
     found = ratios(rows)
+    for key, value in competitors(rows).items():
+        print(f"{key}: {_fmt(value)}")
     for key in (80, 90):
         print(f"{key}%: end to end {_fmt(found.get(f'end_to_end_{key}'))} (ORT dense full graph / "
               f"ticket), sparsity's own gain {_fmt(found.get(f'sparsity_gain_{key}'))} (DeepSparse "

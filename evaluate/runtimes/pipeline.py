@@ -28,11 +28,13 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, m
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
 from evaluate.runtimes.ort import ort_session, physical_cores
+from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
+from evaluate.runtimes.openvino_engine import OpenVinoModel
 from evaluate.runtimes.roi_align import multiscale_roi_align
 
 MANIFEST = "manifest.json"
 FORMAT = "lth-compress/deploy-1"
-ENGINES = ("onnxruntime", "deepsparse")
+ENGINES = ("onnxruntime", "deepsparse", *OPENVINO_ENGINES)
 
 
 @dataclass(frozen=True)
@@ -185,7 +187,11 @@ class DeployedDetector:
         self.sessions = {p["name"]: ort_session(self.folder / p["file"], threads=self.threads,
                                                 spinning=False)
                          for p in self.parts
-                         if not self._on_deepsparse(p) and p["runtime"] != "torch"}
+                         if not self._heavy_elsewhere(p) and p["runtime"] != "torch"}
+        self.openvino = {(p["name"], i): OpenVinoModel(self.folder / p["file"], c["inputs"],
+                                                        engine=engine, threads=self.threads)
+                         for p in self.parts if self._on_openvino(p)
+                         for i, c in enumerate(p["compiled"])}
         if any(self._on_deepsparse(p) for p in self.parts):
             self.server = DeepSparseServer(self._specs(), num_cores=self.threads,
                                            compile_timeout_s=compile_timeout_s,
@@ -193,6 +199,13 @@ class DeployedDetector:
 
     def _on_deepsparse(self, part: dict[str, Any]) -> bool:
         return self.engine == "deepsparse" and part["runtime"] == "deepsparse"
+
+    def _on_openvino(self, part: dict[str, Any]) -> bool:
+        """engine openvino*: the parts DeepSparse would run (the competitor on the same cut)."""
+        return self.engine in OPENVINO_ENGINES and part["runtime"] == "deepsparse"
+
+    def _heavy_elsewhere(self, part: dict[str, Any]) -> bool:
+        return self._on_deepsparse(part) or self._on_openvino(part)
 
     def _specs(self) -> list[EngineSpec]:
         return [EngineSpec(f"{p['name']}/{i}", str(self.folder / p["file"]),
@@ -206,6 +219,7 @@ class DeployedDetector:
         engines = {"canvas": "host"}
         for part in self.parts:
             engines[part["name"]] = ("deepsparse" if self._on_deepsparse(part) else
+                                     self.engine if self._on_openvino(part) else
                                      "torch" if part["runtime"] == "torch" else "onnxruntime")
         return {**engines, "restore": "host"}
 
@@ -245,14 +259,17 @@ class DeployedDetector:
             canvas = self.manifest["canvas"]
             params = part.get("params") or {"height": canvas["height"], "width": canvas["width"]}
             return TORCH_OPS[part["op"]](*inputs, **params)
-        if not self._on_deepsparse(part):
+        if not self._heavy_elsewhere(part):
             session = self.sessions[part["name"]]
             return session.run(part["outputs"], dict(zip(part["inputs"], inputs)))
         index = _bucket(part, count) if padding else 0
         compiled = part["compiled"][index]["inputs"]
         if padding:
             inputs = [_pad(a, shape[0]) for a, shape in zip(inputs, compiled)]
-        outputs = self.server.run(f"{part['name']}/{index}", inputs)
+        if self._on_openvino(part):
+            outputs = self.openvino[(part["name"], index)].run(inputs)
+        else:
+            outputs = self.server.run(f"{part['name']}/{index}", inputs)
         return [out[:count] for out in outputs] if padding else outputs
 
     def close(self) -> None:

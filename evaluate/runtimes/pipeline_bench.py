@@ -13,9 +13,11 @@ import torch
 
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
+from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
+from evaluate.runtimes.openvino_engine import OpenVinoDetector, openvino_missing_reason
 from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
 from evaluate.runtimes.protocol import interleaved, stats
-from evaluate.runtimes.ort import physical_cores
+from evaluate.runtimes.ort import EngineUnavailable, physical_cores
 
 PIPELINE_ENGINES = ("onnxruntime", "deepsparse")
 
@@ -29,9 +31,16 @@ def _detector(export_dir: Path, engine: str, cores: int, runner: str) -> Any:
     manifest = read_manifest(export_dir)
     if runner == "full_graph":
         full = Path(manifest["folder"]).parent / manifest["source"]
-        canvas = manifest["canvas"]
-        return on_canvas(OnnxDetector(full, threads=cores, spinning=False),
-                         canvas["height"], canvas["width"])
+        height, width = manifest["canvas"]["height"], manifest["canvas"]["width"]
+        if engine in OPENVINO_ENGINES:
+            missing = openvino_missing_reason()
+            if missing:
+                raise EngineUnavailable(missing)
+            return on_canvas(OpenVinoDetector(full, height, width, engine=engine, threads=cores),
+                             height, width)
+        return on_canvas(OnnxDetector(full, threads=cores, spinning=False), height, width)
+    if engine in OPENVINO_ENGINES and openvino_missing_reason():
+        raise EngineUnavailable(openvino_missing_reason())
     return DeployedDetector(export_dir, engine=engine, threads=cores)
 
 
@@ -51,8 +60,10 @@ def bench_pipelines(targets: Mapping[str, tuple],
 
     onnxruntime runs the exported full graph, deepsparse the deployment (DeepSparse parts in its
     child, glue on ONNX Runtime), both on the same canvas; (folder, "onnxruntime", "deployment")
-    runs the deployment with every part on ONNX Runtime. Each row names its `runner`. A crash or
-    timeout is a failed row.
+    runs the deployment with every part on ONNX Runtime; engine "openvino" / "openvino-fp32"
+    (the optional extra) runs the full graph, or with runner "deployment" the same partition
+    with OpenVINO in DeepSparse's place. Each row names its `runner`. A crash or timeout is a
+    failed row.
     """
     cores = cores or physical_cores()
     plans = {label: (Path(t[0]), t[1], _runner(t)) for label, t in targets.items()}
@@ -60,8 +71,8 @@ def bench_pipelines(targets: Mapping[str, tuple],
     for label, (folder, engine, runner) in plans.items():
         try:
             detector = _detector(folder, engine, cores, runner)
-        except DeepSparseFailed as err:
-            failures[label] = str(err)
+        except (DeepSparseFailed, EngineUnavailable, RuntimeError) as err:  # a runtime that cannot load: a failed row
+            failures[label] = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             continue
         if isinstance(detector, DeployedDetector):
             opened[label] = detector
