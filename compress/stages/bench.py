@@ -111,12 +111,14 @@ class BenchStage:
 
 def bench_command(model: Path, *, engines: list[str], batches: list[int], iterations: int,
                   warmup: int, out: Path | None) -> list[dict[str, Any]]:
-    """`compress bench MODEL.onnx | RUN/export`: an ONNX file on each engine x batch, or an export
-    folder's deployment end to end (graph `pipeline`; batch 1). No engine giving a figure (every
+    """`compress bench MODEL.onnx | RUN/export | RUN`: an ONNX file on each engine x batch, or an
+    export folder's deployment end to end (graph `pipeline`; batch 1). No engine giving a figure (every
     one failed or was skipped) is `CheckFailed` (exit 1)."""
     cores = physical_cores()
     info = machine(cores)
     if model.is_dir():
+        if (model / "export" / "deploy").is_dir():  # a run folder: its export
+            model = model / "export"
         rows = _bench_export(model, engines, batches, iterations, warmup, cores)
         target = out or model / "bench.json"
     elif model.suffix == ".onnx":
