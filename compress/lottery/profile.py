@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import onnx
 import torch
 from scipy.optimize import isotonic_regression
 from torch import nn
@@ -35,10 +36,12 @@ from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from evaluate.runtimes.deepsparse import deepsparse_bench_files
 from evaluate.runtimes.protocol import cpu_identity, finish, machine
+from export.deploy.deconv import rewrite_deconvs
 
 log = logging.getLogger(__name__)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 FORMAT = 1
+LAYER_FORM = 2  # layers timed as the deployment runs them (2: deconvolutions rewritten)
 
 
 def layer_input_shapes(model: nn.Module, names: Sequence[str], image_size: int) -> dict[str, list[int]]:
@@ -102,6 +105,7 @@ def profile_key(model: nn.Module, names: Sequence[str], shapes: Mapping[str, Seq
     layers = "\n".join(f"{n}={layer_signature(modules[n.rsplit('.', 1)[0]], shapes[n])}"
                        for n in names)
     return {**cpu_identity(), "cores": int(cores), "arch": arch, "backbone": backbone,
+            "layer_form": LAYER_FORM,
             "image_size": int(image_size),
             "layers_digest": hashlib.sha256(layers.encode()).hexdigest()[:16]}
 
@@ -131,10 +135,15 @@ def _pruned_layer(module: nn.Module, sparsity: float) -> nn.Module:
 
 
 def export_layer(module: nn.Module, shape: Sequence[int], sparsity: float, path: Path) -> None:
-    """One-layer ONNX graph at `shape` (batch axis fixed), weights at `sparsity`."""
+    """One-layer ONNX graph at `shape` (batch axis fixed), weights at `sparsity`, in the form the
+    deployment runs it (a kernel-equals-stride ConvTranspose as 1x1 Conv + DepthToSpace)."""
     layer = _pruned_layer(module, sparsity)
     torch.onnx.export(layer, (torch.rand(*shape),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], do_constant_folding=False)
+    if isinstance(module, nn.ConvTranspose2d):
+        graph = onnx.load(str(path))
+        if rewrite_deconvs(graph):
+            onnx.save(graph, str(path))
 
 
 def time_layer(module: nn.Module, shape: Sequence[int], grid: Sequence[float], cores: int,

@@ -284,6 +284,8 @@ class DeployedDetector:
 
 
 def _pad(array: np.ndarray, rows: int) -> np.ndarray:
+    if array.shape[0] == rows:  # the usual case for the box head (the RPN keeps its top count)
+        return array
     padded = np.zeros((rows, *array.shape[1:]), dtype=array.dtype)
     padded[: array.shape[0]] = array
     return padded
