@@ -15,7 +15,7 @@ def test_deconv_is_profiled_as_deployed(tmp_path):
     module = nn.ConvTranspose2d(8, 6, 2, 2)
     export_layer(module, (3, 8, 5, 5), 0.7, tmp_path / "layer.onnx")
     graph = onnx.load(str(tmp_path / "layer.onnx"))
-    assert [n.op_type for n in graph.node] == ["Conv", "DepthToSpace"]
+    assert [n.op_type for n in graph.graph.node] == ["Conv", "DepthToSpace"]
     x = torch.rand(3, 8, 5, 5, generator=torch.Generator().manual_seed(0))
     expected = _pruned_layer(module, 0.7)(x).detach().numpy()
     session = ort.InferenceSession(str(tmp_path / "layer.onnx"), providers=["CPUExecutionProvider"])
