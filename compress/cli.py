@@ -274,18 +274,28 @@ Examples:
               help="Random seed (the same seed writes the same dataset).")
 @click.option("--image-size", type=click.IntRange(32, 2048), default=128, show_default=True,
               help="Side of the square images, in pixels.")
-@click.option("--split", default="train", show_default=True,
-              help="Split name the images and annotations are written under.")
+@click.option("--split", default=None,
+              help="Write only this split (default: both train and val, a COCO root as is).")
+@click.option("--val-images", type=click.IntRange(1, 100000), default=None,
+              help="Val images when both splits are written (default: a quarter of --images, "
+                   "at least 1).")
 @click.option("--difficulty", type=click.Choice(["easy", "hard"]), default="easy", show_default=True,
               help="hard: 8 outline-only shape classes, crowds, occlusion, small objects, clutter.")
-def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str,
-          difficulty: str) -> None:
+def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str | None,
+          val_images: int | None, difficulty: str) -> None:
     """Write a COCO-format dataset of simple shapes or stick-figure people (deterministic by seed)."""
-    from compress.data.synth import write_synthetic
+    from compress.data.synth import write_synthetic, write_synthetic_splits
 
-    ann = write_synthetic(out, task, images, seed=seed, image_size=image_size, split=split,
-                          difficulty=difficulty)
-    click.echo(f"wrote {images} images and {ann}")
+    if split is not None:
+        ann = write_synthetic(out, task, images, seed=seed, image_size=image_size, split=split,
+                              difficulty=difficulty)
+        click.echo(f"wrote {images} images and {ann}")
+        return
+    val = val_images or max(1, images // 4)
+    write_synthetic_splits(out, task, images, val, seed=seed, image_size=image_size,
+                           difficulty=difficulty)
+    click.echo(f"wrote {out}: train {images} / val {val} images; use it as data.dataset: coco, "
+               f"data.root: {out}, data.train_split: train, data.val_split: val")
 
 
 def main(argv: list[str] | None = None) -> int:

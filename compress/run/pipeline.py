@@ -14,7 +14,7 @@ import torch
 
 from compress.core.errors import UserError
 from compress.lottery.runner import LotteryContext, LotterySetup, run_lottery
-from compress.recipe.load import load_recipe, recipe_hash, resolved_yaml
+from compress.recipe.load import load_recipe, recipe_hash, resolved_yaml, run_folder_name
 from compress.recipe.schema import Recipe
 from compress.run.folder import MetricsLog, RunFolder
 from compress.core.atomic import write_text
@@ -51,7 +51,7 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     `warnings` and listed at the end (compress.run.checks)."""
     recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
     digest = recipe_hash(recipe)
-    run = RunFolder(out or Path("runs") / f"{recipe.name}-{digest}")
+    run = RunFolder(out or Path("runs") / run_folder_name(recipe))
 
     dist = init_from_env(recipe.train.device)
     # a user's dataset is checked before anything is written; synthetic data lives in the run folder

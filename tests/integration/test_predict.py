@@ -37,7 +37,7 @@ def test_onnx_predict_writes_images_and_coco_results(run_dir: Path, tmp_path: Pa
         assert drawn.size == (256, 256)  # 64 px images are drawn enlarged 4x
     results = json.loads((out / "detections.json").read_text())
     assert results, "threshold 0 keeps every detection"
-    gt = run_dir / "data" / "annotations" / "val.json"
+    gt = run_dir / "data" / "annotations" / "instances_val.json"
     gt_ids = {img["file_name"]: img["id"] for img in json.loads(gt.read_text())["images"]}
     assert {r["image_id"] for r in results} <= set(gt_ids.values())
     assert all("segmentation" in r for r in results)

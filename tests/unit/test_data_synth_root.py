@@ -120,3 +120,16 @@ def test_synth_splits_as_coco_root_train_a_step(tmp_path):
     loss = sum(model(images, targets).values())
     loss.backward()
     assert torch.isfinite(loss)
+
+
+def test_data_synth_cli_writes_a_whole_coco_root_by_default(tmp_path, capsys):
+    """One `compress data synth --out D`: train and val, each under the names the COCO loader
+    reads; the line printed says how to use it."""
+    from compress.cli import main
+
+    out = tmp_path / "root"
+    assert main(["-q", "data", "synth", "--out", str(out), "--images", "8", "--image-size", "64"]) == 0
+    for split, count in (("train", 8), ("val", 2)):
+        assert (out / "annotations" / f"instances_{split}.json").is_file()
+        assert len(list((out / split).glob("*"))) == count
+    assert "data.dataset: coco" in capsys.readouterr().out
