@@ -169,9 +169,22 @@ def pruning_targets(source: str, variables: Mapping[str, Any] | None = None) -> 
     out = []
     for m in manager_from_yaml(source, variables).iter_modifiers():
         final = getattr(m, "final_sparsity", None)
-        groups = final.items() if isinstance(final, Mapping) else [(final, m.params)]
+        groups = final.items() if isinstance(final, Mapping) else [(final, getattr(m, "params", None))]
         out += [{"params": params, "target": float(target), "end_epoch": float(m.end_epoch)}
                 for target, params in groups if target is not None]
+    return out
+
+
+def modifier_params(source: str, variables: Mapping[str, Any] | None = None) -> list[list[str]]:
+    """The parameter names / `re:` patterns each modifier of a recipe selects, as SparseML loads
+    them (variables and `eval()` applied; a per-sparsity mapping's lists joined)."""
+    out = []
+    for m in manager_from_yaml(source, variables).iter_modifiers():
+        final = getattr(m, "final_sparsity", None)
+        groups = list(final.values()) if isinstance(final, Mapping) else [getattr(m, "params", None)]
+        names = [p for group in groups for p in ([group] if isinstance(group, str) else group or [])]
+        if names:
+            out.append(names)
     return out
 
 

@@ -18,6 +18,7 @@ from compress.core.errors import RecipeError
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
+PREFIX_PATTERN = r"([A-Za-z0-9_]+\.)+"  # modifier_prefix: module names, each ending in '.'
 RUNTIME_METHODS = ("imp", "oneshot")  # methods whose rounds prune by magnitude
 
 
@@ -203,6 +204,7 @@ class Recipe(_Section):
     lottery: LotteryCfg = LotteryCfg()
     modifiers: Union[list[dict[str, Any]], str] = []  # inline, or a SparseML recipe file's path
     modifier_variables: dict[str, Union[int, float, str, bool]] = {}  # override the file's variables
+    modifier_prefix: str = ""  # put before every parameter name / `re:` pattern of the modifiers
     export: ExportCfg = ExportCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     bench: BenchCfg = BenchCfg()
@@ -219,6 +221,14 @@ class Recipe(_Section):
                                  "`- !GMPruningModifier` followed by its arguments")
         return modifiers
 
+    @field_validator("modifier_prefix")
+    @classmethod
+    def _prefix(cls, prefix: str) -> str:
+        if prefix and not re.fullmatch(PREFIX_PATTERN, prefix):
+            raise ValueError(f"'{prefix}' is not a parameter-name prefix: write module names, each "
+                             "ending in '.', e.g. 'backbone.body.'")
+        return prefix
+
     @model_validator(mode="after")
     def _gradual_needs_modifiers(self) -> "Recipe":
         if METHODS[self.lottery.method].needs_modifiers and not self.modifiers:
@@ -227,6 +237,9 @@ class Recipe(_Section):
         if self.modifier_variables and not isinstance(self.modifiers, str):
             raise ValueError("modifier_variables override a SparseML recipe file's variables: "
                              "set `modifiers:` to the file's path")
+        if self.modifier_prefix and not self.modifiers:
+            raise ValueError("modifier_prefix prefixes the modifiers' parameter names: it needs a "
+                             "modifiers section")
         self._modifiers_fit_method()
         return self
 

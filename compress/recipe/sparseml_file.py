@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.errors import RecipeError
-from compress.recipe.safe_yaml import in_sparseml_modifiers_list, load_yaml_text
+from compress.recipe.safe_yaml import (TAG_KEY, dump_recipe_yaml, in_sparseml_modifiers_list,
+                                       load_yaml_text)
 
-SUFFIXES = (".yaml", ".md")  # what SparseML's loader accepts
+SUFFIXES = (".yaml", ".md")
+# SparseML's own selections, and the toolkit's prunable set (`__PRUNABLE__`, inline modifiers)
+SELECTORS = ("__ALL__", "__ALL_PRUNABLE__", "__ALL_QUANTIZABLE__", "__PRUNABLE__")  # what SparseML's loader accepts
 # SparseML's own front-matter pattern (sparseml.optim.helpers._load_yaml_str_from_file)
 FRONT_MATTER = re.compile(r"^\s*(?:---|\+\+\+)(.*?)(?:---|\+\+\+)", re.S | re.M)
 
@@ -63,6 +66,50 @@ def recipe_yaml_of(text: str, path: Path) -> str:
         raise RecipeError("a .md recipe card needs YAML front matter between '---' lines",
                           file=str(path))
     return found.group(1)
+
+
+def prefixed_recipe(path: str, prefix: str) -> str:
+    """The recipe file's YAML as text with `prefix` before every modifier's parameter names and
+    `re:` patterns (`modifier_prefix`): a classifier's recipe (`conv1.weight`) aimed at a
+    detector's backbone (`backbone.body.conv1.weight`). Variables, `eval()` and the modifiers'
+    other arguments stay as written; SparseML's loader reads the text as it reads the file."""
+    file = Path(path)
+    data = load_yaml_text(recipe_yaml_of(file.read_text(encoding="utf-8"), file), path,
+                          in_sparseml_modifiers_list)
+    return dump_recipe_yaml(prefix_modifiers(data, prefix))
+
+
+def prefix_modifiers(data: Any, prefix: str) -> Any:
+    """`data` with `prefix_params` applied to the `params` of every tagged modifier in it (and to
+    the name lists of a per-sparsity `final_sparsity` mapping)."""
+    if isinstance(data, list):
+        return [prefix_modifiers(item, prefix) for item in data]
+    if not isinstance(data, dict):
+        return data
+    if TAG_KEY not in data:
+        return {key: prefix_modifiers(value, prefix) for key, value in data.items()}
+    out = dict(data)
+    if "params" in out:
+        out["params"] = prefix_params(out["params"], prefix)
+    if isinstance(out.get("final_sparsity"), dict):
+        out["final_sparsity"] = {k: prefix_params(v, prefix)
+                                 for k, v in out["final_sparsity"].items()}
+    return out
+
+
+def prefix_params(params: Any, prefix: str) -> Any:
+    """A modifier's `params` with `prefix` put before each name and inside each `re:` pattern
+    (escaped, after a leading `^`); SparseML's selections (`__ALL_PRUNABLE__`, ...), `eval()`
+    and non-strings are left alone."""
+    if isinstance(params, list):
+        return [prefix_params(item, prefix) for item in params]
+    if not isinstance(params, str) or params in SELECTORS or params.startswith("eval("):
+        return params
+    if not params.startswith("re:"):
+        return prefix + params
+    pattern = params[3:]
+    anchor = "^" if pattern.startswith("^") else ""
+    return f"re:{anchor}{re.escape(prefix)}{pattern[len(anchor):]}"
 
 
 def _keys(data: dict[str, Any]) -> list[str]:
