@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from matplotlib.colors import to_hex
+from matplotlib.figure import Figure
 
 from compress.core.errors import DataError
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
@@ -29,9 +31,31 @@ def test_ap_deltas_missing_iou_type():
         ap_deltas({"bbox": DENSE}, {"bbox": TICKET}, "segm")
 
 
-def test_plot_ap_deltas(tmp_path):
-    out = plot_ap_deltas(ap_deltas(DENSE, TICKET), tmp_path / "deltas.png")
-    assert out.stat().st_size > 1000
+def _bars(ax, horizontal: bool) -> list[tuple[str, float, str]]:
+    """(label, plotted value, colour) of every bar of an axes, in plotting order."""
+    labels = [t.get_text() for t in (ax.get_yticklabels() if horizontal else ax.get_xticklabels())]
+    values = [p.get_width() if horizontal else p.get_height() for p in ax.patches]
+    return [(label, value, to_hex(p.get_facecolor()))
+            for label, value, p in zip(labels, values, ax.patches)]
+
+
+def test_plot_ap_deltas_draws_the_deltas(tmp_path, monkeypatch):
+    """The figure as saved: one bar per size and per category with a known value, in points,
+    worst category first, red below zero and green above; categories without a delta left out."""
+    saved = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: (saved.append(fig),
+                                                                 real_savefig(fig, *a, **k))[1])
+    out = plot_ap_deltas(ap_deltas(DENSE, TICKET), tmp_path / "deltas.png", title="t - d")
+    assert out == tmp_path / "deltas.png" and out.read_bytes()[:4] == b"\x89PNG"
+    (fig,) = saved
+    ax_size, ax_cat = fig.axes
+    red, green = "#c44e52", "#55a868"
+    assert [(lab, round(v, 6), c) for lab, v, c in _bars(ax_size, horizontal=False)] == [
+        ("APs", -5.0, red), ("APm", -1.0, red), ("APl", 1.0, green)]
+    assert [(lab, round(v, 6), c) for lab, v, c in _bars(ax_cat, horizontal=True)] == [
+        ("kite", -9.0, red), ("person", -1.0, red)]
+    assert fig._suptitle.get_text() == "t - d"
 
 
 def test_convergence(tmp_path):
