@@ -242,14 +242,27 @@ def _write(tmp: Path, name: str, obj) -> Path:
     return path
 
 
-def test_results_file_writes_metrics(tmp_path, gt):
-    g = _write(tmp_path, "gt.json", gt)
-    r = _write(tmp_path, "dt.json", make_results(gt, "keypoints"))
-    metrics = evaluate_results_file(g, r, "keypoints", out_dir=tmp_path / "out")
+@pytest.mark.parametrize("iou_type", ["bbox", "segm", "keypoints"])
+def test_results_file_writes_metrics(tmp_path, gt, iou_type):
+    """metrics.json holds every stat pycocotools gives for the files, the return value the same;
+    for keypoints, keypoint_errors.json scores the same detections at the same AP."""
+    results = make_results(gt, iou_type)
+    g, r = _write(tmp_path, "gt.json", gt), _write(tmp_path, "dt.json", results)
+    metrics = evaluate_results_file(g, r, iou_type, out_dir=tmp_path / "out")
     saved = json.loads((tmp_path / "out" / "metrics.json").read_text())
-    assert saved["keypoints"]["AP"] == pytest.approx(pycocotools_stats(gt, make_results(gt, "keypoints"), "keypoints")[0])
-    assert (tmp_path / "out" / "keypoint_errors.json").exists()
-    assert "AP50" in format_stats_table(metrics)
+    ref = pycocotools_stats(gt, results, iou_type)
+    names = stat_names(iou_type)
+    assert [saved[iou_type][n] for n in names] == pytest.approx(ref, abs=1e-9)
+    assert [metrics[iou_type][n] for n in names] == pytest.approx(ref, abs=1e-9)
+    assert 0 < ref[0] < 1 and f"{100 * ref[0]:.1f}" in format_stats_table(metrics)
+    errors_file = tmp_path / "out" / "keypoint_errors.json"
+    if iou_type != "keypoints":
+        assert not errors_file.exists()
+        return
+    errors = json.loads(errors_file.read_text())
+    assert errors["ap"] == pytest.approx(ref[0], abs=1e-9) and errors["detections"] == len(results)
+    assert set(errors["counts"]) == {"good", "jitter", "inversion", "swap", "miss"}
+    assert sum(errors["counts"].values()) > 0 and 0 < errors["matched_detections"] <= len(results)
 
 
 @pytest.mark.parametrize("case, needle", [
