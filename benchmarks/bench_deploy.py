@@ -50,7 +50,7 @@ from compress.lottery.profile import (build_profile, default_profile_path,  # no
 from compress.models.prunable import default_prunable  # noqa: E402
 from compress.stages.export import parity_images  # noqa: E402
 from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES  # noqa: E402
-from evaluate.runtimes.pipeline_bench import bench_pipelines  # noqa: E402
+from evaluate.runtimes.pipeline_bench import bench_pipelines, speedups  # noqa: E402
 from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
 from export.deploy.build import build_deployment  # noqa: E402
 from export.onnx_export import export_full  # noqa: E402
@@ -190,12 +190,11 @@ def _p50(rows: list[dict], engine: str, sparsity: float, runner: str) -> float |
 
 
 def ratios(rows: list[dict]) -> dict[str, float | None]:
-    """p50 ratios, per sparsity s of a DeepSparse deployment:
-    `end_to_end_<s>` = ORT dense full graph / this (what a user gains over plain ONNX Runtime),
-    `sparsity_gain_<s>` = the dense model on the same partition and engine (DeepSparse) / this
-    (what the zeros themselves buy), `ort_dense_deployment_over_deepsparse_<s>` = the dense
-    deployment with every part on ORT / this; and `non_deepsparse_share_<s>`: the fraction of
-    the call spent outside DeepSparse (ORT glue, torch parts, canvas and restore)."""
+    """p50 ratios, per sparsity s of a DeepSparse deployment (`pipeline_bench.speedups`):
+    `end_to_end_<s>` = ORT dense full graph / this, `sparsity_gain_<s>` = the dense model on the
+    same partition and engine (DeepSparse) / this, `non_deepsparse_share_<s>` = the fraction of
+    the call spent outside DeepSparse; and `ort_dense_deployment_over_deepsparse_<s>` = the dense
+    deployment with every part on ORT / this."""
     full = _p50(rows, "onnxruntime", 0.0, "full_graph")
     ort_deployed = _p50(rows, "onnxruntime", 0.0, "deployment")
     dense = _p50(rows, "deepsparse", 0.0, "deployment")
@@ -203,23 +202,14 @@ def ratios(rows: list[dict]) -> dict[str, float | None]:
     for r in rows:
         if r["engine"] != "deepsparse":
             continue
-        key, ok = int(r["sparsity"] * 100), r["status"] == "ok"
-        p50 = r["p50_ms"] if ok else None
-        out[f"end_to_end_{key}"] = full / p50 if p50 and full else None
-        out[f"sparsity_gain_{key}"] = dense / p50 if p50 and dense else None
+        key, found = int(r["sparsity"] * 100), speedups(full, dense, r)
+        p50 = r["p50_ms"] if r["status"] == "ok" else None
+        out[f"end_to_end_{key}"] = found["end_to_end"]
+        out[f"sparsity_gain_{key}"] = found["sparsity_gain"]
         out[f"ort_dense_deployment_over_deepsparse_{key}"] = (ort_deployed / p50
                                                                if p50 and ort_deployed else None)
-        out[f"non_deepsparse_share_{key}"] = non_deepsparse_share(r) if ok else None
+        out[f"non_deepsparse_share_{key}"] = found["outside_deepsparse"]
     return out
-
-
-def non_deepsparse_share(row: dict) -> float | None:
-    """Time outside DeepSparse over the sum of the parts (medians per part)."""
-    parts, engines = row.get("parts") or {}, row.get("part_engines") or {}
-    total = sum(parts.values())
-    if not total or not engines:
-        return None
-    return sum(ms for name, ms in parts.items() if engines.get(name) != "deepsparse") / total
 
 
 def print_table(rows: list[dict], info: dict) -> None:

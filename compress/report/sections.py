@@ -226,7 +226,10 @@ def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
             section.missing.append(f"not run ({run.label}): benchmark (no bench/bench.json)")
             continue
         for b in bench:
-            row = {"run": run.label, "graph": b.get("graph") or b.get("model") or "model", **b}
+            graph = b.get("graph") or b.get("model") or "model"
+            if graph == "pipeline" and b.get("model"):
+                graph = f"pipeline ({b['model']})"
+            row = {"run": run.label, **b, "graph": graph}
             rows.append([run.label, row["graph"], str(b.get("engine")), str(b.get("batch")),
                          str(b.get("status")), fmt(b.get("p50_ms"), 2), fmt(b.get("p90_ms"), 2),
                          fmt(b.get("p99_ms"), 2), fmt(b.get("items_per_s"), 2), str(b.get("cores", "-")),
@@ -234,11 +237,33 @@ def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
             if b.get("status") == "ok" and b.get("p50_ms") is not None:
                 ok.append(row)
         _flag_load(section, run)
+        _say_speedups(section, run, bench)
     if ok:
         figure(section, plots.plot_latency(ok, plot_dir / "latency.png"),
                "Latency per call on each engine (same ONNX file per graph): bar p50, | p90, x p99")
     table(section, ["run", "graph", "engine", "batch", "status", "p50 ms", "p90 ms", "p99 ms",
                     "items/s", "cores", "supported ops", "reason"], rows)
+
+
+def _say_speedups(section: Section, run: RunData, bench: list[dict[str, Any]]) -> None:
+    """The deployed ticket's two ratios side by side, from its pipeline row."""
+    for b in bench:
+        found = b.get("speedups") or {}
+        if not found:
+            continue
+        x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
+        share = found.get("outside_deepsparse")
+        section.text.append(
+            f"Deployed ticket ({run.label}): end to end {x(found.get('end_to_end'))} (ONNX Runtime "
+            f"full graph / DeepSparse ticket); sparsity's own gain {x(found.get('sparsity_gain'))} "
+            f"(the dense round-0 model on the same partition and engine / ticket); "
+            f"{'-' if share is None else f'{share:.0%}'} of the ticket's call is outside "
+            "DeepSparse (glue, RoI pooling, mask pasting).")
+        if found.get("end_to_end") is not None and found["end_to_end"] < 1.0:
+            section.text.append(
+                f"Warning ({run.label}): at this image size the deployment is slower than ONNX "
+                "Runtime's full graph: the glue it adds outweighs the little convolution there is "
+                "to accelerate.")
 
 
 def _flag_load(section: Section, run: RunData) -> None:

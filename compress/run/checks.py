@@ -16,6 +16,8 @@ the end, after every file is written):
 - loaded_profile: a runtime-aware run allocated its zeros from a profile timed under load.
 - shortfall: a gradual run ended far short of its modifiers' target sparsity.
 - partial_transfer: transfer ticket / mask transfer matched only part of the source.
+- deployment_slower: the DeepSparse deployment of the ticket ran slower end to end than ONNX
+  Runtime's full graph (small images: too little convolution for the glue it adds).
 Errors (exit 1, one line), where the command's whole purpose failed (`CheckFailed`):
 - `compress evaluate` whose only engine failed (a crash, or a failed parity check);
 - `compress bench` where no requested engine gave a figure (every one failed or was skipped).
@@ -37,6 +39,7 @@ CHECKS = {
     "loaded_profile": "runtime-aware zeros from a profile timed under load",
     "shortfall": "gradual pruning short of its target sparsity",
     "partial_transfer": "ticket transfer matched only part of the source",
+    "deployment_slower": "the DeepSparse deployment is slower than ONNX Runtime's full graph",
 }
 SHORTFALL_TOLERANCE = 0.05  # reached sparsity this far (absolute) below the target warns
 

@@ -1,6 +1,7 @@
 """The benchmark stage (MACs, latency on each runtime) and `compress bench`."""
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -11,10 +12,12 @@ from evaluate.analysis.macs import count_macs, macs_summary
 from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.stages.base import StageContext
-from compress.stages.export import parity_images, val_images
+from compress.run.loaded import load_model
+from compress.stages.export import deployment, parity_images, val_images
+from export.onnx_export import export_full
 from evaluate.runtimes.ort import physical_cores
 from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
-from evaluate.runtimes.pipeline_bench import PIPELINE_ENGINES, bench_pipeline
+from evaluate.runtimes.pipeline_bench import PIPELINE_ENGINES, bench_pipeline, bench_pipelines, speedups
 from evaluate.runtimes.protocol import finish, load_note, machine
 from evaluate.runtimes.pipeline import read_manifest
 from compress.run.checks import CheckFailed, tag
@@ -52,14 +55,77 @@ def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, 
     size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
     engines = [e for e in cfg.engines if e in PIPELINE_ENGINES]
     if engines and (run.export / "deploy" / "manifest.json").is_file():
-        rows += bench_pipeline(run.export, images or parity_images(size), engines=engines,
-                               warmup=cfg.warmup, iterations=cfg.iterations, cores=cores)
+        rows += pipeline_rows(loaded, engines, images or parity_images(size), cores)
     write_json(run.bench / "bench.json", rows)
     info = finish(info)
     write_json(run.bench / "machine.json", info)
     log.info("benchmark:\n%s", format_bench_table(rows))
     warn_bench(rows, info, run.bench / "machine.json")
     return rows
+
+
+def pipeline_rows(loaded: Any, engines: list[str], images: list[Any],
+                  cores: int) -> list[dict[str, Any]]:
+    """The whole detector end to end, interleaved: the ticket's full graph on ONNX Runtime, its
+    deployment on DeepSparse, and the dense model (round 0) deployed the same way, so the
+    DeepSparse row carries both ratios (`speedups`: end to end and sparsity's own gain)."""
+    cfg = loaded.recipe.bench
+    targets: dict[str, tuple] = {e: (loaded.run.export, e) for e in engines}
+    dense = dense_counterpart(loaded) if "deepsparse" in engines else None
+    if dense is not None:
+        targets["deepsparse_dense"] = (dense, "deepsparse")
+    found = bench_pipelines(targets, images, warmup=cfg.warmup, iterations=cfg.iterations,
+                            cores=cores)
+    rows = [{**found[e], "model": "ticket"} for e in engines]
+    if dense is not None:
+        rows.append({**found["deepsparse_dense"], "model": "dense (round 0)"})
+    ticket = next((r for r in rows if r["engine"] == "deepsparse" and r["model"] == "ticket"), None)
+    if ticket is not None:
+        full = found.get("onnxruntime", {})
+        dense_row = found.get("deepsparse_dense", {})
+        ticket["speedups"] = speedups(full.get("p50_ms") if full.get("status") == "ok" else None,
+                                      dense_row.get("p50_ms") if dense_row.get("status") == "ok"
+                                      else None, ticket)
+        say_speedups(ticket["speedups"])
+    return rows
+
+
+def dense_counterpart(loaded: Any) -> Path | None:
+    """bench/dense_export: round 0's dense model exported and deployed like the ticket (reused
+    when its deployment is already there), or None (a dense ticket, no dense round 0)."""
+    ckpt = loaded.run.round_dir(0) / "checkpoint.pt"
+    if not loaded.mask or all(bool(m.all()) for m in loaded.mask.values()) or not ckpt.is_file():
+        return None
+    out = loaded.run.bench / "dense_export"
+    manifest = out / "deploy" / "manifest.json"
+    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok":
+        return out
+    dense = load_model(ckpt)
+    if any(not bool(m.all()) for m in dense.mask.values()):
+        return None  # round 0 is already masked (e.g. mask transfer): no dense model here
+    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    model = dense.model.eval()
+    export_full(model, out / "model.onnx", image_size=size, opset=loaded.recipe.export.opset)
+    deployment(model, out / "model.onnx", out / "deploy", size, parity_images(size))
+    return out
+
+
+def say_speedups(found: dict[str, float | None]) -> None:
+    """One line: the deployed ticket against ORT's full graph and against the dense model on the
+    same partition; slower than ORT's full graph is said, with where the time goes."""
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+    share = found.get("outside_deepsparse")
+    log.info("deployment: end to end %s (ORT full graph / DeepSparse ticket), sparsity's own gain "
+             "%s (DeepSparse dense deployment / ticket), %s of the ticket's call outside "
+             "DeepSparse", x(found.get("end_to_end")), x(found.get("sparsity_gain")),
+             "-" if share is None else f"{share:.0%}")
+    if found.get("end_to_end") is not None and found["end_to_end"] < 1.0:
+        log.warning("deployment: the DeepSparse ticket is slower than ONNX Runtime's full graph "
+                    "here (%s); %s of its call is glue outside DeepSparse, which zeros cannot "
+                    "shrink (small images: little convolution to accelerate)",
+                    x(found["end_to_end"]), "-" if share is None else f"{share:.0%}",
+                    extra=tag("deployment_slower"))
 
 
 def warn_bench(rows: list[dict[str, Any]], info: dict[str, Any], machine_path: Path) -> None:

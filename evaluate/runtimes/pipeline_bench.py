@@ -121,3 +121,25 @@ def bench_pipeline(export_dir: str | os.PathLike, images: Sequence[torch.Tensor]
     rows = bench_pipelines(targets, images, warmup=warmup, iterations=iterations,
                            repeats=repeats, cores=cores)
     return list(rows.values())
+
+
+def outside_deepsparse_share(row: Mapping[str, Any]) -> float | None:
+    """The fraction of a deployed call spent outside DeepSparse (ORT glue, torch parts, canvas
+    and restore), from the row's median time per part."""
+    parts, engines = row.get("parts") or {}, row.get("part_engines") or {}
+    total = sum(parts.values())
+    if not total or not engines:
+        return None
+    return sum(ms for name, ms in parts.items() if engines.get(name) != "deepsparse") / total
+
+
+def speedups(full_graph_ms: float | None, dense_ms: float | None,
+             ticket: Mapping[str, Any]) -> dict[str, float | None]:
+    """The two ratios of a deployed ticket, side by side: `end_to_end` = ORT's full graph /
+    the ticket on DeepSparse (what a user gains over plain ONNX Runtime) and `sparsity_gain` =
+    the dense model on the same partition and engine / the ticket (what the zeros buy), with
+    `outside_deepsparse` (the share of the ticket's call that zeros cannot shrink)."""
+    p50 = ticket.get("p50_ms") if ticket.get("status") == "ok" else None
+    return {"end_to_end": full_graph_ms / p50 if p50 and full_graph_ms else None,
+            "sparsity_gain": dense_ms / p50 if p50 and dense_ms else None,
+            "outside_deepsparse": outside_deepsparse_share(ticket) if p50 else None}
