@@ -11,10 +11,9 @@ from compress.report.run_data import (RunData, atomic_plot, figure, is_dense, pe
 from compress.report import plots as plots
 from compress.report.page import Missing, Section, fmt
 from evaluate.analysis.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
-from compress.stages.predict import run_label_info
+from compress.report.gallery import gallery_image, run_label_info
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
-from compress.stages.predict import gallery_image
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
 from compress.run.checks import parity_note, run_warnings

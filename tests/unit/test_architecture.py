@@ -22,8 +22,6 @@ KNOWN_BACK_EDGES = {
         "training/round.py checkpoints into run/folder.py's round folder",
     ("compress.run", "compress.stages"):
         "run/pipeline.py (`compress run`) walks the stages, which use run/folder.py and loaded.py",
-    ("compress.report", "compress.stages"):
-        "report/sections.py draws the gallery with stages/predict.py's gallery_image",
     ("evaluate.metrics", "evaluate.analysis"):
         "metrics/results_file.py writes keypoint_errors.json with analysis/keypoint_errors.py",
 }
