@@ -122,15 +122,15 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return out.div_(255.0)
 
 
-def working_tensor(image: Image.Image) -> torch.Tensor:
-    """`to_tensor` of the image, shrunk (aspect kept) to at most WORK_MAX_PIXELS pixels first."""
+def shrunk(image: Image.Image) -> Image.Image | None:
+    """A copy of the image shrunk (aspect kept, antialiased) to at most WORK_MAX_PIXELS pixels,
+    or None when it is small enough as it is."""
     pixels = image.width * image.height
     if pixels <= WORK_MAX_PIXELS:
-        return to_tensor(image)
+        return None
     scale = (WORK_MAX_PIXELS / pixels) ** 0.5
     size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
-    with image.resize(size, Image.BILINEAR, reducing_gap=3.0) as small:
-        return to_tensor(small)
+    return image.resize(size, Image.BILINEAR, reducing_gap=3.0)
 
 
 def to_uint8_rgb(image: Image.Image) -> Image.Image:

@@ -5,8 +5,9 @@ the default, or the full graph on the same canvas with `--engine onnxruntime`), 
 round checkpoint (`ticket.pt`, `rounds/round_<k>/checkpoint.pt`, rebuilt from the run folder's
 recipe.yaml). Writes one annotated PNG per image (`<stem>.png`), `detections.json` in COCO
 results format (a list: every detection scoring >= --score-threshold) and `images.json`, the
-COCO-style `{"images": [{id, file_name, width, height, drawn}]}` naming the user's file of each
-image id (`drawn`: its annotated PNG). Images are read one at a time (see compress.stages.images
+COCO-style `{"images": [{id, file_name, width, height, drawn, drawn_scale}]}` naming the user's
+file of each image id (`drawn`: its annotated PNG, `drawn_scale` its size / the image's: 1, or
+below 1 for a huge image, drawn at the size it was predicted at). Images are read one at a time (see compress.stages.images
 for the pixel cap, EXIF orientation and 16-bit scaling); detections are filtered by score before
 masks are brought to the image's size (compress.stages.predictors).
 
@@ -34,7 +35,7 @@ from compress.recipe.load import load_resolved
 from compress.models.build import ARCH_TASK
 from compress.run.loaded import run_of
 from compress.stages.images import IMAGE_SUFFIXES, ImageFile, check_image, collect_images
-from compress.stages.images import read_image, read_pil, to_uint8_rgb, working_tensor
+from compress.stages.images import read_image, read_pil, shrunk, to_tensor, to_uint8_rgb
 from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
 from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
 from compress.stages.upscale import upscaled_results
@@ -191,10 +192,16 @@ def _predict_all(predictor: Predictor, info: LabelInfo, files: list[ImageFile], 
     used: set[str] = {IMAGES_JSON}
     for file, image_id in zip(files, ids):
         with read_pil(file.path) as picture:
-            found, drawn = _predict_one(predictor, info, picture, image_id, score_threshold)
+            original = (picture.height, picture.width)
+            small = shrunk(picture)
+            if small is not None:
+                picture.close()  # only its shrunk copy is used from here on
+            found, drawn = _predict_one(predictor, info, small or picture, original, image_id,
+                                        score_threshold)
             name = _unique_name(file.path, used)
-            images.append({"id": image_id, "file_name": file.path.name, "width": picture.width,
-                           "height": picture.height, "drawn": name})
+            images.append({"id": image_id, "file_name": file.path.name, "width": original[1],
+                           "height": original[0], "drawn": name,
+                           "drawn_scale": drawn.width / original[1]})
             write_bytes(out / name, png_bytes(drawn))  # `drawn` may be `picture` itself
             del drawn
         results += found
@@ -202,21 +209,19 @@ def _predict_all(predictor: Predictor, info: LabelInfo, files: list[ImageFile], 
     return results, images
 
 
-def _predict_one(predictor: Predictor, info: LabelInfo, picture: Any, image_id: int,
-                 score_threshold: float) -> tuple[list[dict], Any]:
-    """COCO results of one picture and its drawing. A huge picture is predicted shrunk and its
-    masks brought back to its size one at a time (compress.stages.upscale)."""
-    tensor = working_tensor(picture)
-    size = (int(tensor.shape[-2]), int(tensor.shape[-1]))
-    outputs = predictor(tensor)
-    del tensor
+def _predict_one(predictor: Predictor, info: LabelInfo, work: Any, original: tuple[int, int],
+                 image_id: int, score_threshold: float) -> tuple[list[dict], Any]:
+    """COCO results of one picture (at its `original` size) and its drawing (at `work`'s size).
+    A huge picture comes as its shrunk copy: its masks are brought back to the original size one
+    at a time (compress.stages.upscale), and it is drawn at the shrunk size."""
+    outputs = predictor(to_tensor(work))
     mapping = info.label_to_cat_id or _identity(outputs["labels"])
-    drawable = to_uint8_rgb(picture)
-    if size == (picture.height, picture.width):
+    if (work.height, work.width) == original:
         results = outputs_to_coco_results(image_id, outputs, mapping, info.task)
-    else:  # masks painted onto `drawable` (the decoded picture, ours to change) as they come
-        results, outputs = upscaled_results(drawable, outputs, size, image_id, mapping, info.task)
-    return results, draw_detections(drawable, outputs, score_threshold=score_threshold,
+    else:
+        results = upscaled_results(outputs, (work.height, work.width), original, image_id,
+                                   mapping, info.task)
+    return results, draw_detections(to_uint8_rgb(work), outputs, score_threshold=score_threshold,
                                     class_names=info.class_names or None, in_place=True)
 
 

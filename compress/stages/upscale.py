@@ -3,7 +3,7 @@ mask at a time.
 
 A mask of a 13000 x 13000 image is 676 MB as floats and 169 MB as bytes: instead of upsampling
 every kept mask at once (N x 676 MB), each is upsampled as an 8-bit image (Pillow, bilinear),
-thresholded, RLE-encoded and painted, then dropped. Boxes and keypoints are scaled.
+thresholded and RLE-encoded, then dropped. Boxes and keypoints are scaled.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from compress.report.drawing import MASK_THRESHOLD, paint_mask
+from compress.report.drawing import MASK_THRESHOLD
 from evaluate.metrics.detections import outputs_to_coco_results
 
 
@@ -47,18 +47,14 @@ def rle(binary: np.ndarray) -> dict[str, Any]:
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
 
 
-def upscaled_results(picture: Image.Image, outputs: Mapping[str, torch.Tensor],
-                     size: tuple[int, int], image_id: int, mapping: Mapping[int, int],
-                     task: str) -> tuple[list[dict], dict[str, torch.Tensor]]:
-    """COCO results at the picture's size, and the scaled outputs (no masks) to draw; each mask
-    is RLE-encoded (segmentation task) and painted onto `picture` (changed in place)."""
-    original = (picture.height, picture.width)
-    scaled = scale_outputs(outputs, size, original)
-    results = outputs_to_coco_results(image_id, scaled, mapping, task)
-    if "masks" in outputs and len(outputs["masks"]):
-        labels = scaled["labels"].reshape(-1).tolist()
-        for index, binary in enumerate(full_size_masks(outputs["masks"], original)):
-            if task == "segmentation":
-                results[index]["segmentation"] = rle(binary)
-            paint_mask(picture, binary, int(labels[index]))
-    return results, scaled
+def upscaled_results(outputs: Mapping[str, torch.Tensor], size: tuple[int, int],
+                     original: tuple[int, int], image_id: int, mapping: Mapping[int, int],
+                     task: str) -> list[dict]:
+    """COCO results at the `original` (h, w) size of outputs predicted at `size`; each mask
+    (segmentation task) is brought to full size, RLE-encoded and dropped, one at a time."""
+    results = outputs_to_coco_results(image_id, scale_outputs(outputs, size, original), mapping, task)
+    if task == "segmentation" and "masks" in outputs and len(outputs["masks"]):
+        for result, binary in zip(results, full_size_masks(outputs["masks"], original)):
+            result["segmentation"] = rle(binary)
+            del binary
+    return results
