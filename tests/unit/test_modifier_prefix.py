@@ -135,3 +135,10 @@ def test_published_recipe_exits_2_without_prefix_and_prunes_backbone_to_90_with_
     for name in ("backbone.body.layer2.0.downsample.0.weight", "backbone.fpn.inner_blocks.0.0.weight",
                  "roi_heads.box_head.fc6.weight"):
         assert float((state[name] == 0).float().mean()) < 0.01, name  # outside the recipe
+
+
+def test_prefix_leaves_a_card_of_all_prunable_as_sparseml_reads_it():
+    card = ROOT / "recipes" / "sparseml" / "maskrcnn_gmp_recipe.md"  # YAML front matter
+    text = prefixed_recipe(str(card), PREFIX)
+    assert pruning_targets(text) == pruning_targets(str(card))
+    assert modifier_params(text) == modifier_params(str(card)) == [["__ALL_PRUNABLE__"]]
