@@ -1,14 +1,15 @@
-"""Rewrite non-overlapping ConvTranspose nodes as a 1x1 Conv and a DepthToSpace.
+"""Rewrite ConvTranspose nodes as a stride-1 Conv and a DepthToSpace (sub-pixel convolution).
 
 DeepSparse 1.8 has no fast kernel for ConvTranspose: in Mask R-CNN's mask head at 100 RoIs its
 own layer analysis put `conv5_mask` (256 -> 256, kernel 2, stride 2) at 0.0005% utilisation, more
-than half of the whole head's time, dense or pruned. A transposed convolution whose kernel equals
-its stride (no padding, no dilation, no groups) writes every output pixel from exactly one input
-pixel: out[n, o, s*h + i, s*w + j] = sum_c x[n, c, h, w] * W[c, o, i, j] + b[o]. That is a 1x1
-convolution to O*s*s channels (channel o*s*s + i*s + j holds W[:, o, i, j]) followed by
-DepthToSpace(blocksize s, mode CRD): the same values and the same zeros, rearranged, so a pruned
-deconvolution stays exactly as sparse and DeepSparse runs it with its (sparse) convolution
-kernels. Other ConvTransposes (Keypoint R-CNN's overlapping 4x4 stride-2 upsampler) are left.
+than half of the whole head's time, dense or pruned. A transposed convolution with stride s
+whose output is exactly s times its input (kernel k = s + 2p for padding p: Mask R-CNN's 2x2
+stride 2, Keypoint R-CNN's 4x4 stride 2 padding 1) computes each of its s x s output phases as
+an ordinary stride-1 convolution of the input: one Conv to O*s*s channels (channel
+o*s*s + a*s + b is phase (a, b) of output channel o; `phase_kernel`) and DepthToSpace(blocksize
+s, mode CRD) to interleave the phases. Every weight lands on exactly one tap: the same values and
+the same zeros, so a pruned deconvolution stays exactly as sparse and DeepSparse runs it with its
+(sparse) convolution kernels; kernel = stride gives a 1x1 Conv. Other ConvTransposes are left.
 """
 from __future__ import annotations
 
@@ -23,19 +24,46 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _rewritable(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> int | None:
-    """The stride s when `node` is a ConvTranspose with a kernel of s x s, stride s, else None."""
+def _rewritable(node: onnx.NodeProto,
+                weights: dict[str, onnx.TensorProto]) -> tuple[int, int] | None:
+    """(stride s, padding p) when `node` is a 2-D ConvTranspose whose output is exactly s times
+    its input (kernel k = s + 2p, symmetric padding, no groups, dilation or output padding)."""
     if node.op_type != "ConvTranspose" or node.input[1] not in weights:
         return None
     attrs = _attrs(node)
     shape = list(weights[node.input[1]].dims)
     strides = list(attrs.get("strides", [1, 1]))
-    plain = (attrs.get("group", 1) == 1 and not any(attrs.get("pads", [0]))
-             and set(attrs.get("dilations", [1])) == {1} and not any(attrs.get("output_padding", [0]))
-             and "output_shape" not in attrs and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
-    if len(shape) != 4 or len(set(strides)) != 1 or shape[2:] != strides or not plain:
+    pads = list(attrs.get("pads", [0, 0, 0, 0]))
+    plain = (attrs.get("group", 1) == 1 and set(attrs.get("dilations", [1])) == {1}
+             and not any(attrs.get("output_padding", [0])) and "output_shape" not in attrs
+             and attrs.get("auto_pad", b"NOTSET") in (b"NOTSET", "NOTSET"))
+    if len(shape) != 4 or len(set(strides)) != 1 or len(set(pads)) != 1 or not plain:
         return None
-    return int(strides[0])
+    stride, pad = int(strides[0]), int(pads[0])
+    if shape[2] != shape[3] or shape[2] != stride + 2 * pad:
+        return None
+    return stride, pad
+
+
+def phase_kernel(weight: np.ndarray, stride: int,
+                 pad: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """The stride-1 convolution weight (O*s*s x C x t x t) and its padding (before, after) that,
+    followed by
+    DepthToSpace(s, CRD), equals ConvTranspose(weight: C x O x k x k, stride s, padding p).
+
+    Output pixel (s*m + a, s*n + b) of the transposed convolution reads input pixel m + e along
+    each axis through tap i = a + p - s*e: every weight lands on exactly one tap of one phase
+    (a, b), so the nonzeros are the same in number and value."""
+    channels, out, kernel = weight.shape[0], weight.shape[1], weight.shape[2]
+    taps = {(a, i): (a + pad - i) // stride for a in range(stride) for i in range(kernel)
+            if (a + pad - i) % stride == 0}
+    low, high = min(taps.values()), max(taps.values())
+    size = high - low + 1
+    conv = np.zeros((out, stride, stride, channels, size, size), dtype=weight.dtype)
+    for (a, i), e_h in taps.items():
+        for (b, j), e_w in taps.items():
+            conv[:, a, b, :, e_h - low, e_w - low] = weight[:, :, i, j].T
+    return conv.reshape(out * stride * stride, channels, size, size), (-low, high)
 
 
 def rewrite_deconvs(model: onnx.ModelProto) -> list[str]:
@@ -44,22 +72,23 @@ def rewrite_deconvs(model: onnx.ModelProto) -> list[str]:
     weights = {init.name: init for init in graph.initializer}
     done = []
     for node in list(graph.node):
-        stride = _rewritable(node, weights)
-        if stride is None:
+        found = _rewritable(node, weights)
+        if found is None:
             continue
-        weight = numpy_helper.to_array(weights[node.input[1]])  # C x O x s x s
-        channels, out = weight.shape[:2]
-        conv_w = weight.transpose(1, 2, 3, 0).reshape(out * stride * stride, channels, 1, 1)
-        names = {"w": f"{node.name}/lth_1x1.weight", "y": f"{node.name}/lth_1x1_output"}
+        stride, pad = found
+        weight = numpy_helper.to_array(weights[node.input[1]])  # C x O x k x k
+        conv_w, conv_pad = phase_kernel(weight, stride, pad)
+        names = {"w": f"{node.name}/lth_phase.weight", "y": f"{node.name}/lth_phase_output"}
         inits = [numpy_helper.from_array(np.ascontiguousarray(conv_w), names["w"])]
         inputs = [node.input[0], names["w"]]
         if len(node.input) > 2 and node.input[2]:
             bias = numpy_helper.to_array(weights[node.input[2]])
-            names["b"] = f"{node.name}/lth_1x1.bias"
+            names["b"] = f"{node.name}/lth_phase.bias"
             inits.append(numpy_helper.from_array(np.repeat(bias, stride * stride), names["b"]))
             inputs.append(names["b"])
-        conv = helper.make_node("Conv", inputs, [names["y"]], name=f"{node.name}/lth_1x1",
-                                kernel_shape=[1, 1])
+        conv = helper.make_node("Conv", inputs, [names["y"]], name=f"{node.name}/lth_phase",
+                                kernel_shape=list(conv_w.shape[2:]),
+                                pads=[conv_pad[0], conv_pad[0], conv_pad[1], conv_pad[1]])
         shuffle = helper.make_node("DepthToSpace", [names["y"]], list(node.output),
                                    name=f"{node.name}/lth_depth_to_space", blocksize=stride,
                                    mode="CRD")
