@@ -41,7 +41,7 @@ from export.deploy.deconv import rewrite_deconvs
 log = logging.getLogger(__name__)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
 FORMAT = 1
-LAYER_FORM = 2  # layers timed as the deployment runs them (2: deconvolutions rewritten)
+LAYER_FORM = 3  # layers timed as the deployment runs them (3: every sub-pixel deconvolution rewritten)
 
 
 def layer_input_shapes(model: nn.Module, names: Sequence[str], image_size: int) -> dict[str, list[int]]:
@@ -136,7 +136,7 @@ def _pruned_layer(module: nn.Module, sparsity: float) -> nn.Module:
 
 def export_layer(module: nn.Module, shape: Sequence[int], sparsity: float, path: Path) -> None:
     """One-layer ONNX graph at `shape` (batch axis fixed), weights at `sparsity`, in the form the
-    deployment runs it (a kernel-equals-stride ConvTranspose as 1x1 Conv + DepthToSpace)."""
+    deployment runs it (a ConvTranspose as `export.deploy.deconv` rewrites it)."""
     layer = _pruned_layer(module, sparsity)
     torch.onnx.export(layer, (torch.rand(*shape),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], do_constant_folding=False)
