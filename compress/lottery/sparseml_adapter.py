@@ -163,29 +163,27 @@ def epoch_range_epochs(source: str, variables: Mapping[str, Any] | None = None) 
     return max(ends) if ends else None
 
 
+def _param_groups(modifier: Any) -> list[tuple[Any, Any]]:
+    """(final sparsity, params) of a modifier: one pair, or one per entry of a per-sparsity dict."""
+    final = getattr(modifier, "final_sparsity", None)
+    return list(final.items()) if isinstance(final, Mapping) else [
+        (final, getattr(modifier, "params", None))]
+
+
 def pruning_targets(source: str, variables: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
     """What each pruning modifier of a recipe aims at: {params (names, `re:` patterns or
     "__ALL_PRUNABLE__"), target (final sparsity), end_epoch} (a per-sparsity dict: one each)."""
-    out = []
-    for m in manager_from_yaml(source, variables).iter_modifiers():
-        final = getattr(m, "final_sparsity", None)
-        groups = final.items() if isinstance(final, Mapping) else [(final, getattr(m, "params", None))]
-        out += [{"params": params, "target": float(target), "end_epoch": float(m.end_epoch)}
-                for target, params in groups if target is not None]
-    return out
+    return [{"params": params, "target": float(target), "end_epoch": float(m.end_epoch)}
+            for m in manager_from_yaml(source, variables).iter_modifiers()
+            for target, params in _param_groups(m) if target is not None]
 
 
 def modifier_params(source: str, variables: Mapping[str, Any] | None = None) -> list[list[str]]:
     """The parameter names / `re:` patterns each modifier of a recipe selects, as SparseML loads
     them (variables and `eval()` applied; a per-sparsity mapping's lists joined)."""
-    out = []
-    for m in manager_from_yaml(source, variables).iter_modifiers():
-        final = getattr(m, "final_sparsity", None)
-        groups = list(final.values()) if isinstance(final, Mapping) else [getattr(m, "params", None)]
-        names = [p for group in groups for p in ([group] if isinstance(group, str) else group or [])]
-        if names:
-            out.append(names)
-    return out
+    groups = [[p for _, g in _param_groups(m) for p in ([g] if isinstance(g, str) else g or [])]
+              for m in manager_from_yaml(source, variables).iter_modifiers()]
+    return [names for names in groups if names]
 
 
 def all_prunable_params(model: nn.Module) -> list[str]:
