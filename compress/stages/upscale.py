@@ -32,16 +32,19 @@ def scale_outputs(outputs: Mapping[str, torch.Tensor], size: tuple[int, int],
 
 
 def full_size_masks(masks: torch.Tensor, original: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Each mask (N x 1 x h x w probabilities) as an `original`-sized bool array, one at a time."""
+    """Each mask (N x 1 x h x w probabilities) as an `original`-sized uint8 0/1 array, one at a
+    time, Fortran-ordered as pycocotools encodes it (resized transposed, so no copy is needed)."""
     h0, w0 = original
     for mask in masks.reshape(len(masks), *masks.shape[-2:]):
-        small = (mask.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy()
-        with Image.fromarray(small).resize((w0, h0), Image.BILINEAR) as big:
-            yield np.asarray(big) > round(MASK_THRESHOLD * 255)
+        small = (mask.clamp(0, 1) * 255.0 + 0.5).to(torch.uint8).numpy().T.copy()
+        with Image.fromarray(small).resize((h0, w0), Image.BILINEAR) as big:
+            transposed = np.asarray(big)  # w0 x h0, C order: its .T is h0 x w0, Fortran order
+        yield (transposed.T > round(MASK_THRESHOLD * 255)).view(np.uint8)
 
 
 def rle(binary: np.ndarray) -> dict[str, Any]:
-    encoded = mask_utils.encode(np.asfortranarray(binary.astype(np.uint8)))
+    """COCO's RLE (counts as str) of a 0/1 uint8 mask."""
+    encoded = mask_utils.encode(np.asfortranarray(binary))
     counts = encoded["counts"]
     return {"size": [int(s) for s in encoded["size"]],
             "counts": counts.decode("ascii") if isinstance(counts, bytes) else counts}
