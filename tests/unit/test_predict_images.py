@@ -175,3 +175,46 @@ def test_a_large_image_is_drawn_full_size(tmp_path, fake_model):
     assert _predict(model, tmp_path / "big.png", tmp_path / "out") == 0
     drawn = np.asarray(Image.open(tmp_path / "out" / "big.png"))
     assert drawn.shape == (300, 600, 3) and (drawn[3, 3] != 90).any() and (drawn[200, 400] == 90).all()
+
+
+def test_fixed_size_graph_filters_before_upsampling_masks(monkeypatch):
+    from compress.stages.predictors import fit_to_graph
+
+    def detector(image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3), "scores": torch.tensor([0.9, 0.1, 0.2]),
+                "labels": torch.tensor([1, 2, 3]), "masks": torch.rand(3, 1, 128, 256)}
+    upsampled: list[int] = []
+    interpolate = torch.nn.functional.interpolate
+
+    def counting(tensor, *args, **kwargs):
+        upsampled.append(int(tensor.shape[0]))
+        return interpolate(tensor, *args, **kwargs)
+    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    out = fit_to_graph(detector, [3, 128, 256], score_threshold=0.5)(torch.rand(3, 64, 64))
+    assert upsampled == [1, 1]  # the image to the graph's size, then the one kept mask back
+    assert out["labels"].tolist() == [1] and tuple(out["masks"].shape) == (1, 1, 64, 64)
+
+
+def test_torch_model_pastes_only_the_kept_masks(monkeypatch):
+    import torchvision.models.detection.transform as transform
+    from compress.stages.predictors import _filtered_forward
+    from support.onnx_models import pruned_tiny
+
+    model, _ = pruned_tiny("maskrcnn")
+    image = torch.rand(3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        everything = model([image])[0]
+    threshold = float(everything["scores"].median())
+    pasted: list[int] = []
+    paste = transform.paste_masks_in_image
+
+    def counting(masks, *args, **kwargs):
+        pasted.append(int(masks.shape[0]))
+        return paste(masks, *args, **kwargs)
+    monkeypatch.setattr(transform, "paste_masks_in_image", counting)
+    with torch.no_grad():
+        kept = _filtered_forward(model, image, threshold)
+    wanted = everything["scores"] >= threshold
+    assert pasted == [int(wanted.sum())] and 0 < pasted[0] < len(everything["scores"])
+    assert torch.allclose(kept["boxes"], everything["boxes"][wanted])
+    assert torch.allclose(kept["masks"], everything["masks"][wanted])
