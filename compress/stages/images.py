@@ -11,6 +11,7 @@ applied (a phone photo is predicted and drawn upright); 16-bit images are scaled
 """
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,8 +68,10 @@ def _open(path: Path) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(path)
     except Image.DecompressionBombError as err:
-        raise DataError(f"more than {MAX_IMAGE_PIXELS:,} pixels is refused (a decompression bomb "
-                        "or a wrong file)", file=str(path)) from err
+        found = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(found.group(1)):,} pixels: " if found else ""
+        raise DataError(f"image is {size}more than {MAX_IMAGE_PIXELS:,} pixels is refused (a "
+                        "decompression bomb or a wrong file)", file=str(path)) from err
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise _unreadable(path, err) from err
     if image.width * image.height > MAX_IMAGE_PIXELS:
