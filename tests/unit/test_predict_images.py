@@ -218,3 +218,14 @@ def test_torch_model_pastes_only_the_kept_masks(monkeypatch):
     assert pasted == [int(wanted.sum())] and 0 < pasted[0] < len(everything["scores"])
     assert torch.allclose(kept["boxes"], everything["boxes"][wanted])
     assert torch.allclose(kept["masks"], everything["masks"][wanted])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_rle_of_a_full_size_mask_equals_pycocotools(seed):
+    from pycocotools import mask as mask_utils
+    from compress.stages.upscale import rle
+
+    rng = np.random.default_rng(seed)
+    binary = np.asfortranarray((rng.random((13, 17)) < [0.0, 0.3, 0.7, 1.0][seed]).astype(np.uint8))
+    reference = mask_utils.encode(binary)
+    assert rle(binary) == {"size": [13, 17], "counts": reference["counts"].decode()}
