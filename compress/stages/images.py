@@ -142,9 +142,3 @@ def to_uint8_rgb(image: Image.Image) -> Image.Image:
         grey = (np.asarray(image, dtype=np.float32).clip(0, 65535) / 257.0 + 0.5).astype(np.uint8)
         return Image.fromarray(grey).convert("RGB")
     return image
-
-
-def read_image(path: Path) -> torch.Tensor:
-    """A 3xHxW float tensor in [0, 1], upright; a file that cannot be used is a one-line DataError."""
-    with read_pil(path) as image:
-        return to_tensor(image)

@@ -20,22 +20,17 @@ label, and image ids run from 1.
 """
 from __future__ import annotations
 
-import io
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from compress.core.atomic import write_bytes, write_json
-from compress.core.errors import DataError, ModelFileError, UserError
-from compress.data.loaders import build_dataset
-from compress.recipe.load import load_resolved
-from compress.models.build import ARCH_TASK
+from compress.core.errors import ModelFileError, UserError
 from compress.run.loaded import run_of
 from compress.stages.images import IMAGE_SUFFIXES, ImageFile, check_image, collect_images
-from compress.stages.images import read_image, read_pil, shrunk, to_tensor, to_uint8_rgb
+from compress.stages.images import read_pil, shrunk, to_tensor, to_uint8_rgb
 from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
 from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
 from compress.stages.upscale import upscaled_results
@@ -44,48 +39,12 @@ from evaluate.runtimes.onnx_predict import OnnxDetector
 from evaluate.runtimes.pipeline import read_manifest
 from evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections
-from compress.report.drawing import side_by_side
-from compress.report.page import Missing
+from compress.report.gallery import LabelInfo, png_bytes, run_label_info
 
 log = logging.getLogger(__name__)
 
-__all__ = ["IMAGE_SUFFIXES", "collect_images", "fit_to_graph", "keep_scores", "read_image",
-           "predict_command", "gallery_image"]
-
-
-@dataclass
-class LabelInfo:
-    """How a run's labels read back: task, label -> COCO category id / name, GT file and images."""
-
-    task: str
-    label_to_cat_id: dict[int, int] = field(default_factory=dict)
-    class_names: dict[int, str] = field(default_factory=dict)
-    gt_path: Path | None = None
-    image_dir: Path | None = None
-    image_ids: dict[str, int] = field(default_factory=dict)
-
-
-def run_label_info(run_root: Path) -> LabelInfo:
-    """Label mapping, GT file and validation image folder of a run folder (from its recipe)."""
-
-    recipe = load_resolved(run_root / "recipe.yaml")
-    task = ARCH_TASK[recipe.model.arch]
-    kind = recipe.data.dataset
-    root = Path(recipe.data.root) if recipe.data.root else run_root / "data"
-    split = "val" if kind == "synthetic" else recipe.data.val_split
-    try:
-        dataset = build_dataset(kind, root, split, task, train=False)
-    except DataError as err:
-        log.warning("label names unavailable (%s); category id = label", err)
-        return LabelInfo(task)
-    names = dict(enumerate(getattr(dataset, "class_names", [])))
-    names.pop(0, None)
-    info = LabelInfo(task, dict(dataset.label_to_cat_id), names, image_dir=getattr(dataset, "image_dir", None))
-    gt_path = getattr(dataset, "gt_path", None)
-    if gt_path is not None and kind != "voc":
-        info.gt_path = Path(gt_path)
-        info.image_ids = {img["file_name"]: int(img["id"]) for img in dataset.coco.dataset["images"]}
-    return info
+__all__ = ["IMAGE_SUFFIXES", "LabelInfo", "collect_images", "fit_to_graph", "keep_scores",
+           "predict_command", "run_label_info"]
 
 
 def assign_image_ids(files: list[Path], known: dict[str, int]) -> list[int]:
@@ -148,12 +107,6 @@ def pick_engine(model_path: Path, engine: str | None) -> str:
         raise UserError(f"engine '{engine}' cannot run a {suffix} file; allowed: {wanted}",
                         key="--engine")
     return wanted
-
-
-def png_bytes(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def predict_command(model_path: Path, images_path: Path, *, engine: str | None, out: Path,
@@ -235,50 +188,3 @@ def _unique_name(file: Path, used: set[str]) -> str:
         name, index = f"{file.stem}_{index}.png", index + 1
     used.add(name)
     return name
-
-
-GALLERY_IMAGES = 3
-GALLERY_SCORE_THRESHOLD = 0.3
-GALLERY_MAX_SHOWN = 10
-
-
-def gallery_image(run_root: Path, models: list[tuple[str, Path]], out_png: Path,
-                  n_images: int = GALLERY_IMAGES,
-                  score_threshold: float = GALLERY_SCORE_THRESHOLD) -> tuple[Path, str]:
-    """The first validation images of the run predicted by each (title, checkpoint) of `models`
-    side by side, one row per image; written to `out_png`. Returns the path and a caption."""
-    from PIL import Image
-
-
-    info = run_label_info(run_root)
-    files = _gallery_files(info, n_images)
-    for _, path in models:
-        if not path.is_file():
-            raise Missing(f"{path} is missing")
-    predictors = [(title, torch_predictor(path)) for title, path in models]
-    rows = []
-    for file in files:
-        image = read_image(file)
-        drawn = [draw_detections(image, predict(image), class_names=info.class_names or None,
-                                 score_threshold=score_threshold, min_side_px=320,
-                                 max_shown=GALLERY_MAX_SHOWN)
-                 for _, predict in predictors]
-        rows.append(side_by_side(drawn, [f"{title}: {file.name}" for title, _ in predictors]))
-    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 8 for r in rows)), (255, 255, 255))
-    y = 0
-    for row in rows:
-        sheet.paste(row, (0, y))
-        y += row.height + 8
-    write_bytes(out_png, png_bytes(sheet))
-    return out_png, (f"{len(files)} validation image(s); the best {GALLERY_MAX_SHOWN} detections "
-                     f"scoring >= {score_threshold} by {' and '.join(t for t, _ in models)}")
-
-
-def _gallery_files(info: LabelInfo, n_images: int) -> list[Path]:
-    if info.image_dir is None or not info.image_ids:
-        raise Missing("the run's validation images are not available")
-    by_id = sorted(info.image_ids.items(), key=lambda item: item[1])
-    files = [info.image_dir / name for name, _ in by_id if (info.image_dir / name).is_file()]
-    if not files:
-        raise Missing(f"no validation image found in {info.image_dir}")
-    return files[:n_images]
