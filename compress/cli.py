@@ -71,15 +71,19 @@ Examples:
 @click.option("--refuse-loaded-profile", is_flag=True,
               help="lottery.distribution runtime: stop (exit 2) instead of using a latency "
                    "profile timed under load.")
+@click.option("--force", is_flag=True,
+              help="Write into an existing non-empty --out folder that holds no run.")
 @click.pass_context
 def run(ctx: click.Context, recipe: Path, out: Path | None, resume: bool, smoke: bool,
-        overrides: tuple[str, ...], strict: bool, refuse_loaded_profile: bool) -> None:
+        overrides: tuple[str, ...], strict: bool, refuse_loaded_profile: bool,
+        force: bool) -> None:
     """Train, find the lottery ticket, export, evaluate, benchmark and report."""
     from compress.run.pipeline import run_recipe
     from compress.run.checks import run_warnings
 
     folder = run_recipe(recipe, out=out, resume=resume, smoke=smoke, overrides=list(overrides),
-                        progress=ctx.obj["progress"], refuse_loaded_profile=refuse_loaded_profile)
+                        progress=ctx.obj["progress"], refuse_loaded_profile=refuse_loaded_profile,
+                        force=force)
     warnings = run_warnings(folder.read_summary())
     if strict and warnings:
         raise CheckFailed(f"--strict: {len(warnings)} check(s) failed (listed above; "

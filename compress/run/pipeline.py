@@ -46,12 +46,15 @@ log = logging.getLogger(__name__)
 
 def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = False,
                smoke: bool = False, overrides: list[str] = (), progress: bool = True,
-               refuse_loaded_profile: bool = False) -> RunFolder:
+               refuse_loaded_profile: bool = False, force: bool = False) -> RunFolder:
     """Run the recipe into its run folder; failed checks are warned, collected into summary.json
-    `warnings` and listed at the end (compress.run.checks)."""
+    `warnings` and listed at the end (compress.run.checks). The folder is claimed and locked
+    (`RunFolder.claim`): a user's non-empty folder that holds no run is refused unless `force`,
+    a second writer gets exit 2."""
     recipe = load_recipe(recipe_path, smoke=smoke, overrides=list(overrides))
     digest = recipe_hash(recipe)
     run = RunFolder(out or Path("runs") / run_folder_name(recipe))
+    run.check_claimable(allow_foreign=force)  # before any data is read or written
 
     dist = init_from_env(recipe.train.device)
     # a user's dataset is checked before anything is written; synthetic data lives in the run folder
@@ -61,7 +64,7 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
         rs.check_rewind(recipe, rs.iterations_per_epoch(train_images, recipe.train.batch_size,
                                                         dist.world_size), str(recipe_path))
     if dist.is_main:
-        _claim_run_folder(run, recipe, digest, resume)
+        _claim_run_folder(run, recipe, digest, resume, force)
         run.update_summary(finished=False)
         log.info("run folder %s (recipe %s)", run.root, digest)
     dist.barrier()
@@ -79,10 +82,13 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
         dist.barrier()
     finally:
         shutdown()
+        run.unlock()
     return run
 
 
-def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool) -> None:
+def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool,
+                      force: bool = False) -> None:
+    run.claim(allow_foreign=force)
     text = resolved_yaml(recipe)
     if run.recipe.is_file():
         if not resume:
