@@ -33,6 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compress.core.atomic import write_json
+from compress.core.durations import format_duration
 from compress.core.errors import UserError
 from evaluate.runtimes.deepsparse import deepsparse_bench_files
 from evaluate.runtimes.protocol import cpu_identity, finish, machine
@@ -196,15 +197,10 @@ class _Progress:
             eta = self.seconds / self.timed * left if self.timed else 0.0
             how = f"timed in {seconds:.1f} s" if seconds is not None else "same as an earlier layer"
             log.info("profile: layer %d/%d %s %s; ETA %s", self.done, self.total, name, how,
-                     _duration(eta))
+                     format_duration(eta))
 
     def close(self) -> None:
         self.bar.close()
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
 
 
 def _layer_entry(module: nn.Module, signature: str, shape: Sequence[int], timed: dict[str, Any],

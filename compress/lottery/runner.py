@@ -22,6 +22,7 @@ from torch import nn
 
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
+from compress.core.durations import format_duration
 from compress.lottery.controls import run_controls
 from compress.lottery.masks import (MaskHolder, early_bird_iou, finished_intact, is_nested, load_mask,
                                     mask_iou, rewind, save_mask, sparsity_report)
@@ -100,15 +101,8 @@ def _log_progress(index: int, pruning_rounds: int, spent_s: list[float]) -> None
     process trained, times the rounds left (controls not counted)."""
     left = pruning_rounds - index
     eta = left * sum(spent_s) / len(spent_s)
-    log.info("round %d of %d done in %s%s", index + 1, pruning_rounds + 1, _duration(spent_s[-1]),
-             f"; about {_duration(eta)} left ({left} round{'s' * (left != 1)})" if left else "")
-
-
-def _duration(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
-    hours, minutes = divmod(minutes, 60)
-    return (f"{hours} h {minutes} min" if hours else f"{minutes} min {secs} s" if minutes
-            else f"{secs} s")
+    log.info("round %d of %d done in %s%s", index + 1, pruning_rounds + 1, format_duration(spent_s[-1]),
+             f"; about {format_duration(eta)} left ({left} round{'s' * (left != 1)})" if left else "")
 
 
 def _run_round(index: int, setup: LotterySetup, ctx: LotteryContext) -> None:

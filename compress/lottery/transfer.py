@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.checkpoint import load_checkpoint, state_dict_from_file
+from compress.core.checks_names import tag
 from compress.core.errors import ModelFileError
 from compress.lottery.masks import Mask, apply_mask, dense_mask, load_mask, magnitude_prune
 
@@ -122,7 +123,7 @@ def mask_transfer(model: nn.Module, source_state_dict: Mapping[str, Tensor], par
         log.warning("mask transfer: %s; the rest of the source is dropped (first: %s)",
                     coverage(loaded, source_state_dict, "source"),
                     ", ".join(n for n in source_state_dict if n not in loaded)[:200],
-                    extra={"check": "partial_transfer"})
+                    extra=tag("partial_transfer"))
     apply_mask(model, mask)
     return mask
 
@@ -155,7 +156,7 @@ def transfer_ticket(model: nn.Module, ticket_state_dict: Mapping[str, Tensor],
         kept = {n: ticket_mask[n] for n in ticket_mask if n not in unmatched}
         log.warning("transfer ticket: %s; the rest of the ticket is dropped (first unmatched: %s)",
                     coverage(kept, ticket_mask, "masked"), ", ".join(unmatched[:5]),
-                    extra={"check": "partial_transfer"})
+                    extra=tag("partial_transfer"))
     _copy_matching(model, ticket_state_dict, name_map)
     apply_mask(model, mask)
     matched = [n for n in state if n in mask]

@@ -3,8 +3,9 @@ report next to the number they cast doubt on, never only inside a JSON file.
 
 Each check logs ONE warning line where it happens, tagged `extra={"check": NAME}` (plain logging,
 so `evaluate/` and `export/` tag theirs without importing `compress`). `compress run` collects the
-tagged lines into summary.json `warnings` (kept across `--resume`: a stage skipped as done keeps
-its warning) and prints them as a "warnings:" block at its end.
+tagged lines into summary.json `warnings`, each with the stage it was said in (`in_stage`), and
+prints them as a "warnings:" block at its end. Across `--resume` a stage skipped as done keeps its
+warnings; a stage that runs again drops its stored ones first (so a check that now passes is gone).
 
 Warnings (the command still exits 0; `compress run --strict` turns any of them into exit 1 at
 the end, after every file is written):
@@ -28,19 +29,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from contextvars import ContextVar
+from typing import Any, Optional
 
+from compress.core.checks_names import CHECKS, tag
 from compress.run.folder import RunFolder
 
-CHECKS = {
-    "parity": "DeepSparse detections differ from ONNX Runtime's",
-    "engine_failed": "an engine crashed or could not run",
-    "under_load": "timed while other work ran",
-    "loaded_profile": "runtime-aware zeros from a profile timed under load",
-    "shortfall": "gradual pruning short of its target sparsity",
-    "partial_transfer": "ticket transfer matched only part of the source",
-    "deployment_slower": "the DeepSparse deployment is slower than ONNX Runtime's full graph",
-}
+__all__ = ["CHECKS", "tag", "CheckFailed", "RunWarnings", "collecting", "in_stage", "run_warnings",
+           "format_warnings", "parity_note", "SHORTFALL_TOLERANCE"]
+_STAGE: ContextVar[Optional[str]] = ContextVar("compress_run_stage", default=None)
+
 SHORTFALL_TOLERANCE = 0.05  # reached sparsity this far (absolute) below the target warns
 
 
@@ -48,15 +46,9 @@ class CheckFailed(Exception):
     """The command's whole purpose failed (no engine gave a result): exit 1 with one line."""
 
 
-def tag(check: str) -> dict[str, Any]:
-    """`extra=` for the one warning line of a failed check."""
-    if check not in CHECKS:
-        raise ValueError(f"unknown check {check!r}; known: {', '.join(CHECKS)}")
-    return {"check": check}
-
-
 class RunWarnings(logging.Handler):
-    """Appends each tagged warning to the run's summary.json `warnings` (once per message)."""
+    """Appends each tagged warning to the run's summary.json `warnings` (once per message), with
+    the stage it was said in (`in_stage`; None outside every stage)."""
 
     def __init__(self, run: RunFolder):
         super().__init__(level=logging.WARNING)
@@ -66,7 +58,7 @@ class RunWarnings(logging.Handler):
         check = getattr(record, "check", None)
         if not check:
             return
-        entry = {"check": check, "message": record.getMessage()}
+        entry = {"check": check, "message": record.getMessage(), "stage": _STAGE.get()}
         stored = self.run.read_summary().get("warnings") or []
         if entry not in stored:
             self.run.update_summary(warnings=[*stored, entry])
@@ -82,6 +74,21 @@ def collecting(run: RunFolder) -> Iterator[RunWarnings]:
         yield handler
     finally:
         root.removeHandler(handler)
+
+
+@contextmanager
+def in_stage(run: RunFolder, stage: str) -> Iterator[None]:
+    """Run a stage: its warnings stored by an earlier run are dropped first (a stage that runs
+    again on `--resume` says its checks anew), the ones said inside are recorded as its own."""
+    stored = run.read_summary().get("warnings") or []
+    kept = [w for w in stored if not (isinstance(w, dict) and w.get("stage") == stage)]
+    if len(kept) != len(stored):
+        run.update_summary(warnings=kept)
+    token = _STAGE.set(stage)
+    try:
+        yield
+    finally:
+        _STAGE.reset(token)
 
 
 def run_warnings(summary: dict[str, Any]) -> list[dict[str, str]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from compress.core.checkpoint import load_checkpoint
+from compress.core.checkpoint import check_state_dict_fits, load_checkpoint
 from compress.core.errors import ModelFileError, UserError
 from compress.lottery.masks import load_mask
 from compress.recipe.load import load_resolved
@@ -46,6 +46,8 @@ def load_model(path: Path) -> LoadedModel:
         mask = load_mask(ckpt_path.parent / "mask.pt")
     summary = run.read_summary()
     model = build_for_run(recipe, summary.get("num_classes"))
+    check_state_dict_fits(payload["model"], model.state_dict(), ckpt_path,
+                          f"the recipe's {recipe.model.arch} / {recipe.model.backbone}")
     try:
         model.load_state_dict(payload["model"])
     except RuntimeError as err:

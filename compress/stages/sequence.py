@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 
+from compress.run.checks import in_stage
 from compress.stages.base import Stage, StageContext
 from compress.stages.bench import BenchStage, MacsStage
 from compress.stages.evaluate import EvaluateStage
@@ -26,6 +27,7 @@ def run_stages(ctx: StageContext, stages: tuple[Stage, ...] = STAGES) -> None:
         if stage.done(ctx.run):
             log.info("%s: done, skipped", stage.name)
             continue
-        record = stage.run(ctx)
+        with in_stage(ctx.run, stage.name):
+            record = stage.run(ctx)
         if record is not None:
             ctx.run.update_summary(**{stage.name: record})
