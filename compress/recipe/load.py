@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from compress.core.errors import RecipeError
+from compress.recipe.modifier_params import check_recipe_modifiers
 from compress.recipe.schema import Recipe, rewind_beyond_schedule
 from compress.recipe.paths import resolve_override_path, resolve_recipe_paths
 from compress.recipe.safe_yaml import TAG_KEY, dump_recipe_yaml, load_yaml_text
@@ -35,7 +36,9 @@ def load_recipe(path: str | Path, *, smoke: bool = False, overrides: list[str] =
     for item in overrides:
         raw = resolve_override_path(apply_override(raw, item), item.partition("=")[0], Path.cwd())
     raw = resolve_modifier_files(raw, path.parent, "--set")
-    return validate(raw, str(path) if not overrides else f"{path} (with --set)")
+    recipe = validate(raw, str(path) if not overrides else f"{path} (with --set)")
+    check_recipe_modifiers(recipe, str(path))  # their params name the detector's parameters
+    return recipe
 
 
 def read_recipe_dict(path: Path) -> dict[str, Any]:
