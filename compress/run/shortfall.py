@@ -9,25 +9,13 @@ the `shortfall` check of compress.run.checks, one warning line per modifier.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
+from compress.core.param_names import selected
 from compress.lottery.sparseml_adapter import pruning_targets
 from compress.run.checks import SHORTFALL_TOLERANCE
 from compress.run.modifiers import modifier_source
-
-ALL_PRUNABLE = "__ALL_PRUNABLE__"
-
-
-def _covered(params: Any, layers: dict[str, Any]) -> list[str]:
-    """The measured layers a modifier's params select (names, `re:` patterns, __ALL_PRUNABLE__)."""
-    if params == ALL_PRUNABLE or params == [ALL_PRUNABLE]:
-        return list(layers)
-    patterns = [params] if isinstance(params, str) else list(params or [])
-    return [name for name in layers if any(
-        re.fullmatch(p[3:], name) if p.startswith("re:") else p == name for p in patterns)]
-
 
 def shortfalls(targets: list[dict[str, Any]], layers: dict[str, Any], trained_epochs: float,
                tolerance: float = SHORTFALL_TOLERANCE) -> list[str]:
@@ -35,7 +23,7 @@ def shortfalls(targets: list[dict[str, Any]], layers: dict[str, Any], trained_ep
     `tolerance` (absolute sparsity)."""
     out = []
     for target in targets:
-        names = _covered(target["params"], layers)
+        names = selected(target["params"], list(layers))  # SparseML's rule
         numel = sum(layers[n]["numel"] for n in names)
         if not numel:
             continue
