@@ -17,6 +17,7 @@ from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
 from compress.run.checks import parity_note, run_warnings
+from evaluate.runtimes.pipeline_bench import describe_speedups
 from evaluate.runtimes.protocol import load_note
 
 ROUND_CHECKS = ("shortfall", "partial_transfer", "loaded_profile")  # said under the rounds table
@@ -247,22 +248,11 @@ def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
 def _say_speedups(section: Section, run: RunData, bench: list[dict[str, Any]]) -> None:
     """The deployed ticket's two ratios side by side, from its pipeline row."""
     for b in bench:
-        found = b.get("speedups") or {}
-        if not found:
-            continue
-        x = lambda v: "-" if v is None else f"{v:.2f}x"  # noqa: E731
-        share = found.get("outside_deepsparse")
-        section.text.append(
-            f"Deployed ticket ({run.label}): end to end {x(found.get('end_to_end'))} (ONNX Runtime "
-            f"full graph / DeepSparse ticket); sparsity's own gain {x(found.get('sparsity_gain'))} "
-            f"(the dense round-0 model on the same partition and engine / ticket); "
-            f"{'-' if share is None else f'{share:.0%}'} of the ticket's call is outside "
-            "DeepSparse (glue, RoI pooling, mask pasting).")
-        if found.get("end_to_end") is not None and found["end_to_end"] < 1.0:
-            section.text.append(
-                f"Warning ({run.label}): at this image size the deployment is slower than ONNX "
-                "Runtime's full graph: the glue it adds outweighs the little convolution there is "
-                "to accelerate.")
+        if b.get("speedups"):
+            line, slower = describe_speedups(b["speedups"])
+            section.text.append(f"Deployed ticket ({run.label}): {line}.")
+            if slower:
+                section.text.append(f"Warning ({run.label}): {slower}.")
 
 
 def _flag_load(section: Section, run: RunData) -> None:

@@ -17,7 +17,8 @@ from compress.stages.export import deployment, parity_images, val_images
 from export.onnx_export import export_full
 from evaluate.runtimes.ort import physical_cores
 from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
-from evaluate.runtimes.pipeline_bench import PIPELINE_ENGINES, bench_pipeline, bench_pipelines, speedups
+from evaluate.runtimes.pipeline_bench import (PIPELINE_ENGINES, bench_pipeline, bench_pipelines,
+                                              describe_speedups, speedups)
 from evaluate.runtimes.protocol import finish, load_note, machine
 from evaluate.runtimes.pipeline import read_manifest
 from compress.run.checks import CheckFailed, tag
@@ -54,7 +55,7 @@ def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, 
             rows.append({"graph": graph, **row})
     size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
     engines = [e for e in cfg.engines if e in PIPELINE_ENGINES]
-    if engines and (run.export / "deploy" / "manifest.json").is_file():
+    if engines and _deployed(run.export / "deploy" / "manifest.json"):
         rows += pipeline_rows(loaded, engines, images or parity_images(size), cores)
     write_json(run.bench / "bench.json", rows)
     info = finish(info)
@@ -98,7 +99,7 @@ def dense_counterpart(loaded: Any) -> Path | None:
         return None
     out = loaded.run.bench / "dense_export"
     manifest = out / "deploy" / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok":
+    if _deployed(manifest):
         return out
     dense = load_model(ckpt)
     if any(not bool(m.all()) for m in dense.mask.values()):
@@ -107,25 +108,24 @@ def dense_counterpart(loaded: Any) -> Path | None:
     model = dense.model.eval()
     export_full(model, out / "model.onnx", image_size=size, opset=loaded.recipe.export.opset)
     deployment(model, out / "model.onnx", out / "deploy", size, parity_images(size))
+    if not _deployed(manifest):
+        log.warning("bench: the dense round-0 model has no working deployment (%s); sparsity's "
+                    "own gain is not measured", manifest, extra=tag("engine_failed"))
+        return None
     return out
 
 
+def _deployed(manifest: Path) -> bool:
+    """An export's deployment that can be run: written, and its parity check passed."""
+    return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok"
+
+
 def say_speedups(found: dict[str, float | None]) -> None:
-    """One line: the deployed ticket against ORT's full graph and against the dense model on the
-    same partition; slower than ORT's full graph is said, with where the time goes."""
-    def x(value: float | None) -> str:
-        return "-" if value is None else f"{value:.2f}x"
-    share = found.get("outside_deepsparse")
-    log.info("deployment: end to end %s (ORT full graph / DeepSparse ticket), sparsity's own gain "
-             "%s (DeepSparse dense deployment / ticket), %s of the ticket's call outside "
-             "DeepSparse", x(found.get("end_to_end")), x(found.get("sparsity_gain")),
-             "-" if share is None else f"{share:.0%}")
-    if found.get("end_to_end") is not None and found["end_to_end"] < 1.0:
-        log.warning("deployment: the DeepSparse ticket is slower than ONNX Runtime's full graph "
-                    "here (%s); %s of its call is glue outside DeepSparse, which zeros cannot "
-                    "shrink (small images: little convolution to accelerate)",
-                    x(found["end_to_end"]), "-" if share is None else f"{share:.0%}",
-                    extra=tag("deployment_slower"))
+    """The deployed ticket's two ratios on the console; slower than ORT's full graph is warned."""
+    line, slower = describe_speedups(found)
+    log.info("deployment: %s", line)
+    if slower:
+        log.warning("deployment: %s", slower, extra=tag("deployment_slower"))
 
 
 def warn_bench(rows: list[dict[str, Any]], info: dict[str, Any], machine_path: Path) -> None:
@@ -186,7 +186,7 @@ def bench_command(model: Path, *, engines: list[str], batches: list[int], iterat
         if (model / "export" / "deploy").is_dir():  # a run folder: its export
             model = model / "export"
         rows = _bench_export(model, engines, batches, iterations, warmup, cores)
-        target = out or model / "bench.json"
+        target = out or model.parent / "bench" / "bench.json"  # the run folder's bench/
     elif model.suffix == ".onnx":
         rows = bench_onnx(model, engines=engines or ENGINES, batch_sizes=batches, warmup=warmup,
                           iterations=iterations, cores=cores)

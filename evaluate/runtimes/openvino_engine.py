@@ -16,6 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from evaluate.runtimes.ort import EngineUnavailable
+
 ENGINES = ("openvino", "openvino-fp32")
 
 
@@ -39,13 +41,17 @@ class OpenVinoModel:
 
     def __init__(self, onnx_path: str | os.PathLike, input_shapes: Sequence[Sequence[int]], *,
                  engine: str = "openvino", threads: int = 1) -> None:
-        import openvino as ov  # optional extra, imported only here
+        import openvino as ov  # the optional extra: imported only when asked for, like deepsparse
 
         core = ov.Core()
-        model = core.read_model(str(onnx_path))
-        model.reshape({port.any_name: ov.PartialShape(list(shape))
-                       for port, shape in zip(model.inputs, input_shapes)})
-        self.compiled = core.compile_model(model, "CPU", _config(engine, threads))
+        try:
+            model = core.read_model(str(onnx_path))
+            model.reshape({port.any_name: ov.PartialShape(list(shape))
+                           for port, shape in zip(model.inputs, input_shapes)})
+            self.compiled = core.compile_model(model, "CPU", _config(engine, threads))
+        except RuntimeError as err:  # OpenVINO cannot read or compile it: this runtime cannot run it
+            first = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
+            raise EngineUnavailable(f"OpenVINO: {first}") from err
         self.request = self.compiled.create_infer_request()
         self.precision = str(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
 

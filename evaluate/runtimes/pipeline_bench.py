@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 
+from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
 from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
@@ -71,7 +72,7 @@ def bench_pipelines(targets: Mapping[str, tuple],
     for label, (folder, engine, runner) in plans.items():
         try:
             detector = _detector(folder, engine, cores, runner)
-        except (DeepSparseFailed, EngineUnavailable, RuntimeError) as err:  # a runtime that cannot load: a failed row
+        except (DeepSparseFailed, EngineUnavailable, ModelFileError) as err:  # a failed row
             failures[label] = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             continue
         if isinstance(detector, DeployedDetector):
@@ -143,3 +144,21 @@ def speedups(full_graph_ms: float | None, dense_ms: float | None,
     return {"end_to_end": full_graph_ms / p50 if p50 and full_graph_ms else None,
             "sparsity_gain": dense_ms / p50 if p50 and dense_ms else None,
             "outside_deepsparse": outside_deepsparse_share(ticket) if p50 else None}
+
+
+def describe_speedups(found: Mapping[str, float | None]) -> tuple[str, str | None]:
+    """The two ratios in one sentence, and a second one when the deployed ticket is slower
+    than ONNX Runtime's full graph (None otherwise); the console and the report both say these."""
+    def x(value: float | None) -> str:
+        return "-" if value is None else f"{value:.2f}x"
+    share = found.get("outside_deepsparse")
+    share_text = "-" if share is None else f"{share:.0%}"
+    line = (f"end to end {x(found.get('end_to_end'))} (ONNX Runtime full graph / DeepSparse "
+            f"ticket), sparsity's own gain {x(found.get('sparsity_gain'))} (the dense model on the "
+            f"same partition and engine / ticket); {share_text} of the ticket's call is outside "
+            "DeepSparse (glue, RoI pooling, mask pasting)")
+    slower = found.get("end_to_end") is not None and found["end_to_end"] < 1.0
+    warning = (f"the DeepSparse ticket is slower than ONNX Runtime's full graph here "
+               f"({x(found['end_to_end'])}): {share_text} of its call is glue outside DeepSparse, "
+               "and at this image size there is little convolution to accelerate") if slower else None
+    return line, warning

@@ -122,8 +122,9 @@ def multiscale_roi_align(*inputs: np.ndarray, levels: Sequence[dict[str, Any]]) 
     feats = [arrays[3 * i] for i in range(len(levels))]
     channels = int(feats[0].shape[1])
     ph, pw = int(levels[0]["output_height"]), int(levels[0]["output_width"])
-    if any(int(lv["sampling_ratio"]) <= 0 or (int(lv["output_height"]), int(lv["output_width"]))
-           != (ph, pw) for lv in levels):
+    ratio = int(levels[0]["sampling_ratio"])
+    if any(int(lv["sampling_ratio"]) != ratio or ratio <= 0
+           or (int(lv["output_height"]), int(lv["output_width"])) != (ph, pw) for lv in levels):
         merged = torch.cat([roi_align(*arrays[3 * i: 3 * i + 3], lv) for i, lv in enumerate(levels)])
         return [merged.index_select(0, order).numpy()]
     if len(order) == 0:

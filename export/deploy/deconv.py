@@ -30,6 +30,8 @@ def _rewritable(node: onnx.NodeProto,
     its input (kernel k = s + 2p, symmetric padding, no groups, dilation or output padding)."""
     if node.op_type != "ConvTranspose" or node.input[1] not in weights:
         return None
+    if len(node.input) > 2 and node.input[2] and node.input[2] not in weights:
+        return None  # a bias computed in the graph: left as it is
     attrs = _attrs(node)
     shape = list(weights[node.input[1]].dims)
     strides = list(attrs.get("strides", [1, 1]))
@@ -71,33 +73,34 @@ def rewrite_deconvs(model: onnx.ModelProto) -> list[str]:
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     done = []
-    for node in list(graph.node):
+    for position, node in enumerate(list(graph.node)):
         found = _rewritable(node, weights)
         if found is None:
             continue
         stride, pad = found
+        label = node.name or f"/lth_deconv_{position}"  # unnamed nodes: unique by position
         weight = numpy_helper.to_array(weights[node.input[1]])  # C x O x k x k
         conv_w, conv_pad = phase_kernel(weight, stride, pad)
-        names = {"w": f"{node.name}/lth_phase.weight", "y": f"{node.name}/lth_phase_output"}
+        names = {"w": f"{label}/lth_phase.weight", "y": f"{label}/lth_phase_output"}
         inits = [numpy_helper.from_array(np.ascontiguousarray(conv_w), names["w"])]
         inputs = [node.input[0], names["w"]]
         if len(node.input) > 2 and node.input[2]:
             bias = numpy_helper.to_array(weights[node.input[2]])
-            names["b"] = f"{node.name}/lth_phase.bias"
+            names["b"] = f"{label}/lth_phase.bias"
             inits.append(numpy_helper.from_array(np.repeat(bias, stride * stride), names["b"]))
             inputs.append(names["b"])
-        conv = helper.make_node("Conv", inputs, [names["y"]], name=f"{node.name}/lth_phase",
+        conv = helper.make_node("Conv", inputs, [names["y"]], name=f"{label}/lth_phase",
                                 kernel_shape=list(conv_w.shape[2:]),
                                 pads=[conv_pad[0], conv_pad[0], conv_pad[1], conv_pad[1]])
         shuffle = helper.make_node("DepthToSpace", [names["y"]], list(node.output),
-                                   name=f"{node.name}/lth_depth_to_space", blocksize=stride,
+                                   name=f"{label}/lth_depth_to_space", blocksize=stride,
                                    mode="CRD")
         index = list(graph.node).index(node)
         graph.node.remove(node)
         graph.node.insert(index, shuffle)
         graph.node.insert(index, conv)
         graph.initializer.extend(inits)
-        done.append(node.name)
+        done.append(label)
     used = {name for n in graph.node for name in node_inputs(n)}
     for init in [i for i in graph.initializer if i.name not in used]:
         graph.initializer.remove(init)

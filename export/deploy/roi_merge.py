@@ -25,6 +25,7 @@ from onnx import TensorProto, helper
 from export.deploy.partition import MERGE, POOL_GROUPS, node_inputs
 
 ORDER = "lth_order/"
+ZEROS = ("ConstantOfShape", "Expand")  # the all-RoIs zero tensor the first scatter writes into
 
 
 @dataclass
@@ -79,6 +80,11 @@ def find_chains(graph: onnx.GraphProto) -> list[MergeChain]:
         if None in indices or not linked or not axis0:
             continue
         pooled = [_source_of_updates(n.input[2], producer) for n in scatters]
+        aligned = all(name in producer and producer[name].op_type == "RoiAlign" for name in pooled)
+        rois = sum(1 for n in graph.node if n.op_type == "RoiAlign" and n.name.startswith(scope))
+        start = producer.get(scatters[0].input[0])
+        if not aligned or rois != len(scatters) or start is None or start.op_type not in ZEROS:
+            continue  # not torchvision's merge as this rewrite knows it: left as it is
         chains.append(MergeChain(scope, indices, pooled, scatters, scatters[-1].output[0]))
     return chains
 

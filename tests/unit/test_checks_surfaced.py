@@ -169,7 +169,7 @@ def test_bench_export_folder_times_the_deployment(monkeypatch, tmp_path, capsys)
     assert main(["bench", str(export), "--engine", "deepsparse"]) == 0
     assert calls == {"folder": export, "sizes": {(3, 32, 32)}, "engines": ["deepsparse"]}
     assert "pipeline  deepsparse  1      ok      12.50" in capsys.readouterr().out
-    assert json.loads((export / "bench.json").read_text())[0]["graph"] == "pipeline"
+    assert json.loads((tmp_path / "bench" / "bench.json").read_text())[0]["graph"] == "pipeline"  # RUN/bench
     assert main(["bench", str(tmp_path)]) == 0 and calls["folder"] == export  # the run folder
     assert main(["bench", str(export), "--engine", "onnxruntime-cuda"]) == 2
 

@@ -12,6 +12,7 @@ from onnx import TensorProto, helper
 from torchvision.ops import roi_align as torchvision_roi_align
 
 from evaluate.runtimes import pipeline
+from export.deploy import build
 from evaluate.runtimes.roi_align import multiscale_roi_align, roi_align
 from export.deploy.roi_merge import rewrite_roi_merges
 from tests.support.deployments import images, tiny_deployment
@@ -83,11 +84,16 @@ def test_multiscale_roi_align_equals_onnx_runtime_per_level_and_in_order():
         assert np.abs(out[members[i].numpy()] - expected).max() < 1e-5
 
 
-@pytest.mark.parametrize("arch", sorted(POOLS))
-def test_rewritten_merge_equals_the_original_graph(arch, tmp_path):
+@pytest.fixture(scope="module", params=sorted(POOLS))
+def deployed(request, tmp_path_factory):
+    """(arch, export folder, manifest): one tiny deployment per detector for this module."""
+    return (request.param, *tiny_deployment(request.param, tmp_path_factory.mktemp(request.param)))
+
+
+def test_rewritten_merge_equals_the_original_graph(deployed):
     """No ScatterElements over pooled features left; the outputs are those of the original graph
     on ONNX Runtime, value for value."""
-    folder, _ = tiny_deployment(arch, tmp_path)
+    arch, folder, _ = deployed
     original = onnx.load(str(folder / "model.onnx"))
     rewritten = onnx.load(str(folder / "model.onnx"))
     scopes = rewrite_roi_merges(rewritten)
@@ -105,13 +111,13 @@ def test_rewritten_merge_equals_the_original_graph(arch, tmp_path):
     assert compared > 0
 
 
-@pytest.mark.parametrize("arch", sorted(POOLS))
-def test_roi_pools_run_in_torch_checked_against_their_onnx_part(arch, tmp_path):
-    _, manifest = tiny_deployment(arch, tmp_path)
+def test_roi_pools_run_in_torch_checked_against_their_onnx_part(deployed):
+    arch, _, manifest = deployed
     pools = [p for p in manifest["parts"] if p.get("op") == "multiscale_roi_align"]
     assert [p["name"] for p in pools] == POOLS[arch]
     for part in pools:
         assert part["runtime"] == "torch" and part["reference_status"] == "ok"
+        assert part["reference_rois"] > 0  # compared on real RoIs, not on nothing
         assert part["reference_max_abs_diff"] < 1e-4
         assert len(part["inputs"]) == 3 * len(part["params"]["levels"]) + 1
 
@@ -122,7 +128,10 @@ def test_a_wrong_torch_pool_fails_the_deployment(tmp_path, monkeypatch):
     real = pipeline.TORCH_OPS["multiscale_roi_align"]
     monkeypatch.setitem(pipeline.TORCH_OPS, "multiscale_roi_align",
                         lambda *a, **k: [real(*a, **k)[0] + 0.5])
+    # the end-to-end comparison passing: only the pool's own check can fail the deployment
+    monkeypatch.setattr(build, "verify_deployment", lambda *a, **k: {"status": "ok"})
     _, manifest = tiny_deployment("fasterrcnn", tmp_path)
-    assert manifest["status"] == "failed"
+    assert manifest["status"] == "failed" and "box_roi_pool" in manifest["parity"]["reason"]
     pool = next(p for p in manifest["parts"] if p["name"] == "box_roi_pool")
     assert pool["reference_status"] == "failed" and pool["reference_max_abs_diff"] >= 0.5
+    assert pool["reference_rois"] > 0
