@@ -29,7 +29,8 @@ from pycocotools import mask as mask_utils
 
 from compress.core.atomic import write_text
 from compress.core.errors import DataError
-from compress.data.synth_marker import MARKER, folder_state, forget_split, record_split
+from compress.data.loaders import annotation_file
+from compress.data.synth_marker import MARKER, folder_state, record_split, start_split
 from compress.data.synth_scenes import HARD_SHAPE_CATEGORIES, draw_crowd, draw_hard_shapes
 from compress.data.synth_figures import (PERSON_CATEGORY, SceneObject, draw_figure, figure_points,
                                          hidden_by_others, jitter)
@@ -164,22 +165,28 @@ def _check_args(task: str, images: int, image_size: int, difficulty: str) -> Non
 
 
 def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
-                    image_size: int = 128, split: str = "train", difficulty: str = "easy") -> Path:
+                    image_size: int = 128, split: str = "train", difficulty: str = "easy",
+                    key: str = "--out", own_folder: bool = False) -> Path:
     """Write `images` generated images and their COCO JSON; returns the annotation file path.
 
-    Images go to `out_dir/<split>/<id:06d>.png`, annotations to `annotation_path(...)` (written
-    after the images, atomically), then the marker records the split as complete.
+    The marker says the split is in progress before the first image; images go to
+    `out_dir/<split>/<id:06d>.png`, annotations to `loaders.annotation_file(...)` (written after
+    the images, atomically), then the marker records the split as complete. A folder holding
+    files we did not generate is refused (DataError keyed `key`, the option or recipe key the user
+    named it with) unless `own_folder` (a run folder's own `data/`, which only the run writes).
     `difficulty` "hard" draws compress.data.synth_scenes' crowded, cluttered scenes.
     """
     _check_args(task, images, image_size, difficulty)
     out_dir = Path(out_dir)
-    if folder_state(out_dir, {}) == "foreign":
+    if not own_folder and folder_state(out_dir, {}) == "foreign":
         raise DataError(f"'{out_dir}' holds files lth-compress did not generate (no {MARKER}); "
                         "synthetic data is written only into a new or empty folder, or one it "
-                        "generated before", key="--out")
+                        "generated before", key=key)
+    settings = split_settings(task, images, seed, image_size, difficulty)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    start_split(out_dir, split, settings)
     image_dir = out_dir / split
     image_dir.mkdir(parents=True, exist_ok=True)
-    forget_split(out_dir, split)
     rng = np.random.default_rng(seed)
     image_entries, annotations = [], []
     for image_id in range(1, images + 1):
@@ -199,18 +206,12 @@ def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
         "licenses": [], "images": image_entries, "annotations": annotations,
         "categories": categories,
     }
-    ann_file = annotation_path(out_dir, split, task)
+    ann_file = annotation_file("synthetic", out_dir, split, task)
     write_text(ann_file, json.dumps(dataset, sort_keys=True, separators=(",", ":")) + "\n")
-    record_split(out_dir, split, split_settings(task, images, seed, image_size, difficulty))
+    record_split(out_dir, split, settings)
     log.info("wrote %d synthetic %s images (%d objects) to %s", images, task,
              len(annotations), out_dir)
     return ann_file
-
-
-def annotation_path(root: str | Path, split: str, task: str) -> Path:
-    """Where the annotations of `split` live: COCO's names, as `data.dataset: coco` reads them."""
-    prefix = "person_keypoints" if task == "keypoints" else "instances"
-    return Path(root) / "annotations" / f"{prefix}_{split}.json"
 
 
 def split_settings(task: str, images: int, seed: int, image_size: int, difficulty: str) -> dict:
@@ -234,11 +235,13 @@ def split_seed(seed: int, split_index: int) -> int:
 
 
 def write_synthetic_splits(out_dir: str | Path, task: str, train_images: int, val_images: int,
-                           seed: int = 0, image_size: int = 128,
-                           difficulty: str = "easy") -> dict[str, Path]:
-    """Write the `train` and `val` splits with different derived seeds; returns split -> JSON."""
+                           seed: int = 0, image_size: int = 128, difficulty: str = "easy",
+                           key: str = "--out", own_folder: bool = False) -> dict[str, Path]:
+    """Write the `train` and `val` splits with different derived seeds; returns split -> JSON
+    (`key`, `own_folder`: as `write_synthetic`)."""
     return {
         split: write_synthetic(out_dir, task, count, seed=split_seed(seed, index),
-                               image_size=image_size, split=split, difficulty=difficulty)
+                               image_size=image_size, split=split, difficulty=difficulty,
+                               key=key, own_folder=own_folder)
         for index, (split, count) in enumerate((("train", train_images), ("val", val_images)))
     }

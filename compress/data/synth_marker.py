@@ -1,9 +1,10 @@
 """The marker file a generated synthetic set carries, and whether a folder may take one.
 
-`write_synthetic` records each finished split (task, images, seed, image size, difficulty) in
-`<root>/lth_compress_synthetic.json`, after the split's annotations. Only a folder that is empty,
-missing, or marked with exactly the settings asked for is ever (re)generated; anything else is a
-user's folder and is never written into.
+`write_synthetic` marks a split "in progress" (`in_progress`: split -> settings) in
+`<root>/lth_compress_synthetic.json` before its first image, and records it as finished (`splits`)
+after its annotations. A folder that is empty, missing, marked with exactly the settings asked for
+(reused), or marked with a split in progress (a generation that was killed: regenerated) is ours;
+anything else is a user's folder and is never written into.
 """
 from __future__ import annotations
 
@@ -29,25 +30,35 @@ def read_marker(root: str | Path) -> Optional[dict[str, Any]]:
     return data if isinstance(data.get("splits"), dict) else None
 
 
+def _in_progress(data: dict[str, Any]) -> dict[str, Any]:
+    found = data.get("in_progress")
+    return found if isinstance(found, dict) else {}
+
+
+def start_split(root: str | Path, split: str, settings: dict[str, Any]) -> None:
+    """Mark `split` in progress (and no longer finished) before its first file is written: a run
+    killed while generating leaves a folder that is known to be ours, and regenerated."""
+    data = read_marker(root) or {"generator": GENERATOR, "version": 1, "splits": {}}
+    data["splits"].pop(split, None)
+    data["in_progress"] = {**_in_progress(data), split: settings}
+    write_json(Path(root) / MARKER, data)
+
+
 def record_split(root: str | Path, split: str, settings: dict[str, Any]) -> None:
     """Mark `split` of the set at `root` as generated with `settings` (call once it is complete)."""
     data = read_marker(root) or {"generator": GENERATOR, "version": 1, "splits": {}}
     data["splits"][split] = settings
+    data["in_progress"] = {s: v for s, v in _in_progress(data).items() if s != split}
+    if not data["in_progress"]:
+        del data["in_progress"]
     write_json(Path(root) / MARKER, data)
-
-
-def forget_split(root: str | Path, split: str) -> None:
-    """Unmark `split` before it is regenerated (a half-written split is then never trusted)."""
-    data = read_marker(root)
-    if data is not None and split in data["splits"]:
-        del data["splits"][split]
-        write_json(Path(root) / MARKER, data)
 
 
 def folder_state(root: str | Path, wanted: dict[str, dict[str, Any]]) -> str:
     """What `root` is for a synthetic set of splits `wanted` (split -> settings):
     "missing" or "empty" (free to generate), "ready" (marked with these settings: reuse),
-    "other" (marked, other settings) or "foreign" (files that are not a marked set)."""
+    "partial" (ours, a split left in progress: regenerate), "other" (marked, other settings) or
+    "foreign" (files that are not a marked set)."""
     root = Path(root)
     if not root.exists():
         return "missing"
@@ -57,7 +68,9 @@ def folder_state(root: str | Path, wanted: dict[str, dict[str, Any]]) -> str:
     if marker is None:
         return "foreign"
     splits = marker["splits"]
-    return "ready" if all(splits.get(s) == v for s, v in wanted.items()) else "other"
+    if all(splits.get(s) == v for s, v in wanted.items()):
+        return "ready"
+    return "partial" if _in_progress(marker) else "other"
 
 
 def describe(settings: dict[str, Any]) -> str:

@@ -71,7 +71,7 @@ def check_synthetic_root(root: Path, task: str, cfg: Any) -> bool:
     """Whether a user's `data.root` must be generated (True) or holds this very set (False);
     raises DataError for any other folder: a user's files are never written over."""
     state = folder_state(root, synthetic_settings(task, cfg))
-    if state in ("missing", "empty"):
+    if state in ("missing", "empty", "partial"):  # partial: our own generation, interrupted
         return True
     if state == "ready":
         return False
@@ -88,6 +88,9 @@ def check_synthetic_root(root: Path, task: str, cfg: Any) -> bool:
 
 
 def _ensure_synthetic(root: Path, task: str, cfg: Any, user_root: bool) -> None:
+    """Generate unless the folder holds this very set; the run folder's own `data/` (not
+    `user_root`) is the run's alone, so whatever an interrupted or older run left there is
+    regenerated, never refused."""
     if user_root and not check_synthetic_root(root, task, cfg):
         return
     if not user_root and folder_state(root, synthetic_settings(task, cfg)) == "ready":
@@ -96,7 +99,8 @@ def _ensure_synthetic(root: Path, task: str, cfg: Any, user_root: bool) -> None:
              cfg.synthetic.train_images, cfg.synthetic.val_images, root)
     write_synthetic_splits(root, task, cfg.synthetic.train_images, cfg.synthetic.val_images,
                            seed=cfg.synthetic.seed, image_size=cfg.synthetic.image_size,
-                           difficulty=cfg.synthetic.difficulty)
+                           difficulty=cfg.synthetic.difficulty, key="data.root",
+                           own_folder=not user_root)
 
 
 def ground_truth_path(kind: str, val: Any, root: Path, split: str, data_dir: Path) -> Path:
