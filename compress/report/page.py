@@ -68,8 +68,14 @@ def fmt(value: object, digits: int = 4) -> str:
     return str(value)
 
 
+_MD_SPECIALS = "\\`*_[]<>|"
+
+
 def _md_cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """`text` as literal Markdown on one line: every special (\\ ` * _ [ ] < > |) escaped, so a
+    run label or category name can neither format, link, open HTML nor split a table cell."""
+    text = str(text).replace("\r", " ").replace("\n", " ")
+    return "".join("\\" + c if c in _MD_SPECIALS else c for c in text)
 
 
 def markdown_table(table: Table) -> str:
@@ -82,7 +88,7 @@ def markdown_table(table: Table) -> str:
 
 def render_markdown(title: str, intro: list[str], sections: list[Section], base: Path) -> str:
     """Markdown; figures are linked relative to `base` (the folder report.md is written to)."""
-    out = [f"# {title}", ""] + [p + "\n" for p in intro]
+    out = [f"# {_md_cell(title)}", ""] + [_md_cell(p) + "\n" for p in intro]
     out += ["## Contents", ""] + [f"- [{s.title}](#{s.key})" for s in sections] + [""]
     for s in sections:
         out += [f'<a id="{s.key}"></a>', f"## {s.title}", ""]
@@ -90,8 +96,8 @@ def render_markdown(title: str, intro: list[str], sections: list[Section], base:
         out += [markdown_table(t) + "\n" for t in s.tables]
         for fig in s.figures:
             rel = Path(os.path.relpath(fig.path, base)).as_posix()
-            out += [f"![{_md_cell(fig.caption)}]({rel})", "", f"*{fig.caption}*", ""]
-        out += [f"> {m}\n" for m in s.missing]
+            out += [f"![{_md_cell(fig.caption)}]({rel})", "", f"*{_md_cell(fig.caption)}*", ""]
+        out += [f"> {_md_cell(m)}\n" for m in s.missing]
     return "\n".join(out).rstrip() + "\n"
 
 
