@@ -6,6 +6,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from evaluate.analysis.figures import save_plain
+
 SIZE_KEYS = ("APs", "APm", "APl")
 OVERALL_KEYS = ("AP", "AP50", "AP75")
 
@@ -64,8 +66,4 @@ def plot_ap_deltas(deltas: Mapping[str, Any], out_png: str | os.PathLike,
     ax_cat.set_xlabel("AP delta (points)")
     ax_cat.set_title("by category")
     fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return save_plain(fig, out_png)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.errors import DataError
+from evaluate.analysis.figures import save_plain
 
 
 def load_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
@@ -70,8 +71,4 @@ def plot_convergence(series: Mapping[str, Sequence[tuple[float, float]]], out_pn
     ax.set_ylabel("validation loss")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
-    return out
+    return save_plain(fig, out_png)

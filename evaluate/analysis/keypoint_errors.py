@@ -33,6 +33,7 @@ from pycocotools.cocoeval import COCOeval
 
 from compress.core.atomic import write_json
 from compress.core.coco_person import COCO_FLIP, flip_permutation
+from evaluate.analysis.figures import save_plain
 from evaluate.metrics.coco import coco_stats, keypoint_cat_ids, load_gt
 
 log = logging.getLogger(__name__)
@@ -218,5 +219,4 @@ def write_keypoint_report(report: dict[str, Any], out_dir: Path) -> None:
         ax.bar(list(values), list(values.values()), color="#4c72b0")
         ax.set_ylabel(ylabel)
         ax.tick_params(axis="x", labelrotation=20)
-        fig.tight_layout()
-        fig.savefig(out_dir / name, dpi=100)
+        save_plain(fig, out_dir / name)

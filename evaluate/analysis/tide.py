@@ -21,6 +21,7 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import DataError
+from evaluate.analysis.figures import save_plain
 from evaluate.metrics.results_file import read_json, validate_gt, validate_results
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def _tide_env(tide_path: Path) -> Iterator[None]:
     old = os.environ.get("TIDE_PATH")
     os.environ["TIDE_PATH"] = str(tide_path)
     try:
-        with matplotlib.rc_context(), contextlib.redirect_stdout(io.StringIO()):
+        with matplotlib.rc_context({"text.parse_math": False}), contextlib.redirect_stdout(io.StringIO()):
             yield
     finally:
         if old is None:
@@ -150,9 +151,7 @@ def _bar_chart(series: dict[str, dict[str, float]], title: str, out_png: Path) -
     ax.set_ylabel("dAP (AP points)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)
+    save_plain(fig, out_png)
 
 
 def _merge_tide_json(path: Path, iou_type: str, entry: dict[str, Any]) -> None:
