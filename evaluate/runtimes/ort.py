@@ -62,13 +62,17 @@ def cuda_unavailable_reason() -> str | None:
 
 
 def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
-                threads: int | None = None, spinning: bool = True) -> ort.InferenceSession:
+                threads: int | None = None, spinning: bool = True, *,
+                user_file: bool = True) -> ort.InferenceSession:
     """An InferenceSession on `provider` ("cpu" or "cuda").
 
     `threads` sets ORT's intra-op threads (default: the physical cores); `spinning=False` stops
     idle threads from busy-waiting (needed when several sessions or processes share the cores). Raises
     `EngineUnavailable` when CUDA is asked for but onnxruntime-gpu or a GPU is missing, and
-    `ModelFileError` when the file is missing or not a valid ONNX model.
+    `ModelFileError` when the file is missing or not a valid ONNX model. `user_file=False` is for
+    the files the toolkit writes itself (deployment parts): ONNX Runtime refusing one is a toolkit
+    bug (a partitioning error, an op it lacks), a plain RuntimeError with the reason, not a bad
+    file of the user's.
     """
     if provider not in PROVIDERS:
         raise ValueError(f"provider must be one of {sorted(PROVIDERS)}, got {provider!r}")
@@ -88,11 +92,7 @@ def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
     providers = [PROVIDERS[provider]] + (["CPUExecutionProvider"] if provider == "cuda" else [])
     if path.stat().st_size == 0:
         raise ModelFileError("empty file (0 bytes); expected an ONNX model", file=str(path))
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except _LOAD_ERRORS as err:
-        text = " ".join(str(err).split())
-        raise ModelFileError(f"not a loadable ONNX model ({text[:300]})", file=str(path)) from err
+    session = _load(path, options, providers, user_file)
     for value in session.get_inputs():
         check_input_size(value.name, value.shape, _ITEM_BYTES.get(value.type, 4), path)
     if provider == "cuda" and PROVIDERS["cuda"] not in session.get_providers():
@@ -101,3 +101,17 @@ def ort_session(onnx_path: str | os.PathLike, provider: str = "cpu",
     log.debug("ORT session on %s with %d threads", session.get_providers(),
                   options.intra_op_num_threads)
     return session
+
+
+def _load(path: Path, options: ort.SessionOptions, providers: list[str],
+          user_file: bool) -> ort.InferenceSession:
+    """The session; ORT's refusal as ModelFileError for a user's file (exit 2), as RuntimeError
+    naming the reason for one the toolkit wrote (exit 1: the toolkit's fault)."""
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    except _LOAD_ERRORS as err:
+        text = " ".join(str(err).split())[:300]
+        if not user_file:
+            raise RuntimeError(f"ONNX Runtime cannot load the toolkit's own graph {path} "
+                               f"({type(err).__name__}: {text})") from err
+        raise ModelFileError(f"not a loadable ONNX model ({text})", file=str(path)) from err

@@ -185,7 +185,7 @@ class DeployedDetector:
         self.timings_ms: dict[str, float] = {}
         self.server: DeepSparseServer | None = None
         self.sessions = {p["name"]: ort_session(self.folder / p["file"], threads=self.threads,
-                                                spinning=False)
+                                                spinning=False, user_file=False)
                          for p in self.parts
                          if not self._heavy_elsewhere(p) and p["runtime"] != "torch"}
         self.openvino = {(p["name"], i): OpenVinoModel(self.folder / p["file"], c["inputs"],

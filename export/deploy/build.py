@@ -107,7 +107,7 @@ def _check_torch_parts(entries: list[dict[str, Any]], runs: list[dict[str, np.nd
     for entry in entries:
         if entry.get("op") != "multiscale_roi_align":
             continue
-        session = ort_session(folder / entry["file"], threads=1)
+        session = ort_session(folder / entry["file"], threads=1, user_file=False)
         names = [i.name for i in session.get_inputs()]
         worst, rois, same = 0.0, 0, True
         for tensors in runs:
@@ -147,7 +147,7 @@ def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
             continue
         top = roi_count if entry["name"] == "box_head" else max_detections
         buckets = sorted({min(b, top) for b in HEAD_BUCKETS} | {top}) if top != roi_count else [top]
-        session = ort_session(folder / entry["file"], threads=1)
+        session = ort_session(folder / entry["file"], threads=1, user_file=False)
         entry["padding"] = {"axis": 0, "rule": PADDING_RULE}
         entry["compiled"] = []
         for rows in buckets:
