@@ -185,13 +185,13 @@ def _serve(request: dict[str, Any], protocol: Any) -> None:
 
 def _child_main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    request = json.loads(Path(argv[0]).read_text())
-    if "parent_pid" in request:  # killed with the parent, buffers removed (child_watch)
-        watch_parent(int(request["parent_pid"]), request["folder"])
     protocol = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # anything printed by DeepSparse goes to the log, not the protocol
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
     try:
+        request = json.loads(Path(argv[0]).read_text())
+        if "parent_pid" in request:  # killed with the parent, buffers removed (child_watch)
+            watch_parent(int(request["parent_pid"]), request["folder"])
         _serve(request, protocol)
     except Exception as err:  # reported to the parent as one line, then exit non-zero
         protocol.write(f"ERROR {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}\n")
