@@ -126,5 +126,8 @@ def test_load_source_rejects_garbage(tmp_path):
     with pytest.raises(ModelFileError, match="bad.pt"):
         load_source(tmp_path / "bad.pt")
     torch.save({"model": {"x": 1}}, tmp_path / "empty.pt")
-    with pytest.raises(ModelFileError, match="no tensors"):
+    with pytest.raises(ModelFileError, match="entry 'x' is int; expected parameter name -> tensor"):
         load_source(tmp_path / "empty.pt")
+    torch.save({"model": {}}, tmp_path / "none.pt")
+    with pytest.raises(ModelFileError, match="no tensors"):
+        load_source(tmp_path / "none.pt")
