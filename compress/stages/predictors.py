@@ -24,21 +24,13 @@ from compress.core.errors import UserError
 from compress.run.loaded import load_model
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.onnx_predict import OnnxDetector
-from evaluate.runtimes.pipeline import DeployedDetector, from_canvas, read_manifest, to_canvas
+from evaluate.runtimes.pipeline import (DeployedDetector, from_canvas, keep_scores,
+                                        read_manifest, to_canvas)
 
 log = logging.getLogger(__name__)
 
 Predictor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 DYNAMIC_MAX_SIDE = 1333
-
-
-def keep_scores(outputs: dict[str, Any], score_threshold: float | None) -> dict[str, Any]:
-    """Only the detections scoring >= `score_threshold` (every per-detection output filtered)."""
-    if score_threshold is None:
-        return outputs
-    keep = outputs["scores"] >= score_threshold
-    count = len(outputs["scores"])
-    return {name: value[keep] if len(value) == count else value for name, value in outputs.items()}
 
 
 class CanvasPredictor:

@@ -76,15 +76,32 @@ def to_canvas(image: torch.Tensor, height: int, width: int) -> tuple[np.ndarray,
     return canvas, Placement(scale, new_h, new_w, (h, w))
 
 
+def keep_scores(outputs: dict[str, Any], score_threshold: float | None) -> dict[str, Any]:
+    """Only the detections scoring >= `score_threshold`: every output with one row per detection
+    filtered, numpy arrays and torch tensors alike (each stays what it was). None, or no
+    `scores`, keeps everything. The one score filter of the deployment and `compress predict`."""
+    if score_threshold is None or "scores" not in outputs:
+        return outputs
+    scores = outputs["scores"]
+    scores = scores.detach().cpu().numpy() if torch.is_tensor(scores) else np.asarray(scores)
+    keep = scores.reshape(-1) >= score_threshold
+    kept = {}
+    for name, value in outputs.items():
+        if tuple(getattr(value, "shape", ()))[:1] != keep.shape:
+            kept[name] = value  # not one row per detection
+        elif torch.is_tensor(value):
+            kept[name] = value[torch.from_numpy(keep).to(value.device)]
+        else:
+            kept[name] = np.asarray(value)[keep]
+    return kept
+
+
 def from_canvas(outputs: dict[str, np.ndarray], place: Placement, *,
                 score_threshold: float | None = None) -> dict[str, torch.Tensor]:
     """Detections on the canvas -> on the original image (boxes, masks, keypoints). With
-    `score_threshold`, only detections scoring >= it are kept, before masks are upsampled to the
-    image (one mask of a 13000 px image is 676 MB)."""
-    if score_threshold is not None and "scores" in outputs:
-        keep = np.asarray(outputs["scores"]).reshape(-1) >= score_threshold
-        outputs = {name: np.asarray(value)[keep] if len(np.asarray(value)) == len(keep) else value
-                   for name, value in outputs.items()}
+    `score_threshold`, only detections scoring >= it are kept (`keep_scores`), before masks are
+    upsampled to the image (one mask of a 13000 px image is 676 MB)."""
+    outputs = keep_scores(outputs, score_threshold)
     out = {name: torch.from_numpy(_owned(value)) for name, value in outputs.items()}
     h, w = place.original
     if "boxes" in out:
