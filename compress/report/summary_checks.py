@@ -74,10 +74,11 @@ def check_summary(summary: Any, path: str) -> None:
         raise _bad(path, "rounds", rounds, "a list of round records")
     for index, record in enumerate(rounds or []):
         check_round(record, path, f"rounds[{index}]")
-    ticket = summary.get("ticket") or {}
-    if ticket.get("sparsity") is not None and not _number(ticket["sparsity"]):
-        raise _bad(path, "ticket.sparsity", ticket["sparsity"], "a fraction in [0, 1]")
+    sparsity = (summary.get("ticket") or {}).get("sparsity")
+    if sparsity is not None and not (_number(sparsity) and 0.0 <= sparsity <= 1.0):
+        raise _bad(path, "ticket.sparsity", sparsity, "a fraction in [0, 1]")
     _check_bench(summary.get("bench"), path)
+    _check_warnings(summary.get("warnings"), path)
     for engine, metrics in (summary.get("eval") or {}).items():
         if _number(metrics):
             continue  # a difference between engines (e.g. onnxruntime_minus_torch_bbox_mAP)
@@ -95,3 +96,20 @@ def _check_bench(bench: Any, path: str) -> None:
         for name in BENCH_NUMBERS:
             if row.get(name) is not None and not _number(row[name]):
                 raise _bad(path, f"bench[{index}].{name}", row[name], "a finite number or null")
+
+
+def _check_warnings(warnings: Any, path: str) -> None:
+    """`warnings` as compress.run.checks writes them: {check, message, stage} per failed check."""
+    if warnings is None:
+        return
+    shape = "an object {check: string, message: string, stage: string or null}"
+    if not isinstance(warnings, list):
+        raise _bad(path, "warnings", warnings, f"a list of {shape}")
+    for index, entry in enumerate(warnings):
+        if not isinstance(entry, dict):
+            raise _bad(path, f"warnings[{index}]", entry, shape)
+        for name in ("check", "message"):
+            if not isinstance(entry.get(name), str):
+                raise _bad(path, f"warnings[{index}].{name}", entry.get(name), "a string")
+        if entry.get("stage") is not None and not isinstance(entry["stage"], str):
+            raise _bad(path, f"warnings[{index}].stage", entry["stage"], "a string or null")
