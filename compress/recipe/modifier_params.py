@@ -10,12 +10,12 @@ detector's names look like and the `modifier_prefix` that would match them.
 """
 from __future__ import annotations
 
-import re
 from typing import Optional
 
 import torch
 
 from compress.core.errors import RecipeError
+from compress.core.param_names import param_matches
 from compress.lottery.sparseml_adapter import modifier_params
 from compress.models.build import build_model
 from compress.recipe.safe_yaml import modifiers_to_sparseml_yaml
@@ -80,9 +80,7 @@ def check_params_found(params: list[list[str]], names: list[str], file: Optional
 
 
 def _matches(pattern: str, names: list[str]) -> bool:
-    if pattern.startswith("re:"):
-        return any(re.match(pattern[3:], name) for name in names)
-    return pattern in names
+    return any(param_matches(pattern, name) for name in names)
 
 
 def _prefix_hint(pattern: str, names: list[str]) -> tuple[Optional[str], list[str]]:
