@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import warnings
 from collections import OrderedDict
 from pathlib import Path
@@ -25,6 +24,7 @@ import onnx.numpy_helper
 import torch
 from google.protobuf.message import DecodeError
 
+from compress.core.atomic import temp_beside
 from compress.core.errors import ModelFileError, UserError
 
 log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def canonical_zeros(path: str | os.PathLike) -> int:
 def _export_atomic(module: torch.nn.Module, args: tuple, path: Path, **kwargs) -> Path:
     """torch.onnx.export into a temp file beside `path`, full check, then rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = temp_beside(path)  # the toolkit's temp name: a resume removes one a kill left
     os.close(fd)
     try:
         with warnings.catch_warnings(), torch.no_grad():
