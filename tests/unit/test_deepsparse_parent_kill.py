@@ -65,6 +65,7 @@ def _wait(predicate, timeout_s: float) -> bool:
     return predicate()
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 @pytest.mark.skipif(not Path("/dev/shm").is_dir() or not hasattr(os, "pidfd_open"),
                     reason="Linux /dev/shm and pidfd needed")
 @pytest.mark.parametrize("kind", sorted(PARENTS))

@@ -36,6 +36,7 @@ def _run_folder(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_second_writer_on_a_running_folder_exits_2(tmp_path, capsys, monkeypatch):
     run = _run_folder(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE,
@@ -56,6 +57,7 @@ def test_second_writer_on_a_running_folder_exits_2(tmp_path, capsys, monkeypatch
     assert f"pid {holder.pid}" in err and str(run) in err
 
 
+@pytest.mark.slow  # a subprocess or an end-to-end run
 def test_lock_is_free_again_when_the_holder_dies(tmp_path):
     run = _run_folder(tmp_path / "run")
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(run)], stdout=subprocess.PIPE,
