@@ -17,7 +17,7 @@ from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.stages.base import StageContext
 from compress.run.setup import TASK_IOU_TYPES
-from evaluate.runtimes.onnx_predict import OnnxDetector, predict_onnx
+from evaluate.runtimes.pipeline import OnnxDetector, predict_onnx
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.parity import BOX_TOLERANCE_PX, summarize
 from evaluate.runtimes.pipeline import DeployedDetector

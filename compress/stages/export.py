@@ -15,6 +15,7 @@ from compress.run.folder import RunFolder
 from compress.run.loaded import LoadedModel, load_model
 from compress.stages.base import StageContext
 from export.compact import pack, unpack_to
+from evaluate.runtimes.pipeline import deployment_intact
 from export.deploy.build import build_deployment
 from export.onnx_export import check_opset, export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
@@ -103,7 +104,8 @@ class ExportStage:
         return recipe.export.enabled
 
     def done(self, run: RunFolder) -> bool:
-        return (run.export / "verify.json").is_file() and "export" in run.read_summary()
+        return ((run.export / "verify.json").is_file() and "export" in run.read_summary()
+                and deployment_intact(run.export / "deploy"))
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         return export_ticket(ctx.loaded, ctx.run.export, deploy_images=val_images(ctx.loaders))

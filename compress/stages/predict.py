@@ -35,7 +35,7 @@ from compress.stages.predictors import Predictor, close_predictor, deployment_pr
 from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
 from compress.stages.upscale import upscaled_results
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.onnx_predict import OnnxDetector
+from evaluate.runtimes.pipeline import OnnxDetector
 from evaluate.runtimes.pipeline import read_manifest
 from evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections

@@ -23,7 +23,7 @@ import torch
 from compress.core.errors import UserError
 from compress.run.loaded import load_model
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.onnx_predict import OnnxDetector
+from evaluate.runtimes.pipeline import OnnxDetector
 from evaluate.runtimes.pipeline import (DeployedDetector, from_canvas, keep_scores,
                                         read_manifest, to_canvas)
 

@@ -19,7 +19,8 @@ import onnx
 
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse import deepsparse_bench
-from evaluate.runtimes.ort import EngineUnavailable, ort_session, physical_cores
+from evaluate.runtimes.ort import (EngineUnavailable, check_external_data, ort_session,
+                                   physical_cores)
 from evaluate.runtimes.protocol import stats
 
 log = logging.getLogger(__name__)
@@ -156,6 +157,7 @@ def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = ENGINES,
     (e.g. DeepSparse crashed compiling the graph); the last two carry a one-line reason.
     """
     path = Path(onnx_path)
+    check_external_data(path)  # DeepSparse would follow a location outside the folder
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise ValueError(f"unknown engine {unknown[0]!r}; allowed: {', '.join(ENGINES)}")

@@ -1,12 +1,14 @@
 """ONNX Runtime sessions for evaluation and benchmarks (CPU, or CUDA with onnxruntime-gpu)."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import os
 from pathlib import Path
 from typing import Any
 
+import onnx
 import onnxruntime as ort
 
 from compress.core.errors import ModelFileError
@@ -115,3 +117,44 @@ def _load(path: Path, options: ort.SessionOptions, providers: list[str],
             raise RuntimeError(f"ONNX Runtime cannot load the toolkit's own graph {path} "
                                f"({type(err).__name__}: {text})") from err
         raise ModelFileError(f"not a loadable ONNX model ({text})", file=str(path)) from err
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_external_data(onnx_path: str | os.PathLike) -> None:
+    """ModelFileError when the ONNX file keeps tensor data outside its own folder (an absolute
+    or `..` location): ONNX Runtime refuses those, DeepSparse's compile would follow them."""
+    path = Path(onnx_path)
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as err:  # noqa: BLE001 (a file onnx cannot parse: ORT's own load says why)
+        del err
+        return
+    folder = path.resolve().parent
+    for tensor in _all_tensors(model.graph):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+            raise ModelFileError(f"tensor {tensor.name!r} keeps its data at {location!r}, outside "
+                                 "the model's folder; refused", file=str(path))
+
+
+def _all_tensors(graph: "onnx.GraphProto") -> list["onnx.TensorProto"]:
+    tensors = list(graph.initializer)
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.HasField("t"):
+                tensors.append(attr.t)
+            tensors.extend(attr.tensors)
+            for sub in [*attr.graphs, *([attr.g] if attr.HasField("g") else [])]:
+                tensors.extend(_all_tensors(sub))
+    return tensors

@@ -1,10 +1,12 @@
 """Do two runs of a detector give the same detections? Counts, labels, boxes, scores, masks and
-keypoints compared image by image; a comparison that compared nothing is a failure, not a pass."""
+keypoints compared image by image (detections of equal score may come in either order); a
+comparison that compared nothing is a failure, not a pass."""
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 BOX_TOLERANCE_PX = 0.5
 SCORE_TOLERANCE = 1e-3
@@ -15,8 +17,33 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) if a.size else 0.0
 
 
+def match_detections(ref: Mapping[str, np.ndarray], cand: Mapping[str, np.ndarray]) -> np.ndarray:
+    """For each reference detection, the candidate it is compared with: the same index, unless
+    detections of (near-)equal score came out in another order. Two runs that differ by float
+    rounding may order a tie either way (with random or very sparse heads many scores tie to
+    1e-7), so within the same label and scores within SCORE_TOLERANCE, the pairing is the one
+    with the smallest total box distance (an assignment, each candidate used once). Boxes far
+    apart stay far apart: the check still fails when the detections differ."""
+    n = len(ref["boxes"])
+    order = np.arange(n)
+    if n == 0:
+        return order
+    boxes_r, boxes_c = ref["boxes"].astype(np.float64), cand["boxes"].astype(np.float64)
+    distance = np.abs(boxes_r[:, None, :] - boxes_c[None, :, :]).max(-1)
+    allowed = ((np.abs(ref["scores"].astype(np.float64)[:, None]
+                       - cand["scores"].astype(np.float64)[None, :]) <= SCORE_TOLERANCE)
+               & (np.asarray(ref["labels"])[:, None] == np.asarray(cand["labels"])[None, :]))
+    if np.all(np.diag(distance) == 0) or not allowed.any():
+        return order
+    cost = np.where(allowed, distance, distance.max() * n + 1e9)
+    rows, cols = linear_sum_assignment(cost)
+    order[rows] = cols
+    return order
+
+
 def compare_image(reference: Mapping[str, Any], candidate: Mapping[str, Any]) -> dict[str, Any]:
-    """One image: same detection count and labels, and the largest differences."""
+    """One image: same detection count and labels, and the largest differences (detections
+    paired by `match_detections`)."""
     ref = {k: np.asarray(v) for k, v in reference.items()}
     cand = {k: np.asarray(v) for k, v in candidate.items()}
     n_ref, n_cand = len(ref["boxes"]), len(cand["boxes"])
@@ -24,6 +51,9 @@ def compare_image(reference: Mapping[str, Any], candidate: Mapping[str, Any]) ->
     if n_ref != n_cand:
         out["mismatch"] = f"{n_cand} detections instead of {n_ref}"
         return out
+    order = match_detections(ref, cand)
+    out["reordered"] = int(np.count_nonzero(order != np.arange(n_ref)))
+    cand = {k: (v[order] if getattr(v, "ndim", 0) and len(v) == n_ref else v) for k, v in cand.items()}
     if not np.array_equal(ref["labels"], cand["labels"]):
         out["mismatch"] = "labels differ"
     out["box_max_abs_diff_px"] = _max_diff(ref["boxes"], cand["boxes"])
@@ -50,6 +80,7 @@ def summarize(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], *,
              for key in ("box_max_abs_diff_px", "score_max_abs_diff", "mask_flip_fraction",
                          "keypoint_max_abs_diff_px")}
     result = {"images": len(images), "detections_compared": compared,
+              "detections_reordered": sum(image.get("reordered", 0) for image in images),
               "box_tolerance_px": box_tolerance_px, **worst,
               "mask_pixels_flipped": sum(image.get("mask_pixels_flipped", 0) for image in images)}
     problems = [f"image {i}: {image['mismatch']}" for i, image in enumerate(images)

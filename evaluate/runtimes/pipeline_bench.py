@@ -13,7 +13,7 @@ import torch
 
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.onnx_predict import OnnxDetector
+from evaluate.runtimes.pipeline import OnnxDetector
 from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
 from evaluate.runtimes.openvino_engine import OpenVinoDetector, openvino_missing_reason
 from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest

@@ -6,7 +6,9 @@ compiled at: the backbone at the canvas's feature shapes, the box head at the RP
 proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
 detections per image. Mask R-CNN's mask pasting runs in torch (`runtime: torch`, see
 `evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
-compiled shapes and the padding rule. torchvision's level merge in `MultiScaleRoIAlign` is first
+compiled shapes, the padding rule and its sha256 (checked on every load: a part changed or cut
+short since the export is refused). Parts are written atomically and the manifest last, so a
+killed export leaves no manifest for a resume to trust. torchvision's level merge in `MultiScaleRoIAlign` is first
 rewritten without scatters (`export.deploy.roi_merge`), and each RoI pool (its RoiAligns and
 the merge) becomes a `runtime: torch` part (`op: multiscale_roi_align`, the RoiAlign attributes
 per level in `params`), checked against its own ONNX file on ONNX Runtime. Parity: the partition, every part on ONNX Runtime (the
@@ -16,6 +18,7 @@ pasting in torch), against the full graph on ONNX Runtime on the same canvas ima
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 import numpy as np
 import onnx
 
-from compress.core.atomic import write_json
+from compress.core.atomic import write_bytes, write_json
 from evaluate.runtimes.parity import summarize
 from evaluate.runtimes.pipeline import FORMAT, MANIFEST, TORCH_OPS, DeployedDetector, to_canvas
 from evaluate.runtimes.ort import ort_session
@@ -59,9 +62,11 @@ def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> li
     entries = []
     for index, part in enumerate(parts):
         name = f"{index:02d}_{part.name}.onnx"
-        onnx.save(part_model(model, part, types), str(out_dir / name))
+        data = part_model(model, part, types).SerializeToString()
+        write_bytes(out_dir / name, data)  # atomic: a killed export leaves no half part
         entry = {"name": part.name, "file": name, "runtime": part.runtime,
-                 "inputs": part.inputs, "outputs": part.outputs}
+                 "inputs": part.inputs, "outputs": part.outputs,
+                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
         if part.runtime == "torch":
             entry.update(_pool_op(part))
         entries.append(entry)
@@ -167,6 +172,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / MANIFEST).unlink(missing_ok=True)  # until the new one is written, nothing to trust
     model = onnx.load(str(full_onnx))
     rewrite_roi_merges(model)
     rewrite_deconvs(model)

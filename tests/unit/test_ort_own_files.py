@@ -42,6 +42,7 @@ def test_a_deployment_part_ort_refuses_is_the_toolkits_fault(tmp_path):
 
     _unknown_op_model(tmp_path / "head.onnx")
     manifest = {"format": FORMAT, "status": "ok", "source": "model.onnx", "input": "x",
+                "canvas": {"height": 8, "width": 8},
                 "outputs": ["y"], "parts": [{"name": "head", "runtime": "onnxruntime",
                                              "file": "head.onnx", "inputs": ["x"],
                                              "outputs": ["y"]}]}
