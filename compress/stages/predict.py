@@ -4,7 +4,8 @@ MODEL is an export folder (`RUN/export`: its DeepSparse deployment with `--engin
 the default, or the full graph on the same canvas with `--engine onnxruntime`), the exported full graph (`export/model.onnx`, run with ONNX Runtime) or a torch ticket /
 round checkpoint (`ticket.pt`, `rounds/round_<k>/checkpoint.pt`, rebuilt from the run folder's
 recipe.yaml). Writes one annotated PNG per image (`<stem>.png`), `detections.json` in COCO
-results format (a list: every detection scoring >= --score-threshold) and `images.json`, the
+results format (a list: every detection scoring >= --score-threshold, each also naming its image's
+`file_name`) and `images.json`, the
 COCO-style `{"images": [{id, file_name, width, height, drawn, drawn_scale}]}` naming the user's
 file of each image id (`drawn`: its annotated PNG, `drawn_scale` its size / the image's: 1, or
 below 1 for a huge image, drawn at the size it was predicted at). Images are read one at a time (see compress.stages.images
@@ -157,7 +158,7 @@ def _predict_all(predictor: Predictor, info: LabelInfo, files: list[ImageFile], 
                            "drawn_scale": drawn.width / original[1]})
             write_bytes(out / name, png_bytes(drawn))  # `drawn` may be `picture` itself
             del drawn
-        results += found
+        results += [{**r, "file_name": file.path.name} for r in found]  # extra keys: loadRes keeps them
         log.info("%s: %d detections -> %s", file.path.name, len(found), out / name)
     return results, images
 

@@ -73,6 +73,7 @@ def test_images_json_names_the_users_files(tmp_path, fake_model):
     by_id = {image["id"]: image for image in images}
     assert sorted(image["file_name"] for image in images) == ["b.png", "holiday 1.jpg"]
     assert {d["image_id"] for d in detections} == set(by_id)
+    assert all(d["file_name"] == by_id[d["image_id"]]["file_name"] for d in detections)
     assert all((tmp_path / "out" / image["drawn"]).is_file() for image in images)
     assert {(image["width"], image["height"]) for image in images} == {(20, 10)}
 
