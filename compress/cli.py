@@ -129,7 +129,8 @@ Examples:
                    "rule); detectron2: drop `bbox` from segm results so the mask area sets the "
                    "size range. Default for a model: the recipe's evaluate.convention.")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder (default for a model: the run's eval/<engine>/; with --results: "
+              help="Output folder (default for a model: RUN/evaluate/<engine>-<dataset folder>/, "
+                   "never the run's own eval/<engine>/; with --results: "
                    "nothing written but the printed table).")
 def evaluate(model: Path | None, data: Path | None, engine: str | None, tide: bool, gt: Path | None,
              results: Path | None, iou_type: str, convention: str | None, out: Path | None) -> None:

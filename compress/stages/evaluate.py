@@ -184,7 +184,9 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     dataset = build_dataset(kind, data, split, task, train=False)
     loader = make_loader(dataset, 2, shuffle=False, seed=0, num_workers=0)
     onnx_path = model if is_onnx else run.export / "model.onnx"
-    out_dir = out or run.eval_dir(engine)
+    # the run's own eval/<engine>/ is the run's evaluation (summary.json points at it): a later
+    # evaluation, maybe on other data, goes beside it, never over it
+    out_dir = out or run.root / "evaluate" / f"{engine}-{Path(data).resolve().name}"
     gt_path = ground_truth_path(kind, dataset, data, split, out_dir)
     metrics = evaluate_engine(engine, onnx_path, loaded, loader, gt_path,
                               dict(dataset.label_to_cat_id), task, out_dir, progress=True,

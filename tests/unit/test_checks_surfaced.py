@@ -63,14 +63,16 @@ def test_evaluate_whose_only_engine_failed_parity_warns_and_exits_1(monkeypatch,
     assert len(warning) == 1, err
     assert ("evaluate deepsparse: parity check vs ONNX Runtime FAILED (boxes differ by 86.6 px "
             "(tolerance 0.5 px)); its bbox mAP 0.0081 is not to be trusted") in warning[0]
-    assert f"evaluate: wrote {tmp_path / 'run' / 'eval' / 'deepsparse'}" in err
+    assert f"evaluate: wrote {tmp_path / 'run' / 'evaluate' / ('deepsparse-' + tmp_path.name)}" in err
+    assert not (tmp_path / "run" / "eval").exists()  # the run's own evaluation is never overwritten
     assert err.strip().splitlines()[-1].startswith("error: evaluate deepsparse failed: boxes differ")
 
 
 def test_evaluate_ok_says_where_it_wrote(monkeypatch, tmp_path, capsys):
     _fake_evaluation(monkeypatch, tmp_path, {"engine": "onnxruntime", "bbox_mAP": 0.2})
     assert main(["evaluate", str(tmp_path / "model.onnx"), "--data", str(tmp_path)]) == 0
-    assert f"evaluate: wrote {tmp_path / 'run' / 'eval' / 'onnxruntime'}" in capsys.readouterr().err
+    assert (f"evaluate: wrote {tmp_path / 'run' / 'evaluate' / ('onnxruntime-' + tmp_path.name)}"
+            in capsys.readouterr().err)
 
 
 def test_failed_parity_collected_into_the_run_and_its_end_block(tmp_path):
