@@ -22,6 +22,7 @@ from support.smoke import smoke_run_dir
 from compress.cli import main
 from compress.report.build import report_command
 from compress.report.sections import SECTIONS
+from compress.report.page import _md_cell
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,8 @@ def test_summary_numbers_match_the_run(run_dir: Path, report: Path) -> None:
     # the per-round bound from the ticket's mask agrees with the exported file's measured bound
     # (parameters vs ONNX initializers: BatchNorm folded into the convs is the only difference)
     size_part = md.split("## Disk size")[1]
-    row = next(line for line in size_part.splitlines() if line.startswith(f"| {run_dir.name} | 1 | "))
+    label = _md_cell(run_dir.name)  # report.md escapes Markdown specials (smoke\\_run)
+    row = next(line for line in size_part.splitlines() if line.startswith(f"| {label} | 1 | "))
     bound_mib = float(row.split("|")[5])
     assert abs(bound_mib - summary["export"]["bound_bytes"] / 2**20) / bound_mib < 0.02
 
