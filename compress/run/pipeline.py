@@ -64,7 +64,7 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
         rs.check_rewind(recipe, rs.iterations_per_epoch(train_images, recipe.train.batch_size,
                                                         dist.world_size), str(recipe_path))
     if dist.is_main:
-        _claim_run_folder(run, recipe, digest, resume, force)
+        _claim_run_folder(run, recipe, digest, resume)
         run.update_summary(finished=False)
         log.info("run folder %s (recipe %s)", run.root, digest)
     dist.barrier()
@@ -86,9 +86,10 @@ def run_recipe(recipe_path: Path, *, out: Path | None = None, resume: bool = Fal
     return run
 
 
-def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool,
-                      force: bool = False) -> None:
-    run.claim(allow_foreign=force)
+def _claim_run_folder(run: RunFolder, recipe: Recipe, digest: str, resume: bool) -> None:
+    # a user's folder was refused by check_claimable before anything was read or written; since
+    # then the run may have bridged its dataset into run/data, so only the lock is taken here
+    run.claim(allow_foreign=True)
     text = resolved_yaml(recipe)
     if run.recipe.is_file():
         if not resume:
