@@ -148,7 +148,9 @@ def assert_same_runs(out: Path, ref: Path) -> None:
     summary, ref_summary = read_json(out / "summary.json"), read_json(ref / "summary.json")
     assert summary["rounds"] == ref_summary["rounds"]
     assert summary["eval"] == ref_summary["eval"]
-    assert set(summary) == set(ref_summary)
+    # `warnings` holds timing checks (under load, deployment slower than ORT): they depend on
+    # what else ran during each bench, not on the kills
+    assert set(summary) - {"warnings"} == set(ref_summary) - {"warnings"}
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
