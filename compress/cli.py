@@ -284,8 +284,9 @@ Examples:
 @click.option("--val-images", type=click.IntRange(1, 100000), default=None,
               help="Val images when both splits are written (default: a quarter of --images, "
                    "at least 1).")
-@click.option("--difficulty", type=click.Choice(["easy", "hard"]), default="easy", show_default=True,
-              help="hard: 8 outline-only shape classes, crowds, occlusion, small objects, clutter.")
+@click.option("--difficulty", type=click.Choice(["easy", "medium", "hard"]), default="easy", show_default=True,
+              help="medium: 5 outline-only shape classes, 2-5 objects, light occlusion; hard: 8 "
+                   "classes, crowds, occlusion, small objects, clutter (shapes; keypoints: easy or hard).")
 def synth(out: Path, task: str, images: int, seed: int, image_size: int, split: str | None,
           val_images: int | None, difficulty: str) -> None:
     """Write a COCO-format dataset of simple shapes or stick-figure people (deterministic by seed)."""

@@ -7,7 +7,7 @@ them in minutes on a CPU) in the COCO layout `compress.data.loaders` reads for `
 (compress/data/synth_marker.py). The same seed gives byte-identical files (fixed key order, no
 timestamps, deterministic PNG encoding).
 
-Tasks (difficulty "easy"; "hard" scenes are described in compress/data/synth_scenes.py):
+Tasks (difficulty "easy"; "medium" and "hard" scenes are described in compress/data/synth_scenes.py):
 - "detection" / "segmentation": 1-3 shapes (rectangle, ellipse, triangle; one colour per
   category with a small jitter) on a grey noisy background, with bbox, RLE segmentation, area.
 - "keypoints": 1-2 front-facing stick figures (category "person", the 17 COCO keypoints in COCO
@@ -31,14 +31,14 @@ from compress.core.atomic import write_text
 from compress.core.errors import DataError
 from compress.data.loaders import annotation_file
 from compress.data.synth_marker import MARKER, folder_state, record_split, start_split
-from compress.data.synth_scenes import HARD_SHAPE_CATEGORIES, draw_crowd, draw_hard_shapes
+from compress.data.synth_scenes import draw_crowd, draw_shape_scene, shape_categories
 from compress.data.synth_figures import (PERSON_CATEGORY, SceneObject, draw_figure, figure_points,
                                          hidden_by_others, jitter)
 
 log = logging.getLogger(__name__)
 
 TASKS = ("detection", "segmentation", "keypoints")
-DIFFICULTIES = ("easy", "hard")  # hard: compress/data/synth_scenes.py
+DIFFICULTIES = ("easy", "medium", "hard")  # medium, hard: compress/data/synth_scenes.py
 
 SHAPE_CATEGORIES = [
     {"id": 1, "name": "rectangle", "supercategory": "shape"},
@@ -158,6 +158,8 @@ def _check_args(task: str, images: int, image_size: int, difficulty: str) -> Non
     if difficulty not in DIFFICULTIES:
         raise DataError(f"synthetic difficulty '{difficulty}' is unknown; expected one of "
                         f"{', '.join(DIFFICULTIES)}")
+    if task == "keypoints" and difficulty == "medium":
+        raise DataError("synthetic difficulty 'medium' draws shapes; keypoints take 'easy' or 'hard'")
     if images < 0:
         raise DataError(f"synthetic images {images} is negative; expected a count >= 0")
     if image_size < 32:
@@ -198,8 +200,8 @@ def write_synthetic(out_dir: str | Path, task: str, images: int, seed: int = 0,
         for obj in objects:
             annotations.append(_annotation(obj, len(annotations) + 1, image_id))
     categories = [PERSON_CATEGORY] if task == "keypoints" else \
-        HARD_SHAPE_CATEGORIES if difficulty == "hard" else SHAPE_CATEGORIES
-    hard = " hard" if difficulty == "hard" else ""
+        SHAPE_CATEGORIES if difficulty == "easy" else shape_categories(difficulty)
+    hard = "" if difficulty == "easy" else f" {difficulty}"
     dataset = {
         "info": {"description": f"lth-compress synthetic{hard} {task} {split} (seed {seed})",
                  "version": "1"},
@@ -222,8 +224,8 @@ def split_settings(task: str, images: int, seed: int, image_size: int, difficult
 
 def _scene(rng: np.random.Generator, task: str, size: int,
            difficulty: str) -> tuple[np.ndarray, list[SceneObject]]:
-    if difficulty == "hard":
-        return draw_crowd(rng, size) if task == "keypoints" else draw_hard_shapes(rng, size)
+    if difficulty != "easy":
+        return draw_crowd(rng, size) if task == "keypoints" else draw_shape_scene(rng, size, difficulty)
     image = _background(rng, size)
     objects = _draw_figures(rng, image) if task == "keypoints" else _draw_shapes(rng, image)
     return image, objects

@@ -1,5 +1,10 @@
-"""The `hard` synthetic scenes: data on which a detector has to learn shape, not colour, and on
-which pruning can hurt (so a ticket and its controls separate).
+"""The `medium` and `hard` synthetic scenes: data on which a detector has to learn shape, not
+colour, and on which pruning can hurt (so a ticket and its controls separate).
+
+Medium shapes: 5 categories (the first five of `HARD_SHAPES`) told apart by outline only (random
+palette colours; 80% of objects take their category's own colour, a cue the model may learn),
+2-5 objects an image, 15% of them small, at most 30% of an object hidden, on a
+faint texture with 0-3 clutter marks: a small detector learns it in a few hundred iterations.
 
 Shapes (detection / segmentation): 8 categories told apart only by outline (every object takes a
 random colour from one palette shared by all categories), 3-8 objects an image, a third of them
@@ -10,6 +15,8 @@ and 0-2 opaque occluders; a joint under another figure or an occluder is labelle
 (v=1), one outside the image unlabelled (v=0, at 0,0).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -25,7 +32,31 @@ MAX_HIDDEN = 0.6  # an object may lose at most this fraction of its pixels to la
 MIN_VISIBLE_PX = 6
 
 
-def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
+@dataclass(frozen=True)
+class ShapeLevel:
+    """How hard a shapes scene is (see the module docstring)."""
+
+    categories: int  # the first `categories` of HARD_SHAPES
+    objects: tuple[int, int]  # [low, high) objects an image
+    small_fraction: float  # share of objects drawn small (7-15% of the side)
+    max_hidden: float  # an object may lose at most this fraction of its pixels to later objects
+    texture: tuple[float, float]  # background pattern amplitude range
+    clutter: tuple[int, int]  # [low, high) unannotated marks
+    colour_cue: float = 0.0  # chance an object takes its category's own palette colour
+
+
+LEVELS = {
+    "medium": ShapeLevel(5, (1, 4), 0.0, 0.3, (2.0, 6.0), (0, 3), colour_cue=0.8),
+    "hard": ShapeLevel(len(HARD_SHAPES), (3, 9), 0.35, MAX_HIDDEN, (15.0, 40.0), (4, 11)),
+}
+
+
+def shape_categories(difficulty: str) -> list[dict]:
+    return HARD_SHAPE_CATEGORIES[: LEVELS[difficulty].categories]
+
+
+def textured_background(rng: np.random.Generator, size: int,
+                        amplitude: tuple[float, float] = (15.0, 40.0)) -> np.ndarray:
     """A tinted grey with stripes, checks or smooth blobs, plus pixel noise."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float64) / size
     kind = int(rng.integers(0, 3))
@@ -41,17 +72,17 @@ def textured_background(rng: np.random.Generator, size: int) -> np.ndarray:
             (size, size), Image.BILINEAR), dtype=np.float64)
         pattern /= max(1e-6, float(np.abs(pattern).max()))
     base = rng.integers(70, 170, size=3).astype(np.float64)
-    image = base[None, None, :] + rng.uniform(15, 40) * pattern[:, :, None]
+    image = base[None, None, :] + rng.uniform(*amplitude) * pattern[:, :, None]
     image += rng.normal(0.0, 10.0, size=(size, size, 1))
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
-def _clutter(rng: np.random.Generator, image: np.ndarray) -> None:
+def _clutter(rng: np.random.Generator, image: np.ndarray, count: tuple[int, int] = (4, 11)) -> None:
     """Unannotated distractors in the objects' palette: thin lines, dots and small rings."""
     size = image.shape[0]
     canvas = Image.fromarray(image)
     draw = ImageDraw.Draw(canvas)
-    for _ in range(int(rng.integers(4, 11))):
+    for _ in range(int(rng.integers(*count))):
         colour = jitter(rng, PALETTE[int(rng.integers(len(PALETTE)))])
         x, y = rng.uniform(0, size, size=2)
         kind = int(rng.integers(0, 3))
@@ -98,29 +129,32 @@ def _hard_shape_mask(name: str, box: tuple[float, float, float, float], size: in
     return np.asarray(canvas, dtype=bool)
 
 
-def _candidate(rng: np.random.Generator, size: int) -> tuple[int, np.ndarray]:
-    small = rng.random() < 0.35
+def _candidate(rng: np.random.Generator, size: int, level: ShapeLevel) -> tuple[int, np.ndarray]:
+    small = rng.random() < level.small_fraction
     low, high = (0.07, 0.15) if small else (0.15, 0.45)
     w, h = rng.uniform(low, high) * size, rng.uniform(low, high) * size
     x0, y0 = rng.uniform(0, size - w), rng.uniform(0, size - h)
-    cat = int(rng.integers(1, len(HARD_SHAPES) + 1))
+    cat = int(rng.integers(1, level.categories + 1))
     return cat, _hard_shape_mask(HARD_SHAPES[cat - 1], (x0, y0, x0 + w, y0 + h), size)
 
 
-def draw_hard_shapes(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[SceneObject]]:
-    """A textured, cluttered image with 3-8 overlapping shapes; returns (image, objects)."""
-    image = textured_background(rng, size)
-    _clutter(rng, image)
+def draw_shape_scene(rng: np.random.Generator, size: int,
+                     difficulty: str = "hard") -> tuple[np.ndarray, list[SceneObject]]:
+    """A textured image with overlapping shapes at `difficulty` (LEVELS); returns (image, objects)."""
+    level = LEVELS[difficulty]
+    image = textured_background(rng, size, level.texture)
+    _clutter(rng, image, level.clutter)
     placed: list[tuple[int, np.ndarray]] = []
-    for _ in range(int(rng.integers(3, 9))):
+    for _ in range(int(rng.integers(*level.objects))):
         for _attempt in range(10):
-            cat, mask = _candidate(rng, size)
-            if all((m & ~mask).sum() >= (1 - MAX_HIDDEN) * m.sum() for _, m in placed):
+            cat, mask = _candidate(rng, size, level)
+            if all((m & ~mask).sum() >= (1 - level.max_hidden) * m.sum() for _, m in placed):
                 placed.append((cat, mask))
                 break
     objects = []
     for index, (cat, mask) in enumerate(placed):
-        image[mask] = jitter(rng, PALETTE[int(rng.integers(len(PALETTE)))], 15)
+        own = level.colour_cue > 0 and rng.random() < level.colour_cue
+        image[mask] = jitter(rng, PALETTE[cat - 1 if own else int(rng.integers(len(PALETTE)))], 15)
         visible = mask.copy()
         for _, later in placed[index + 1:]:
             visible &= ~later

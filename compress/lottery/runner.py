@@ -23,7 +23,7 @@ from torch import nn
 from compress.core.atomic import write_json
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.durations import format_duration
-from compress.lottery.controls import run_controls
+from compress.lottery.controls import run_controls, run_replicates
 from compress.lottery.masks import (MaskHolder, early_bird_iou, finished_intact, is_nested, load_mask,
                                     mask_iou, rewind, save_mask, sparsity_report)
 from compress.lottery.methods import Method
@@ -51,6 +51,8 @@ class LotterySetup:
     allocate: Optional[RuntimeAllocator] = None  # distribution runtime: zeros per layer
     controls: tuple[str, ...] = ()  # compress.lottery.controls.CONTROL_NAMES
     control_rounds: tuple[int, ...] = ()  # the pruning rounds that train the controls
+    seeds: tuple[int, ...] = ()  # seed replicates (compress.lottery.controls.run_replicates)
+    seed_rounds: tuple[int, ...] = (0,)  # the rounds that train them
 
 
 @dataclass
@@ -90,6 +92,8 @@ def run_lottery(setup: LotterySetup, ctx: LotteryContext) -> list[dict[str, Any]
         record = _round_record(index, round_dir)
         if setup.controls and index in setup.control_rounds:
             record["controls"] = run_controls(index, setup.controls, setup, ctx)
+        if setup.seeds and index in setup.seed_rounds:
+            record["replicates"] = run_replicates(index, setup.seeds, setup, ctx)
         records.append(record)
         if ctx.dist.is_main:
             ctx.run.update_summary(rounds=records)

@@ -54,7 +54,7 @@ class SyntheticCfg(_Section):
     val_images: int = Field(60, ge=1, le=100000)
     image_size: int = Field(128, ge=32, le=2048)
     seed: int = Field(0, ge=0)
-    difficulty: Literal["easy", "hard"] = "easy"  # compress.data.synth.DIFFICULTIES
+    difficulty: Literal["easy", "medium", "hard"] = "easy"  # compress.data.synth.DIFFICULTIES
 
 
 class DataCfg(_Section):
@@ -128,6 +128,8 @@ class LotteryCfg(_Section):
     early_bird: bool = True
     controls: list[Literal[CONTROL_NAMES]] = []
     control_rounds: list[int] = []  # pruning rounds (>= 1) that train the controls; [] = every one
+    seeds: list[int] = []  # seed replicates for the spread (compress.lottery.controls)
+    seed_rounds: list[int] = [0]  # the rounds (0 = dense) that train them
 
     @field_validator("rewind")
     @classmethod
@@ -146,7 +148,16 @@ class LotteryCfg(_Section):
         if self.prune_fraction is None and self.target_sparsity is None and method.uses_fraction:
             raise ValueError("set prune_fraction or target_sparsity")
         self._check_controls(method.pruning_rounds(self))
+        self._check_seeds(method.pruning_rounds(self))
         return self
+
+    def _check_seeds(self, pruning_rounds: int) -> None:
+        if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):
+            raise ValueError(f"seeds {self.seeds} must be distinct integers >= 0")
+        bad = [k for k in self.seed_rounds if not 0 <= k <= pruning_rounds]
+        if bad or len(set(self.seed_rounds)) != len(self.seed_rounds):
+            raise ValueError(f"seed_rounds {self.seed_rounds} must be distinct rounds in "
+                             f"[0, {pruning_rounds}]")
 
     def _check_controls(self, pruning_rounds: int) -> None:
         if len(set(self.controls)) != len(self.controls):
@@ -241,6 +252,9 @@ class Recipe(_Section):
             raise ValueError("modifier_prefix prefixes the modifiers' parameter names: it needs a "
                              "modifiers section")
         self._modifiers_fit_method()
+        if self.train.seed in self.lottery.seeds:
+            raise ValueError(f"lottery.seeds {self.lottery.seeds} repeats train.seed "
+                             f"{self.train.seed}: list the other seeds")
         return self
 
     def _modifiers_fit_method(self) -> None:

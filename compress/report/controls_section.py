@@ -1,7 +1,9 @@
 """The report's "ticket vs controls" section: the lottery-ticket figure and a table of the ticket
-against each control (reinit, random_mask, rewind_to_init) at every round that trained them."""
+against each control (reinit, random_mask, rewind_to_init) at every round that trained them, and
+the seed spread (`lottery.seeds`) that says whether a gap is larger than the seed noise."""
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,12 @@ def _one(section: Section, run: RunData, plot_dir: Path, file_name: str) -> None
     controls = {n: [(_x(r), r["controls"][n]) for r in pruned if n in (r.get("controls") or {})]
                 for n in names}
     dense = run.rounds[0].get("metrics", {}) if is_dense(run.rounds[0]) else None
-    path = plots.plot_ticket_vs_controls(ticket, controls, metrics, plot_dir / file_name, dense)
+    spread = {_x(r): {m: seed_values(r, m) for m in metrics} for r in run.rounds if r.get("replicates")}
+    path = plots.plot_ticket_vs_controls(ticket, controls, metrics, plot_dir / file_name, dense,
+                                         spread)
     figure(section, path, f"{run.label}: mAP vs prunable sparsity, the ticket (every round), each "
-                          "control at its rounds, dense dashed")
+                          "control at its rounds, dense dashed"
+                          + ("; diamonds: mean +- sd over seeds" if spread else ""))
     header = ["round", "prunable sparsity", "metric", "dense", "ticket",
               *names, *(f"ticket - {n}" for n in names)]
     rows = []
@@ -58,6 +63,65 @@ def _one(section: Section, run: RunData, plot_dir: Path, file_name: str) -> None
                          *(fmt(ctl.get(n, {}).get(m)) for n in names),
                          *(fmt(_diff(value, ctl.get(n, {}).get(m))) for n in names)])
     table(section, header, rows, f"{run.label}: ticket vs controls (torch, validation set)")
+    _spread_table(section, run, metrics)
+    section.text += verdicts(run, names, metrics[0])
+
+
+def verdicts(run: RunData, names: list[str], metric: str) -> list[str]:
+    """One line per control at the sparsest round that trained it: the ticket's lead, against the
+    seed noise (2 sd of the replicated round nearest in sparsity) when seeds were trained."""
+    lines = []
+    replicated = [r for r in run.rounds if spread_of(seed_values(r, metric))]
+    for name in names:
+        trained = [r for r in run.rounds if name in (r.get("controls") or {})
+                   and r.get("metrics", {}).get(metric) is not None
+                   and r["controls"][name].get(metric) is not None]
+        if not trained:
+            continue
+        r = max(trained, key=_x)
+        gap = float(r["metrics"][metric]) - float(r["controls"][name][metric])
+        line = (f"{run.label}, round {r['round']} ({100 * _x(r):.1f}% pruned): the ticket's {metric} "
+                f"{fmt(r['metrics'][metric])} vs {name} {fmt(r['controls'][name][metric])}, "
+                f"gap {gap:+.4f}")
+        if replicated:
+            near = min(replicated, key=lambda q: abs(_x(q) - _x(r)))
+            sd = spread_of(seed_values(near, metric))[1]
+            held = "beats it beyond" if gap > 2 * sd else "is within" if gap > -2 * sd else "loses beyond"
+            line += (f": the ticket {held} the seed noise (2 sd = {2 * sd:.4f}, round "
+                     f"{near['round']}, {len(seed_values(near, metric))} seeds)")
+        else:
+            line += " (no seed replicates: lottery.seeds gives the noise this gap should beat)"
+        lines.append(line + ".")
+    return lines
+
+
+def seed_values(record: dict[str, Any], metric: str) -> list[float]:
+    """The round's own value and every seed replicate's, for `metric` (None dropped)."""
+    values = [record.get("metrics", {}).get(metric)]
+    values += [rep.get(metric) for rep in (record.get("replicates") or {}).values()]
+    return [float(v) for v in values if v is not None]
+
+
+def spread_of(values: list[float]) -> tuple[float, float] | None:
+    """(mean, sample sd) of two or more values."""
+    return (statistics.fmean(values), statistics.stdev(values)) if len(values) >= 2 else None
+
+
+def _spread_table(section: Section, run: RunData, metrics: list[str]) -> None:
+    replicated = [r for r in run.rounds if r.get("replicates")]
+    if not replicated:
+        return
+    rows = []
+    for r in replicated:
+        for m in metrics:
+            values = seed_values(r, m)
+            stats = spread_of(values)
+            rows.append([str(r["round"]), fmt(_x(r)), m, str(len(values)),
+                         ", ".join(fmt(v) for v in values),
+                         fmt(stats[0]) if stats else "-", fmt(stats[1]) if stats else "-"])
+    table(section, ["round", "prunable sparsity", "metric", "seeds", "values", "mean", "sd"], rows,
+          f"{run.label}: seed spread (the run's seed first, then lottery.seeds); a ticket - control "
+          "gap smaller than about 2 sd is within seed noise")
 
 
 def _diff(a: Any, b: Any) -> float | None:

@@ -125,6 +125,7 @@ def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
                         controls=tuple(lot.controls),
                         control_rounds=tuple(lot.control_rounds or
                                              range(1, method.pruning_rounds(lot) + 1)),
+                        seeds=tuple(lot.seeds), seed_rounds=tuple(lot.seed_rounds),
                         modifiers=modifier_factory(recipe, iters_per_epoch, tuple(names)),
                         lr_from_modifiers=lr_from_modifiers(recipe, tuple(names)),
                         allocate=allocate)

@@ -23,7 +23,7 @@ from support.recipes import TINY_LOTTERY
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
 TINY = [*TINY_LOTTERY, "lottery.rounds=2", "lottery.controls=[reinit,random_mask,rewind_to_init]",
-        "lottery.control_rounds=[2]"]
+        "lottery.control_rounds=[2]", "lottery.seeds=[5]", "lottery.seed_rounds=[0,2]"]
 NAMES = ("reinit", "random_mask", "rewind_to_init")
 
 
@@ -40,7 +40,9 @@ def control_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, di
         real = controls.train_round
 
         def train_round(model, out_dir, schedule, plan, *args, **kwargs):
-            starts[out_dir.name] = {"iteration": plan.start_iteration,
+            key = f"{out_dir.parent.parent.name}/{out_dir.name}" if out_dir.name == "seed_5" \
+                else out_dir.name
+            starts[key] = {"iteration": plan.start_iteration,
                                     **{k: v.detach().clone() for k, v in model.state_dict().items()}}
             return real(model, out_dir, schedule, plan, *args, **kwargs)
 
@@ -56,6 +58,7 @@ def control_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, di
 def test_control_files_and_summary(control_run):
     run, _, records = control_run
     assert "controls" not in records[1]
+    assert "replicates" not in records[1]
     assert set(records[2]["controls"]) == set(NAMES)
     summary = run.read_summary()
     for name in NAMES:
@@ -130,3 +133,55 @@ def test_report_plots_ticket_vs_controls(control_run, tmp_path):
     bbox = next(row for row in rows if row[2] == "bbox_mAP")
     assert bbox[0] == "2" and len(bbox) == 5 + 2 * len(NAMES)
     assert float(bbox[4]) == pytest.approx(records[2]["metrics"]["bbox_mAP"], abs=1e-4)
+
+
+def test_seed_replicates_start_where_the_round_does_with_another_seed(control_run):
+    run, starts, records = control_run
+    summary = run.read_summary()
+    for index in (0, 2):
+        out = run.round_dir(index) / "replicates" / "seed_5"
+        saved = json.loads((out / "metrics.json").read_text())
+        assert saved["seed"] == 5 and saved["round"] == index
+        assert summary["rounds"][index]["replicates"] == {"seed_5": saved["metrics"]}
+        assert saved["metrics"]["pruned_nonzero_after_training"] == 0
+        # the same model, another seed's training: its numbers are its own
+        assert saved["metrics"]["val_loss"] != records[index]["metrics"]["val_loss"]
+    assert starts["round_0/seed_5"]["iteration"] == 0
+    rewind = load(run.round_dir(0) / "rewind.pt")["model"]
+    mask = load(run.round_dir(2) / "mask.pt")
+    assert load(run.round_dir(2) / "replicates" / "seed_5" / "mask.pt").keys() == mask.keys()
+    assert starts["round_2/seed_5"]["iteration"] == 2
+    for name, kept in mask.items():
+        assert torch.equal(starts["round_2/seed_5"][name], rewind[name] * kept)
+    # round 0's replicate starts from seed 5's initialisation, not the run's (seed 0)
+    differ = [n for n in mask if not torch.equal(starts["round_0/seed_5"][n],
+                                                 starts["rewind_to_init"][n])]
+    assert len(differ) == len(mask)
+
+
+def test_report_seed_spread_and_verdicts(control_run, tmp_path):
+    run, _, records = control_run
+    section = Section("controls", "Ticket vs controls")
+    sec_controls(section, [load_run(run.root, "tiny")], tmp_path)
+    spread = section.tables[1]
+    row = next(r for r in spread.rows if r[0] == "0" and r[2] == "bbox_mAP")
+    values = [records[0]["metrics"]["bbox_mAP"], records[0]["replicates"]["seed_5"]["bbox_mAP"]]
+    assert row[3] == "2"
+    assert float(row[5]) == pytest.approx(sum(values) / 2, abs=1e-4)
+    assert float(row[6]) == pytest.approx(abs(values[0] - values[1]) / 2 ** 0.5, abs=1e-4)
+    reinit = next(t for t in section.text if "vs reinit" in t)
+    gap = records[2]["metrics"]["bbox_mAP"] - records[2]["controls"]["reinit"]["bbox_mAP"]
+    assert f"gap {gap:+.4f}" in reinit and "round 2" in reinit
+    two_sd = 2 * abs(records[2]["metrics"]["bbox_mAP"]
+                     - records[2]["replicates"]["seed_5"]["bbox_mAP"]) / 2 ** 0.5
+    assert f"2 sd = {two_sd:.4f}" in reinit
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["lottery.seeds=[1,1]"], "distinct"),
+    (["lottery.seeds=[0]"], "repeats train.seed"),
+    (["lottery.seeds=[1]", "lottery.seed_rounds=[3]"], "seed_rounds"),
+])
+def test_seed_recipe_errors(sets, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(RECIPE, overrides=["lottery.rounds=2", *sets])
