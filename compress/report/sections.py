@@ -10,12 +10,14 @@ from compress.report.run_data import (RunData, atomic_plot, figure, is_dense, pe
                                     size_macs_series, slug, table)
 from compress.report import plots as plots
 from compress.report.page import Missing, Section, fmt
-from evaluate.analysis.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
+from evaluate.analysis.convergence import (convergence_verdict, load_metrics_jsonl, plot_convergence,
+                                          val_loss_series)
 from compress.report.gallery import gallery_image, run_label_info
 from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
+from compress.report.transfer_section import sec_transfer
 from compress.run.checks import parity_note, run_warnings
 from evaluate.runtimes.pipeline_bench import describe_speedups
 from evaluate.runtimes.protocol import load_note
@@ -95,11 +97,16 @@ def sec_convergence(section: Section, runs: list[RunData], plot_dir: Path) -> No
         if not path.is_file():
             section.missing.append(f"not run ({run.label}): {path} is missing")
             continue
-        found = val_loss_series([r for r in load_metrics_jsonl(path) if "control" not in r])
+        found = val_loss_series([r for r in load_metrics_jsonl(path)  # the rounds' own trainings
+                                 if "control" not in r and "replicate_seed" not in r])
         if not found:
             section.missing.append(f"not run ({run.label}): metrics.jsonl holds no val_loss per epoch")
         for label, points in found.items():
             series[label if len(runs) == 1 else f"{run.label}: {label}"] = points
+        labels = list(found)
+        if len(labels) >= 2 and (line := convergence_verdict(found[labels[0]], found[labels[1]],
+                                                           (labels[0], labels[1]))):
+            section.text.append(f"{run.label}: {line}.")
     if series:
         out = atomic_plot(lambda p: plot_convergence(series, p), plot_dir / "convergence.png")
         figure(section, out, "Validation loss per epoch: the dense training and every pruned round")
@@ -126,7 +133,22 @@ def sec_tide(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                 for iou, entries in data.items()
                 for (name, entry), values in zip(entries.items(), groups[iou].values())]
         table(section, ["iou", "model", "AP50", *plots.TIDE_ERRORS], rows, f"{run.label}: TIDE dAP")
+        section.text += [f"{run.label} ({iou}): {line}" for iou, bars in groups.items()
+                         if (line := tide_verdict(bars))]
     per_run(section, runs, one)
+
+
+def tide_verdict(bars: dict[str, dict[str, float]]) -> str | None:
+    """Appendix B's claim in one line: do dense and ticket lose their AP to the same main errors
+    (the same two largest of Cls, Loc, Both, Dupe, Bkg, Miss)?"""
+    if not {"dense", "ticket"} <= set(bars):
+        return None
+    main = plots.TIDE_ERRORS[:6]
+    top = {name: sorted(main, key=lambda k: -bars[name].get(k, 0.0))[:2] for name in ("dense", "ticket")}
+    same = set(top["dense"]) == set(top["ticket"])
+    return (f"largest errors: dense {', '.join(top['dense'])}; ticket {', '.join(top['ticket'])}: "
+            + ("the same kinds of errors, as the paper finds." if same else
+               "not the same two, unlike the paper."))
 
 
 def sec_keypoints(section: Section, runs: list[RunData], plot_dir: Path) -> None:
@@ -195,6 +217,13 @@ def sec_size_macs(section: Section, runs: list[RunData], plot_dir: Path) -> None
         for r, bound, eff in zip(run.rounds, entry["bound_bytes"], macs):
             rows.append([run.label, str(r["round"]), fmt(r.get("sparsity")), f"{entry['dense_bytes'] / 2**20:.3f}",
                          f"{bound / 2**20:.3f}", _gmacs(entry.get("dense_macs")), _gmacs(eff)])
+        if macs[-1] and entry.get("dense_macs") and entry["dense_bytes"]:
+            disk, work = entry["bound_bytes"][-1] / entry["dense_bytes"], macs[-1] / entry["dense_macs"]
+            section.text.append(
+                f"{run.label}, round {run.rounds[-1]['round']}: disk (information bound) {100 * disk:.1f}% "
+                f"of dense, effective MACs {100 * work:.1f}% of dense: disk size falls "
+                + ("faster than MACs, as the paper finds." if disk < work else
+                   "no faster than MACs here, unlike the paper."))
         export = run.summary.get("export")
         if export:
             export_rows.append([run.label, *(f"{export.get(k, 0) / 2**20:.3f}" for k in
@@ -297,6 +326,7 @@ SECTIONS: list[tuple[str, str, Callable[[Section, list[RunData], Path], None]]] 
     ("summary", "Summary: dense vs every round", sec_summary),
     ("sparsity-map", "Sparsity vs mAP", sec_sparsity_map),
     ("controls", "Ticket vs controls (reinit, random mask, rewind to init)", sec_controls),
+    ("transfer", "Transfer vs direct pruning (Appendix A)", sec_transfer),
     ("convergence", "Convergence", sec_convergence),
     ("tide", "TIDE errors: dense vs ticket", sec_tide),
     ("keypoints", "Keypoint errors", sec_keypoints),

@@ -1,6 +1,7 @@
 """The run's summary table, printed at the end of `compress run`."""
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 METRIC_COLUMNS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50", "val_loss")
@@ -27,6 +28,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              "  ".join(h.rjust(w) for h, w in zip(header, widths)),
              "  ".join("-" * w for w in widths)]
     lines += ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
+    lines += _control_lines(rounds, columns[0] if columns else None)
     export = summary.get("export")
     if export:
         lines.append(f"export: onnx {export.get('onnx_bytes')} B, compact {export.get('compact_bytes')} B, "
@@ -37,3 +39,24 @@ def format_summary(summary: dict[str, Any]) -> str:
                          f"p50 {row['p50_ms']:.1f} ms, "
                          f"{row.get('items_per_s', 0):.2f} items/s")
     return "\n".join(lines)
+
+
+def _control_lines(rounds: list[dict[str, Any]], metric: str | None) -> list[str]:
+    """Per round that trained them: each control's `metric` beside the ticket's, and the seed
+    spread (the round's own seed first)."""
+    if metric is None or metric == "val_loss":
+        return []
+    lines = []
+    for r in rounds:
+        mine = r.get("metrics", {}).get(metric)
+        controls = r.get("controls") or {}
+        if controls:
+            lines.append(f"round {r['round']} controls ({metric}): ticket {_cell(mine)}, " + ", ".join(
+                f"{name} {_cell(c.get(metric))}" for name, c in controls.items()))
+        values = [v for v in [mine, *((rep.get(metric) for rep in (r.get("replicates") or {}).values()))]
+                  if isinstance(v, (int, float))]
+        if r.get("replicates") and len(values) >= 2:
+            lines.append(f"round {r['round']} over {len(values)} seeds ({metric}): "
+                         f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f} (sd; "
+                         + ", ".join(f"{v:.4f}" for v in values) + ")")
+    return lines

@@ -72,3 +72,19 @@ def plot_convergence(series: Mapping[str, Sequence[tuple[float, float]]], out_pn
     ax.set_title(title)
     ax.legend(fontsize=8)
     return save_plain(fig, out_png)
+
+
+def convergence_verdict(dense: Sequence[tuple[float, float]], sparse: Sequence[tuple[float, float]],
+                        names: tuple[str, str] = ("dense", "ticket")) -> str | None:
+    """One line comparing two validation-loss curves (the supplement's Appendix C claim: a sparse
+    subnetwork converges faster) over the epochs both logged; None when they share none."""
+    theirs = dict(dense)
+    shared = [(epoch, loss, theirs[epoch]) for epoch, loss in sparse if epoch in theirs]
+    if not shared:
+        return None
+    lower = sum(1 for _, mine, other in shared if mine < other)
+    first_epoch, first_mine, first_other = shared[0]
+    held = "holds" if lower > len(shared) / 2 else "does not hold"
+    return (f"{names[1]} below {names[0]} at {lower} of {len(shared)} shared epochs (first, epoch "
+            f"{first_epoch:g}: {first_mine:.4f} vs {first_other:.4f}; last: {shared[-1][1]:.4f} vs "
+            f"{shared[-1][2]:.4f}): the claim that it converges faster {held} here")

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from compress.cli import main
+from support.devtools import CHROMIUM, render
 from support.recipes import NO_STAGES, ROOT, TINY, set_args
 
 CASES = {
@@ -45,3 +46,47 @@ def test_recipe_runs_on_the_tiny_model(tmp_path, name):
         assert abs(last["prunable_sparsity"] - 0.2) < 1e-3
     if name == "keypointrcnn_lth":
         assert "kp_mAP" in last["metrics"]
+
+
+def test_appendix_a_chain_and_the_study_report(tmp_path):
+    """study_parent's ticket feeds study_mask_transfer (its dense weights) and
+    study_transfer_ticket (its ticket), each one run at the parent's sparsity; with the direct
+    study run (seed replicates, controls) they make one report whose Appendix A figure and table
+    carry the runs' numbers, and which renders in headless Chromium with every figure."""
+    base = [o for o in TINY if not o.startswith("lottery.")] + NO_STAGES + [
+        "evaluate.max_images=2", "model.heads.anchor_sizes=[8,16,32]"]
+    parent, study = tmp_path / "parent", tmp_path / "study"
+    one_round = ["lottery.rounds=1", "lottery.rewind=2it"]
+    assert main(["-q", "run", str(ROOT / "recipes" / "study_parent.yaml"), "--smoke", "--out", str(parent),
+                 *set_args(base + one_round)]) == 0
+    assert main(["-q", "run", str(ROOT / "recipes" / "study_lth.yaml"), "--smoke", "--out", str(study),
+                 *set_args(base + one_round + ["lottery.control_rounds=[1]"])]) == 0
+    parent_sparsity = json.loads((parent / "summary.json").read_text())["rounds"][-1]["prunable_sparsity"]
+    runs = {"study_mask_transfer": [f"lottery.source={parent}/rounds/round_0/checkpoint.pt",
+                                    f"lottery.target_sparsity={parent_sparsity}"],
+            "study_transfer_ticket": [f"lottery.source={parent}"]}
+    values = {}
+    for name, sets in runs.items():
+        out = tmp_path / name
+        assert main(["-q", "run", str(ROOT / "recipes" / f"{name}.yaml"), "--smoke", "--out", str(out),
+                     *set_args(base + sets)]) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["method"] == name.removeprefix("study_")
+        assert abs(summary["rounds"][-1]["prunable_sparsity"] - parent_sparsity) < 2e-3
+        values[name] = summary["rounds"][-1]["metrics"]["bbox_mAP"]
+    direct = json.loads((study / "summary.json").read_text())["rounds"]
+    assert set(direct[0]["replicates"]) == {"seed_1"}
+    report = tmp_path / "report"
+    assert main(["-q", "report", str(study), *(str(tmp_path / n) for n in runs), "--out", str(report)]) == 0
+    md = (report / "report.md").read_text()
+    section = md.split("## Transfer vs direct pruning (Appendix A)")[1].split("\n## ")[0]
+    assert "plots/transfer_vs_direct.png" in section
+    for name, value in values.items():
+        row = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert float(cells[4]) == pytest.approx(value, abs=1e-4)
+        assert float(cells[7]) == pytest.approx(direct[1]["metrics"]["bbox_mAP"], abs=1e-4)
+    assert "seed spread" in md and "plots/ticket_vs_controls_study.png" in md
+    if CHROMIUM is not None:
+        problems, state = render(report / "report.html", tmp_path / "shot.png", tmp_path / "profile")
+        assert problems == [] and state["broken"] == 0 and state["n"] >= 4

@@ -171,6 +171,28 @@ def test_hard_shapes_crowded_small_outline_only(tmp_path: Path) -> None:
     assert all(len(c) >= 3 for c in colours.values())
 
 
+def test_medium_shapes_five_outlines_mostly_own_colour(tmp_path: Path) -> None:
+    from compress.data.synth_scenes import PALETTE
+    coco = _load(write_synthetic(tmp_path, "detection", 60, seed=2, image_size=96, difficulty="medium"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == [
+        "rectangle", "ellipse", "triangle", "diamond", "cross"]
+    counts = [len(coco.imgToAnns[i]) for i in coco.imgs]
+    assert 1 <= min(counts) and max(counts) <= 3
+    own = total = 0
+    for ann in coco.anns.values():
+        image = np.asarray(Image.open(tmp_path / "train" / coco.imgs[ann["image_id"]]["file_name"]))
+        ys, xs = np.nonzero(coco.annToMask(ann))
+        pixel = image[ys[len(ys) // 2], xs[len(xs) // 2]].astype(int)
+        own += int(np.abs(pixel - np.array(PALETTE[ann["category_id"] - 1])).max() <= 15)
+        total += 1
+    assert 0.6 * total <= own <= 0.95 * total  # the 80% colour cue, jitter <= 15
+
+
+def test_medium_keypoints_refused(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="medium"):
+        write_synthetic(tmp_path, "keypoints", 2, difficulty="medium")
+
+
 def _iou(a: list[float], b: list[float]) -> float:
     ax, ay, aw, ah = a
     bx, by, bw, bh = b

@@ -119,14 +119,20 @@ def test_huge_image_exits_2_in_one_line(tmp_path, fake_model, capsys, side):
     assert not recorder.seen
 
 
-def test_from_canvas_filters_before_upsampling_masks(monkeypatch):
+def count_upsampled(monkeypatch) -> list[int]:
+    """The batch size of every torch.nn.functional.interpolate call, in order."""
     upsampled: list[int] = []
     interpolate = torch.nn.functional.interpolate
 
-    def counting(masks, *args, **kwargs):
-        upsampled.append(int(masks.shape[0]))
-        return interpolate(masks, *args, **kwargs)
+    def counting(tensor, *args, **kwargs):
+        upsampled.append(int(tensor.shape[0]))
+        return interpolate(tensor, *args, **kwargs)
     monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    return upsampled
+
+
+def test_from_canvas_filters_before_upsampling_masks(monkeypatch):
+    upsampled = count_upsampled(monkeypatch)
     outputs = {"boxes": np.array([[0, 0, 8, 8], [1, 1, 9, 9], [2, 2, 4, 4]], np.float32),
                "scores": np.array([0.9, 0.1, 0.6], np.float32),
                "labels": np.array([1, 2, 1], np.int64),
@@ -184,13 +190,7 @@ def test_fixed_size_graph_filters_before_upsampling_masks(monkeypatch):
     def detector(image: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"boxes": torch.tensor([[0.0, 0.0, 8.0, 8.0]] * 3), "scores": torch.tensor([0.9, 0.1, 0.2]),
                 "labels": torch.tensor([1, 2, 3]), "masks": torch.rand(3, 1, 128, 256)}
-    upsampled: list[int] = []
-    interpolate = torch.nn.functional.interpolate
-
-    def counting(tensor, *args, **kwargs):
-        upsampled.append(int(tensor.shape[0]))
-        return interpolate(tensor, *args, **kwargs)
-    monkeypatch.setattr(torch.nn.functional, "interpolate", counting)
+    upsampled = count_upsampled(monkeypatch)
     out = fit_to_graph(detector, [3, 128, 256], score_threshold=0.5)(torch.rand(3, 64, 64))
     assert upsampled == [1, 1]  # the image to the graph's size, then the one kept mask back
     assert out["labels"].tolist() == [1] and tuple(out["masks"].shape) == (1, 1, 64, 64)
