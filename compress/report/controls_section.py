@@ -67,10 +67,33 @@ def _one(section: Section, run: RunData, plot_dir: Path, file_name: str) -> None
     section.text += verdicts(run, names, metrics[0])
 
 
+def _keeps_dense(run: RunData, metric: str) -> str | None:
+    """The paper's first claim: up to which sparsity the ticket keeps the dense model's `metric`
+    (within 2 sd of the dense seeds when replicated, else at least the dense value)."""
+    first = run.rounds[0]
+    if not is_dense(first) or first.get("metrics", {}).get(metric) is None:
+        return None
+    stats = spread_of(seed_values(first, metric))
+    floor = stats[0] - 2 * stats[1] if stats else float(first["metrics"][metric])
+    kept = None
+    for r in run.rounds[1:]:
+        value = r.get("metrics", {}).get(metric)
+        if value is None or float(value) < floor:
+            break
+        kept = r
+    what = (f"dense mean - 2 sd = {floor:.4f} ({len(seed_values(first, metric))} seeds)" if stats
+            else f"the dense {floor:.4f} (one seed)")
+    if kept is None:
+        return f"{run.label}: the first pruned round already falls below {what}."
+    return (f"{run.label}: the ticket keeps {metric} at or above {what} up to round {kept['round']} "
+            f"({100 * _x(kept):.1f}% of the prunable weights pruned)"
+            + ("." if kept is run.rounds[-1] else f"; round {kept['round'] + 1} falls below."))
+
+
 def verdicts(run: RunData, names: list[str], metric: str) -> list[str]:
     """One line per control at the sparsest round that trained it: the ticket's lead, against the
     seed noise (2 sd of the replicated round nearest in sparsity) when seeds were trained."""
-    lines = []
+    lines = [line] if (line := _keeps_dense(run, metric)) else []
     replicated = [r for r in run.rounds if spread_of(seed_values(r, metric))]
     for name in names:
         trained = [r for r in run.rounds if name in (r.get("controls") or {})

@@ -185,3 +185,18 @@ def test_report_seed_spread_and_verdicts(control_run, tmp_path):
 def test_seed_recipe_errors(sets, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(RECIPE, overrides=["lottery.rounds=2", *sets])
+
+
+def test_keeps_dense_verdict_uses_the_seed_floor(tmp_path):
+    from compress.report.controls_section import _keeps_dense
+    from compress.report.run_data import RunData
+    rounds = [{"round": 0, "prunable_sparsity": 0.0,
+               "metrics": {"bbox_mAP": 0.44}, "replicates": {"seed_1": {"bbox_mAP": 0.40}}},
+              {"round": 1, "prunable_sparsity": 0.2, "metrics": {"bbox_mAP": 0.39}},
+              {"round": 2, "prunable_sparsity": 0.36, "metrics": {"bbox_mAP": 0.30}}]
+    line = _keeps_dense(RunData(tmp_path, "r", {}, rounds), "bbox_mAP")
+    floor = 0.42 - 2 * (0.04 / 2 ** 0.5)
+    assert f"{floor:.4f}" in line and "up to round 1 (20.0%" in line and "round 2 falls below" in line
+    rounds[0].pop("replicates")
+    assert "already falls below the dense 0.4400" in _keeps_dense(RunData(tmp_path, "r", {}, rounds),
+                                                                  "bbox_mAP")
