@@ -109,7 +109,7 @@ def verdicts(run: RunData, names: list[str], metric: str) -> list[str]:
         if replicated:
             near = min(replicated, key=lambda q: abs(_x(q) - _x(r)))
             sd = spread_of(seed_values(near, metric))[1]
-            held = "beats it beyond" if gap > 2 * sd else "is within" if gap > -2 * sd else "loses beyond"
+            held = "beats it beyond" if gap > 2 * sd else "is within" if gap >= -2 * sd else "loses beyond"
             line += (f": the ticket {held} the seed noise (2 sd = {2 * sd:.4f}, round "
                      f"{near['round']}, {len(seed_values(near, metric))} seeds)")
         else:

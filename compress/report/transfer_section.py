@@ -83,5 +83,5 @@ def _verdict(run: RunData, base: RunData, near: dict[str, Any], metric: str, gap
     ref = min(replicated, key=lambda q: abs(_x(q) - _x(near)))
     sd = spread_of(seed_values(ref, metric))[1]
     claim = ("the paper's claim (direct beats transfer) holds beyond" if gap > 2 * sd else
-             "within" if gap > -2 * sd else "transfer wins beyond")
+             "within" if gap >= -2 * sd else "transfer wins beyond")
     return f"{line}: {claim} the seed noise (2 sd = {2 * sd:.4f}, round {ref['round']})."

@@ -82,7 +82,8 @@ def test_appendix_a_chain_and_the_study_report(tmp_path):
     section = md.split("## Transfer vs direct pruning (Appendix A)")[1].split("\n## ")[0]
     assert "plots/transfer_vs_direct.png" in section
     for name, value in values.items():
-        row = next(line for line in section.splitlines() if line.startswith(f"| {name} |"))
+        row = next(line for line in section.replace("\\_", "_").splitlines()
+                   if line.startswith(f"| {name} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert float(cells[4]) == pytest.approx(value, abs=1e-4)
         assert float(cells[7]) == pytest.approx(direct[1]["metrics"]["bbox_mAP"], abs=1e-4)
