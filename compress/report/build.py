@@ -1,8 +1,10 @@
 """`compress report RUN [RUN ...]`: report.md, a self-contained report.html and plots/*.png.
 
-Sections: summary table, sparsity vs mAP, convergence, TIDE, keypoint errors, AP deltas by size
-and category, disk size and MACs vs sparsity, latency per engine, early-bird IoU, and a gallery of
-predictions by the dense model and the ticket. Several runs share one table row set / one line per
+Sections, the supplement's analyses in its order: summary table, sparsity vs mAP, ticket vs
+controls (with the seed spread), transfer vs direct pruning (A), TIDE and keypoint errors (B),
+convergence (C), AP deltas by size and category, disk size and MACs vs sparsity (D), latency per
+engine, early-bird IoU, runtime-aware sparsity, and a gallery of predictions by the dense model
+and the ticket; under each figure a one-line verdict on the paper's claim where it makes one. Several runs share one table row set / one line per
 run. A section whose inputs a run lacks says "not run: ..." instead of failing the report.
 """
 from __future__ import annotations
