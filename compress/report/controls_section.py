@@ -14,7 +14,8 @@ from compress.report.run_data import RunData, figure, is_dense, slug, table
 METRICS = ("bbox_mAP", "segm_mAP", "kp_mAP")
 
 
-def _x(record: dict[str, Any]) -> float:
+def prunable_x(record: dict[str, Any]) -> float:
+    """A round's (or control's) prunable sparsity, the x of every lottery figure."""
     return float(record.get("prunable_sparsity", record.get("sparsity", 0.0)))
 
 
@@ -40,11 +41,13 @@ def _one(section: Section, run: RunData, plot_dir: Path, file_name: str) -> None
     metrics = [m for m in METRICS if any(r.get("metrics", {}).get(m) is not None for r in pruned)]
     if not metrics:
         raise Missing("the rounds recorded no bbox_mAP / segm_mAP / kp_mAP")
-    ticket = [(_x(r), r.get("metrics", {})) for r in pruned]
-    controls = {n: [(_x(r), r["controls"][n]) for r in pruned if n in (r.get("controls") or {})]
+    ticket = [(prunable_x(r), r.get("metrics", {})) for r in pruned]
+    controls = {n: [(prunable_x(r), r["controls"][n]) for r in pruned if n in (r.get("controls") or {})]
                 for n in names}
     dense = run.rounds[0].get("metrics", {}) if is_dense(run.rounds[0]) else None
-    spread = {_x(r): {m: seed_values(r, m) for m in metrics} for r in run.rounds if r.get("replicates")}
+    spread = {prunable_x(r): {m: (*stats, len(seed_values(r, m))) for m in metrics
+                              if (stats := spread_of(seed_values(r, m)))}
+              for r in run.rounds if r.get("replicates")}
     path = plots.plot_ticket_vs_controls(ticket, controls, metrics, plot_dir / file_name, dense,
                                          spread)
     figure(section, path, f"{run.label}: mAP vs prunable sparsity, the ticket (every round), each "
@@ -59,7 +62,7 @@ def _one(section: Section, run: RunData, plot_dir: Path, file_name: str) -> None
             continue
         for m in metrics:
             value = r.get("metrics", {}).get(m)
-            rows.append([str(r["round"]), fmt(_x(r)), m, fmt((dense or {}).get(m)), fmt(value),
+            rows.append([str(r["round"]), fmt(prunable_x(r)), m, fmt((dense or {}).get(m)), fmt(value),
                          *(fmt(ctl.get(n, {}).get(m)) for n in names),
                          *(fmt(_diff(value, ctl.get(n, {}).get(m))) for n in names)])
     table(section, header, rows, f"{run.label}: ticket vs controls (torch, validation set)")
@@ -86,7 +89,7 @@ def _keeps_dense(run: RunData, metric: str) -> str | None:
     if kept is None:
         return f"{run.label}: the first pruned round already falls below {what}."
     return (f"{run.label}: the ticket keeps {metric} at or above {what} up to round {kept['round']} "
-            f"({100 * _x(kept):.1f}% of the prunable weights pruned)"
+            f"({100 * prunable_x(kept):.1f}% of the prunable weights pruned)"
             + ("." if kept is run.rounds[-1] else f"; round {kept['round'] + 1} falls below."))
 
 
@@ -94,28 +97,39 @@ def verdicts(run: RunData, names: list[str], metric: str) -> list[str]:
     """One line per control at the sparsest round that trained it: the ticket's lead, against the
     seed noise (2 sd of the replicated round nearest in sparsity) when seeds were trained."""
     lines = [line] if (line := _keeps_dense(run, metric)) else []
-    replicated = [r for r in run.rounds if spread_of(seed_values(r, metric))]
     for name in names:
         trained = [r for r in run.rounds if name in (r.get("controls") or {})
                    and r.get("metrics", {}).get(metric) is not None
                    and r["controls"][name].get(metric) is not None]
         if not trained:
             continue
-        r = max(trained, key=_x)
+        r = max(trained, key=prunable_x)
         gap = float(r["metrics"][metric]) - float(r["controls"][name][metric])
-        line = (f"{run.label}, round {r['round']} ({100 * _x(r):.1f}% pruned): the ticket's {metric} "
+        line = (f"{run.label}, round {r['round']} ({100 * prunable_x(r):.1f}% pruned): the ticket's {metric} "
                 f"{fmt(r['metrics'][metric])} vs {name} {fmt(r['controls'][name][metric])}, "
                 f"gap {gap:+.4f}")
-        if replicated:
-            near = min(replicated, key=lambda q: abs(_x(q) - _x(r)))
-            sd = spread_of(seed_values(near, metric))[1]
-            held = "beats it beyond" if gap > 2 * sd else "is within" if gap >= -2 * sd else "loses beyond"
-            line += (f": the ticket {held} the seed noise (2 sd = {2 * sd:.4f}, round "
-                     f"{near['round']}, {len(seed_values(near, metric))} seeds)")
+        noise = against_noise(run, prunable_x(r), metric, gap)
+        if noise:
+            held = {1: "beats it beyond", 0: "is within", -1: "loses beyond"}[noise[0]]
+            line += f": the ticket {held} {noise[1]}"
         else:
             line += " (no seed replicates: lottery.seeds gives the noise this gap should beat)"
         lines.append(line + ".")
     return lines
+
+
+def against_noise(run: RunData, x: float, metric: str, gap: float) -> tuple[int, str] | None:
+    """(+1 beyond, 0 within, -1 below) `gap` against 2 sd of `run`'s seed replicates at the
+    replicated round nearest in sparsity to `x`, and the phrase naming that noise; None when the
+    run trained no replicates."""
+    replicated = [r for r in run.rounds if spread_of(seed_values(r, metric))]
+    if not replicated:
+        return None
+    near = min(replicated, key=lambda q: abs(prunable_x(q) - x))
+    values = seed_values(near, metric)
+    sd = spread_of(values)[1]
+    side = 1 if gap > 2 * sd else 0 if gap >= -2 * sd else -1
+    return side, f"the seed noise (2 sd = {2 * sd:.4f}, round {near['round']}, {len(values)} seeds)"
 
 
 def seed_values(record: dict[str, Any], metric: str) -> list[float]:
@@ -139,7 +153,7 @@ def _spread_table(section: Section, run: RunData, metrics: list[str]) -> None:
         for m in metrics:
             values = seed_values(r, m)
             stats = spread_of(values)
-            rows.append([str(r["round"]), fmt(_x(r)), m, str(len(values)),
+            rows.append([str(r["round"]), fmt(prunable_x(r)), m, str(len(values)),
                          ", ".join(fmt(v) for v in values),
                          fmt(stats[0]) if stats else "-", fmt(stats[1]) if stats else "-"])
     table(section, ["round", "prunable sparsity", "metric", "seeds", "values", "mean", "sd"], rows,

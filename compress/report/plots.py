@@ -209,10 +209,11 @@ def plot_ticket_vs_controls(ticket: Sequence[tuple[float, Mapping[str, Any]]],
                             controls: Mapping[str, Sequence[tuple[float, Mapping[str, Any]]]],
                             metrics: Sequence[str], out_png: Path,
                             dense: Mapping[str, Any] | None = None,
-                            spread: Mapping[float, Mapping[str, Sequence[float]]] | None = None) -> Path:
+                            spread: Mapping[float, Mapping[str, tuple[float, float, int]]] | None = None
+                            ) -> Path:
     """The lottery-ticket figure: per metric, mAP against prunable sparsity for the ticket (every
     round), each control (at its rounds) and the dense model as a dashed line; `spread`
-    ({sparsity: {metric: every seed's value}}) draws mean +- one standard deviation as error bars
+    ({sparsity: {metric: (mean, sd, seeds)}}) draws mean +- one standard deviation as error bars
     (at sparsity 0 also a grey band around the dense line)."""
     fig = new_figure(4.2 * len(metrics), 3.8)
     axes = fig.subplots(1, len(metrics), squeeze=False)[0]
@@ -226,14 +227,12 @@ def plot_ticket_vs_controls(ticket: Sequence[tuple[float, Mapping[str, Any]]],
                         linewidth=2 if i == 0 else 1)
         if (dense or {}).get(metric) is not None:
             ax.axhline(dense[metric], linestyle="--", linewidth=1, color="#333333", label="dense")
-        for sparsity, values in sorted((spread or {}).items()):
-            vals = [float(v) for v in values.get(metric, ()) if v is not None]
-            if len(vals) < 2:
+        for i, (sparsity, stats) in enumerate(sorted((spread or {}).items())):
+            if metric not in stats:
                 continue
-            mean, std = float(np.mean(vals)), float(np.std(vals, ddof=1))
-            first = sparsity == min(spread)
+            mean, std, seeds = stats[metric]
             ax.errorbar([100 * sparsity], [mean], yerr=[std], fmt="D", color="#333333", capsize=4,
-                        markersize=4, label=f"seed mean +- sd (n={len(vals)})" if first else None)
+                        markersize=4, label=f"seed mean +- sd (n={seeds})" if i == 0 else None)
             if sparsity == 0:
                 ax.axhspan(mean - std, mean + std, color="#999999", alpha=0.2)
         ax.set_xlabel("prunable sparsity (% pruned)")

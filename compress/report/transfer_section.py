@@ -8,17 +8,13 @@ from pathlib import Path
 from typing import Any
 
 from compress.report import plots
-from compress.report.controls_section import METRICS, seed_values, spread_of
+from compress.report.controls_section import METRICS, against_noise, prunable_x
 from compress.report.page import Missing, Section, fmt
 from compress.report.run_data import RunData, figure, is_dense, table
 
 TRANSFERS = ("mask_transfer", "transfer_ticket")
 DIRECT = ("imp", "oneshot")
 MATCH = 0.01  # the largest prunable-sparsity difference still called "matched"
-
-
-def _x(record: dict[str, Any]) -> float:
-    return float(record.get("prunable_sparsity", record.get("sparsity", 0.0)))
 
 
 def sec_transfer(section: Section, runs: list[RunData], plot_dir: Path) -> None:
@@ -32,25 +28,26 @@ def sec_transfer(section: Section, runs: list[RunData], plot_dir: Path) -> None:
     rows, bars = [], {}
     for run in transfers:
         ticket = run.rounds[-1]
-        near = min((r for r in base.rounds if r["round"] > 0), key=lambda r: abs(_x(r) - _x(ticket)))
-        if abs(_x(near) - _x(ticket)) > MATCH:
+        near = min((r for r in base.rounds if r["round"] > 0), key=lambda r: abs(prunable_x(r) - prunable_x(ticket)))
+        if abs(prunable_x(near) - prunable_x(ticket)) > MATCH:
             section.text.append(f"{run.label}: no round of {base.label} within {MATCH:.0%} of its "
-                                f"sparsity {_x(ticket):.4f} (nearest: round {near['round']}, "
-                                f"{_x(near):.4f}); not compared")
+                                f"sparsity {prunable_x(ticket):.4f} (nearest: round {near['round']}, "
+                                f"{prunable_x(near):.4f}); not compared")
             continue
+        verdict_metric = _first_metric(ticket)
         for metric in METRICS:
             mine, theirs = ticket.get("metrics", {}).get(metric), near.get("metrics", {}).get(metric)
             if mine is None or theirs is None:
                 continue
-            rows.append([run.label, run.summary["method"], fmt(_x(ticket)), metric, fmt(mine),
-                         f"{base.label} round {near['round']}", fmt(_x(near)), fmt(theirs),
+            rows.append([run.label, run.summary["method"], fmt(prunable_x(ticket)), metric, fmt(mine),
+                         f"{base.label} round {near['round']}", fmt(prunable_x(near)), fmt(theirs),
                          fmt(float(theirs) - float(mine))])
             group = bars.setdefault(metric, {})
             if is_dense(base.rounds[0]) and base.rounds[0].get("metrics", {}).get(metric) is not None:
                 group.setdefault("dense", float(base.rounds[0]["metrics"][metric]))
             group.setdefault(f"direct (round {near['round']})", float(theirs))
             group[run.summary["method"]] = float(mine)
-            if metric == _first_metric(ticket):
+            if metric == verdict_metric:
                 section.text.append(_verdict(run, base, near, metric, float(theirs) - float(mine)))
     if not rows:
         raise Missing("no transfer run matched a direct-pruning round in sparsity and metric")
@@ -76,12 +73,10 @@ def _by_series(bars: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[st
 
 def _verdict(run: RunData, base: RunData, near: dict[str, Any], metric: str, gap: float) -> str:
     line = (f"{run.label} ({run.summary['method']}): direct pruning's {metric} leads by {gap:+.4f} at "
-            f"{100 * _x(near):.1f}% pruned")
-    replicated = [r for r in base.rounds if spread_of(seed_values(r, metric))]
-    if not replicated:
+            f"{100 * prunable_x(near):.1f}% pruned")
+    noise = against_noise(base, prunable_x(near), metric, gap)
+    if noise is None:
         return line + " (no seed replicates in the direct run: no noise estimate)."
-    ref = min(replicated, key=lambda q: abs(_x(q) - _x(near)))
-    sd = spread_of(seed_values(ref, metric))[1]
-    claim = ("the paper's claim (direct beats transfer) holds beyond" if gap > 2 * sd else
-             "within" if gap >= -2 * sd else "transfer wins beyond")
-    return f"{line}: {claim} the seed noise (2 sd = {2 * sd:.4f}, round {ref['round']})."
+    claim = {1: "the paper's claim (direct beats transfer) holds beyond", 0: "within",
+             -1: "transfer wins beyond"}[noise[0]]
+    return f"{line}: {claim} {noise[1]}."
