@@ -16,6 +16,9 @@ CHECKS = {
     "shortfall": "gradual pruning short of its target sparsity",
     "partial_transfer": "ticket transfer matched only part of the source",
     "deployment_slower": "the DeepSparse deployment is slower than ONNX Runtime's full graph",
+    "int8_accuracy": "the INT8 ticket loses more mAP than the budget against the fp32 ticket",
+    "int8_engines": "DeepSparse INT8 and ONNX Runtime INT8 disagree on mAP",
+    "int8_zeros": "a pruned weight is not zero in the INT8 ticket or its export",
 }
 
 

@@ -181,6 +181,15 @@ class ExportCfg(_Section):
     compact: bool = True
 
 
+class QuantizeCfg(_Section):
+    """The quantization phase after the lottery (compress.stages.quantize): QAT with SparseML's
+    !QuantizationModifier, the ticket's zeros held."""
+    enabled: bool = False
+    iterations: int = Field(100, ge=1, le=10_000_000)
+    lr: Optional[float] = Field(None, gt=0, le=10)  # None: train.lr / 10
+    observer_freeze: float = Field(0.75, gt=0, le=1)  # of the iterations: scales fixed after it
+
+
 class EvaluateCfg(_Section):
     enabled: bool = True
     engines: list[Literal["torch", "onnxruntime", "deepsparse"]] = ["torch", "onnxruntime"]
@@ -217,6 +226,7 @@ class Recipe(_Section):
     modifier_variables: dict[str, Union[int, float, str, bool]] = {}  # override the file's variables
     modifier_prefix: str = ""  # put before every parameter name / `re:` pattern of the modifiers
     export: ExportCfg = ExportCfg()
+    quantize: QuantizeCfg = QuantizeCfg()
     evaluate: EvaluateCfg = EvaluateCfg()
     bench: BenchCfg = BenchCfg()
     smoke: dict[str, Any] = {}
@@ -252,6 +262,9 @@ class Recipe(_Section):
             raise ValueError("modifier_prefix prefixes the modifiers' parameter names: it needs a "
                              "modifiers section")
         self._modifiers_fit_method()
+        if self.quantize.enabled and self.model.norm == "group":
+            raise ValueError("quantize needs BatchNorm (folded into the convs before QAT); "
+                             "model.norm 'group' cannot be folded: use 'batch' or 'frozen'")
         if self.train.seed in self.lottery.seeds:
             raise ValueError(f"lottery.seeds {self.lottery.seeds} repeats train.seed "
                              f"{self.train.seed}: list the other seeds")

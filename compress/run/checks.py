@@ -19,6 +19,11 @@ the end, after every file is written):
 - partial_transfer: transfer ticket / mask transfer matched only part of the source.
 - deployment_slower: the DeepSparse deployment of the ticket ran slower end to end than ONNX
   Runtime's full graph (small images: too little convolution for the glue it adds).
+- int8_accuracy: the INT8 ticket (quantize stage) lost more than 0.02 bbox / segm mAP against
+  the fp32 ticket on torch.
+- int8_engines: DeepSparse INT8 and ONNX Runtime INT8 bbox mAP differ by more than 0.005.
+- int8_zeros: a pruned weight became nonzero in QAT, or is not stored as its zero point in the
+  INT8 export.
 Errors (exit 1, one line), where the command's whole purpose failed (`CheckFailed`):
 - `compress evaluate` whose only engine failed (a crash, or a failed parity check);
 - `compress bench` where no requested engine gave a figure (every one failed or was skipped).

@@ -22,7 +22,7 @@ from compress.core.atomic import write_text
 from compress.core.errors import UserError
 
 LOCK_NAME = ".lock"
-OWN_FOLDERS = ("rounds", "export", "eval", "bench", "plots", "data")
+OWN_FOLDERS = ("rounds", "export", "eval", "bench", "plots", "data", "quantize")
 ROOT_FILES = ("recipe.yaml", "summary.json", "ticket.pt", "metrics.jsonl", "report.md",
               "report.html", "profile.json")
 SCRATCH_PREFIXES = (".tide_", ".plot_")  # tempfile.TemporaryDirectory folders (TIDE, plots)
@@ -54,6 +54,11 @@ class RunFolder:
     @property
     def bench(self) -> Path:
         return self.root / "bench"
+
+    @property
+    def quantize(self) -> Path:
+        """The quantization phase: QAT checkpoints, the INT8 ticket, its export and evaluation."""
+        return self.root / "quantize"
 
     @property
     def plots(self) -> Path:

@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -55,14 +55,16 @@ def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_
 
 def evaluate_deployment(export_dir: Path, loader: Any, gt_path: Path,
                         label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                        convention: str = "coco", voc: bool = False) -> dict[str, Any]:
+                        convention: str = "coco", voc: bool = False,
+                        judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The DeepSparse deployment (export/deploy) on the validation set: COCO metrics, plus its
     detections against the same deployment on ONNX Runtime (parity.json). A crash, a timeout, a
-    parity failure or a model without a deployment is a failed row, never a silent ok."""
+    parity failure or a model without a deployment is a failed row, never a silent ok. `judge`
+    decides the parity (default `summarize` within BOX_TOLERANCE_PX; INT8: `summarize_int8`)."""
     try:
         with DeployedDetector(export_dir, engine="deepsparse") as detector:
             predictions = predict_onnx(detector, loader)
-            parity = deployment_parity(detector, export_dir, loader)
+            parity = deployment_parity(detector, export_dir, loader, judge=judge)
             fractions = detector.supported_op_fraction
     except (DeepSparseFailed, ModelFileError) as err:
         result = {"engine": "deepsparse", "status": "failed", "reason": str(err)}
@@ -77,13 +79,14 @@ def evaluate_deployment(export_dir: Path, loader: Any, gt_path: Path,
 
 
 def deployment_parity(detector: DeployedDetector, export_dir: Path, loader: Any,
-                      images: int = PARITY_IMAGES) -> dict[str, Any]:
+                      images: int = PARITY_IMAGES,
+                      judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """DeepSparse against ONNX Runtime, same deployment and canvas, on up to `images` images:
     boxes within 0.5 px, same labels and counts; comparing nothing fails."""
     batch = [image for image, _ in zip(_images(loader), range(images))]
     with DeployedDetector(export_dir, engine="onnxruntime") as reference:
         pairs = [(reference(image), detector(image)) for image in batch]
-    return summarize(pairs, box_tolerance_px=BOX_TOLERANCE_PX)
+    return judge(pairs) if judge is not None else summarize(pairs, box_tolerance_px=BOX_TOLERANCE_PX)
 
 
 def _images(loader: Any) -> Any:

@@ -1,4 +1,4 @@
-"""The ordered stages after the lottery: export, evaluate, MACs, bench, report.
+"""The ordered stages after the lottery: export, evaluate, quantize, MACs, bench, report.
 
 Each writes its own part of the run folder and records itself in summary.json; a stage whose result
 the folder already holds is skipped (this is where `--resume` skips, for every stage).
@@ -12,11 +12,13 @@ from compress.stages.base import Stage, StageContext
 from compress.stages.bench import BenchStage, MacsStage
 from compress.stages.evaluate import EvaluateStage
 from compress.stages.export import ExportStage
+from compress.stages.quantize import QuantizeStage
 from compress.stages.report import ReportStage
 
 log = logging.getLogger(__name__)
 
-STAGES: tuple[Stage, ...] = (ExportStage(), EvaluateStage(), MacsStage(), BenchStage(), ReportStage())
+STAGES: tuple[Stage, ...] = (ExportStage(), EvaluateStage(), QuantizeStage(), MacsStage(), BenchStage(),
+                             ReportStage())
 
 
 def run_stages(ctx: StageContext, stages: tuple[Stage, ...] = STAGES) -> None:

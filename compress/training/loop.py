@@ -191,10 +191,15 @@ def validation_loss(model: nn.Module, loader: Iterable[Batch], device: torch.dev
     torch.no_grad with every BatchNorm switched to eval mode: BN uses (and does not update) its
     running statistics. RPN / RoI sampling is random in train mode, so it runs under a forked RNG
     seeded with `seed`: the result is repeatable and the caller's RNG stream is left untouched.
-    Each module's train/eval mode is restored afterwards.
+    Each module's train/eval mode is restored afterwards. Quantization observers (a QAT model's
+    FakeQuantize) are paused too: validation images never move the quantization scales.
     """
     device = torch.device(device)
     modes = _set_norm_eval(model)
+    observers = [(m, m.observer_enabled.clone()) for m in model.modules()
+                 if isinstance(getattr(m, "observer_enabled", None), torch.Tensor)]
+    for module, _ in observers:
+        module.observer_enabled.zero_()
     meter = _Meter()
     devices = [device] if device.type == "cuda" else []
     try:
@@ -207,6 +212,8 @@ def validation_loss(model: nn.Module, loader: Iterable[Batch], device: torch.dev
     finally:
         for module, training in modes.items():
             module.training = training
+        for module, enabled in observers:
+            module.observer_enabled.copy_(enabled)
     if meter.count == 0:
         raise ValueError("validation_loss got an empty loader: no batches to evaluate")
     return meter.means()

@@ -102,3 +102,70 @@ def summarize(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]], *,
     if problems:
         result["reason"] = "; ".join(problems)
     return result
+
+
+CONFIDENT_SCORE = 0.5  # INT8 parity: detections this sure must agree on both sides
+INT8_MIN_IOU = 0.85  # a 1-2 px shift of a small box (20-30 px at the smoke size) is IoU ~0.85-0.9
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(-1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-12)
+
+
+def summarize_int8(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]) -> dict[str, Any]:
+    """Parity of two INT8 runs (or INT8 against fake-quantized torch), judged on what a user
+    sees: an activation on a rounding boundary may land one step apart in another summation
+    order, which moves a low-scoring detection across the score threshold or an NMS tie. So
+    detections are paired by IoU (same label, an assignment), and every detection scoring
+    >= CONFIDENT_SCORE on either side must have a partner at IoU >= INT8_MIN_IOU; nothing
+    confident to compare is a failure."""
+    confident = agreed = 0
+    worst_iou, worst_score, unmatched = 1.0, 0.0, 0
+    images = 0
+    for reference, candidate in pairs:
+        images += 1
+        ref = {k: np.asarray(v) for k, v in reference.items()}
+        cand = {k: np.asarray(v) for k, v in candidate.items()}
+        sure_r = ref["scores"] >= CONFIDENT_SCORE
+        sure_c = cand["scores"] >= CONFIDENT_SCORE
+        partner_r = np.full(len(sure_r), -1)
+        if len(sure_r) and len(sure_c):
+            iou = _iou(ref["boxes"], cand["boxes"])
+            iou[np.asarray(ref["labels"])[:, None] != np.asarray(cand["labels"])[None, :]] = 0
+            rows, cols = linear_sum_assignment(-iou)
+            for r, c in zip(rows, cols):
+                if iou[r, c] >= 0.5:
+                    partner_r[r] = c
+        partner_c = np.full(len(sure_c), -1)
+        partner_c[partner_r[partner_r >= 0]] = np.nonzero(partner_r >= 0)[0]
+        for r in np.nonzero(sure_r)[0]:
+            confident += 1
+            c = partner_r[r]
+            value = float(_iou(ref["boxes"][r:r + 1], cand["boxes"][c:c + 1])[0, 0]) if c >= 0 else 0.0
+            worst_iou = min(worst_iou, value)
+            agreed += value >= INT8_MIN_IOU
+            if c >= 0:
+                worst_score = max(worst_score, abs(float(ref["scores"][r]) - float(cand["scores"][c])))
+        for c in np.nonzero(sure_c & (partner_c < 0))[0]:
+            confident += 1
+            unmatched += 1
+            worst_iou = 0.0
+    result = {"images": images, "confident_score": CONFIDENT_SCORE, "min_iou": INT8_MIN_IOU,
+              "confident_detections": confident, "agreed": agreed, "unpaired_candidate": unmatched,
+              "worst_iou": worst_iou if confident else None,
+              "score_max_abs_diff_confident": worst_score}
+    problems = []
+    if confident == 0:
+        problems.append(f"compared nothing: no detection scores >= {CONFIDENT_SCORE}")
+    elif agreed < confident:
+        problems.append(f"{confident - agreed} of {confident} confident detections have no "
+                        f"partner at IoU >= {INT8_MIN_IOU} (worst IoU {worst_iou:.3f})")
+    result["status"] = "failed" if problems else "ok"
+    if problems:
+        result["reason"] = "; ".join(problems)
+    return result

@@ -22,7 +22,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import onnx
@@ -57,12 +57,17 @@ def _border_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return types
 
 
-def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> list[dict[str, Any]]:
+def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path,
+                 heavy_transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+                 ) -> list[dict[str, Any]]:
     types = _border_types(model)
     entries = []
     for index, part in enumerate(parts):
         name = f"{index:02d}_{part.name}.onnx"
-        data = part_model(model, part, types).SerializeToString()
+        proto = part_model(model, part, types)
+        if heavy_transform is not None and part.runtime == "deepsparse":
+            proto = heavy_transform(proto)
+        data = proto.SerializeToString()
         write_bytes(out_dir / name, data)  # atomic: a killed export leaves no half part
         entry = {"name": part.name, "file": name, "runtime": part.runtime,
                  "inputs": part.inputs, "outputs": part.outputs,
@@ -165,8 +170,14 @@ def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
 
 def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
                      canvas_size: int, roi_count: int, max_detections: int,
-                     images: Sequence[Any]) -> dict[str, Any]:
+                     images: Sequence[Any],
+                     heavy_transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
+                     judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Partition `full_onnx` into `out_dir` and verify it on `images` (3xHxW tensors in [0, 1]).
+
+    `heavy_transform` rewrites each DeepSparse part before it is written (the INT8 conversion,
+    `export.deploy.int8`); `judge` then decides the parity of the partition against the full
+    graph, both on ONNX Runtime (default: `summarize` within 1e-2 px; INT8: `summarize_int8`).
 
     Returns the manifest; `status` is "ok", "failed" (parity) or "unsupported" (no partition).
     """
@@ -181,7 +192,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
             "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
                        "placement": "resized with aspect kept (bilinear), top-left"}}
     try:
-        entries = _write_parts(model, partition(model), out_dir)
+        entries = _write_parts(model, partition(model), out_dir, heavy_transform)
     except PartitionError as err:
         manifest = {**base, "status": "unsupported", "reason": str(err), "parts": []}
         write_json(out_dir / MANIFEST, manifest)
@@ -195,7 +206,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     _check_torch_parts(entries, runs, out_dir)
     manifest = {**base, "status": "ok", "parts": entries}
     write_json(out_dir / MANIFEST, manifest)
-    parity = verify_deployment(full_onnx, out_dir, canvases)
+    parity = verify_deployment(full_onnx, out_dir, canvases, judge)
     pools = [e for e in entries if e.get("reference_status") == "failed"]
     if pools and parity["status"] == "ok":
         parity.update(status="failed", reason=f"{pools[0]['name']}: torch RoI pooling differs "
@@ -207,7 +218,8 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
 
 
 def verify_deployment(full_onnx: str | os.PathLike, folder: Path,
-                      canvases: Sequence[np.ndarray]) -> dict[str, Any]:
+                      canvases: Sequence[np.ndarray],
+                      judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The partition (all parts on ONNX Runtime) against the full graph on the same canvases."""
     session = ort_session(full_onnx, spinning=False)
     names = [o.name for o in session.get_outputs()]
@@ -216,5 +228,5 @@ def verify_deployment(full_onnx: str | os.PathLike, folder: Path,
         for canvas in canvases:
             full = dict(zip(names, session.run(None, {session.get_inputs()[0].name: canvas})))
             pairs.append((full, pipeline.run_canvas(canvas)))
-    return summarize(pairs, box_tolerance_px=1e-2)
+    return judge(pairs) if judge is not None else summarize(pairs, box_tolerance_px=1e-2)
 

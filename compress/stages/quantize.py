@@ -1,0 +1,128 @@
+"""The quantization stage: the ticket -> the INT8 ticket (QAT, zeros held) -> its export (QDQ full
+graph for ONNX Runtime, DeepSparse deployment with integer heavy parts) -> its evaluation on
+torch (fake-quant), ONNX Runtime and DeepSparse, beside the fp32 ticket's. Everything lands in
+`quantize/`; the record in summary.json `quantize`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import torch
+
+from compress.core.atomic import write_json
+from compress.quantize.phase import rebuild, train_qat
+from compress.recipe.schema import Recipe
+from compress.run.checks import tag
+from compress.run.folder import RunFolder
+from compress.run.setup import iterations_per_epoch
+from compress.run.torch_eval import evaluate_torch
+from compress.stages.base import StageContext
+from compress.stages.evaluate import evaluate_deployment, evaluate_engine, warn_if_failed
+from compress.stages.export import parity_images, val_images
+from evaluate.runtimes.parity import summarize_int8
+from evaluate.runtimes.pipeline import deployment_intact
+from export.int8_export import export_int8
+
+log = logging.getLogger(__name__)
+
+MAP_BUDGET = 0.02  # INT8 ticket vs fp32 ticket, bbox / segm mAP on torch: a larger loss is warned
+ENGINE_MATCH = 0.005  # DeepSparse INT8 vs ONNX Runtime INT8, bbox mAP
+
+
+def _metrics(result: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in result.items() if k.endswith("_mAP") or k in ("status", "reason")}
+
+
+def _quantized_params(layers: list[str]) -> set[str]:
+    return {f"{layer}.weight" for layer in layers}
+
+
+def _compare(record: dict[str, Any], fp32: dict[str, Any]) -> None:
+    """Deltas against the fp32 ticket and between engines, in place; warnings where they exceed
+    the budgets."""
+    torch8 = record["eval"].get("torch", {})
+    for key in ("bbox_mAP", "segm_mAP", "keypoints_mAP"):
+        if key in torch8 and key in fp32:
+            delta = torch8[key] - fp32[key]
+            record[f"delta_{key}"] = delta
+            if delta < -MAP_BUDGET:
+                log.warning("quantize: the INT8 ticket loses %.4f %s against the fp32 ticket "
+                            "(%.4f -> %.4f; budget %.2f)", -delta, key, fp32[key], torch8[key],
+                            MAP_BUDGET, extra=tag("int8_accuracy"))
+    ort, ds = record["eval"].get("onnxruntime", {}), record["eval"].get("deepsparse", {})
+    if "bbox_mAP" in ort and "bbox_mAP" in ds:
+        gap = ds["bbox_mAP"] - ort["bbox_mAP"]
+        record["deepsparse_minus_onnxruntime_bbox_mAP"] = gap
+        if abs(gap) > ENGINE_MATCH:
+            log.warning("quantize: DeepSparse INT8 bbox mAP %.4f differs from ONNX Runtime's %.4f "
+                        "by more than %.3f", ds["bbox_mAP"], ort["bbox_mAP"], ENGINE_MATCH,
+                        extra=tag("int8_engines"))
+
+
+class QuantizeStage:
+    """QAT after the last round, INT8 export and deployment, INT8 evaluation; summary `quantize`."""
+    name = "quantize"
+
+    def enabled(self, recipe: Recipe) -> bool:
+        return recipe.quantize.enabled
+
+    def done(self, run: RunFolder) -> bool:
+        record = run.read_summary().get("quantize")
+        if not record or not (run.quantize / "model.pt").is_file():
+            return False
+        return "export" not in record or deployment_intact(run.quantize / "export" / "deploy")
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        recipe, run, data, loaded = ctx.recipe, ctx.run, ctx.data, ctx.loaded
+        out = run.quantize
+        ipe = iterations_per_epoch(len(data.train), recipe.train.batch_size)
+        if (out / "model.pt").is_file() and (out / "train.json").is_file():
+            training = json.loads((out / "train.json").read_text())
+        else:
+            training = train_qat(loaded.model, loaded.mask, recipe, ctx.loaders, ipe, out,
+                                 ctx.progress)
+            write_json(out / "train.json", training)
+        if training["pruned_nonzero_after_training"]:
+            log.warning("quantize: %d pruned weights became nonzero during QAT",
+                        training["pruned_nonzero_after_training"], extra=tag("int8_zeros"))
+        model, qmask, layers = rebuild(loaded.model, loaded.mask, recipe, ipe, out)
+        record: dict[str, Any] = {**training, "eval": {}}
+        engines = list(recipe.evaluate.engines) if recipe.evaluate.enabled else ["torch"]
+        if recipe.export.enabled:
+            size = recipe.export.image_size or recipe.model.min_size
+            record["export"] = export_int8(model, qmask, _quantized_params(layers),
+                                           out / "export", image_size=size,
+                                           opset=recipe.export.opset, images=parity_images(size),
+                                           deploy_images=val_images(ctx.loaders))
+            if not record["export"]["zeros_preserved"]:
+                log.warning("quantize: the INT8 export lost zeros (see %s)",
+                            out / "export" / "verify.json", extra=tag("int8_zeros"))
+            if not record["export"]["parity_ok"]:
+                log.warning("quantize: INT8 ONNX Runtime vs fake-quant torch parity failed (see %s)",
+                            out / "export" / "verify.json", extra=tag("parity"))
+        else:
+            engines = ["torch"]
+        for engine in engines:
+            result = self._evaluate(engine, model, ctx)
+            record["eval"][engine] = _metrics(result)
+            warn_if_failed(f"{engine} (INT8)", result, record["eval"])
+        _compare(record, run.read_summary().get("eval", {}).get("torch") or {})
+        return record
+
+    def _evaluate(self, engine: str, model: torch.nn.Module, ctx: StageContext) -> dict[str, Any]:
+        data, recipe, out = ctx.data, ctx.recipe, ctx.run.quantize
+        out_dir = out / "eval" / engine
+        common = dict(convention=recipe.evaluate.convention, voc=recipe.data.dataset == "voc")
+        if engine == "deepsparse":
+            return evaluate_deployment(out / "export", ctx.loaders["val"], data.gt_path,
+                                       data.label_to_cat_id, data.task, out_dir, **common,
+                                       judge=summarize_int8)
+        if engine == "torch":
+            out_dir.mkdir(parents=True, exist_ok=True)
+            return evaluate_torch(model, ctx.loaders["val"], torch.device("cpu"), data.gt_path,
+                                  data.label_to_cat_id, data.task, out_dir, ctx.progress, **common)
+        return evaluate_engine(engine, out / "export" / "model.onnx", None, ctx.loaders["val"],
+                               data.gt_path, data.label_to_cat_id, data.task, out_dir,
+                               ctx.progress, **common)
