@@ -34,9 +34,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 import torch
 from torchvision.models.detection import maskrcnn_resnet50_fpn
@@ -44,6 +49,10 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
 from compress.lottery.allocator import allocate, layer_curves  # noqa: E402
+from compress.lottery.sparseml_adapter import sparseml_loggers  # noqa: E402
+from compress.quantize.qat import calibrated, quantized_layers  # noqa: E402
+from evaluate.runtimes.pipeline import to_canvas  # noqa: E402
+from export.int8_export import export_int8  # noqa: E402
 from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune, prune_to_counts  # noqa: E402
 from compress.lottery.profile import (build_profile, default_profile_path,  # noqa: E402
                                       layer_input_shapes, profile_key)
@@ -57,6 +66,7 @@ from export.onnx_export import export_full  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy.json"
 SPARSITIES = (0.0, 0.8, 0.9)
+INT8_SPARSITIES = (0.0, 0.9)
 
 
 def make_model(size: int) -> torch.nn.Module:
@@ -121,8 +131,46 @@ def export_all(size: int, distribution: str, folder: Path, cores: int) -> dict[f
         print(f"{sparsity:.0%}: sparsity {achieved['overall']:.3f}, deployment "
               f"{manifest['status']} ({manifest.get('parity', {}).get('detections_compared')} "
               f"detections compared)", flush=True)
-        out[sparsity] = {"folder": target, "achieved": achieved, "parity": manifest.get("parity")}
+        out[sparsity] = {"folder": target, "achieved": achieved, "parity": manifest.get("parity"),
+                         "model": model}
     return out
+
+
+def export_int8_all(models: dict[float, dict], size: int, folder: Path) -> dict[float, dict]:
+    """The dense model and the 90% ticket as INT8 (`compress.quantize.qat.calibrated`: SparseML's
+    QAT structure, observers calibrated on the parity images; latency needs no trained values),
+    exported like a run's quantize stage (`export.int8_export.export_int8`: QDQ full graph,
+    deployment with integer heavy parts, zeros verified)."""
+    images = parity_images(size)[:2]
+    out = {}
+    for sparsity in INT8_SPARSITIES:
+        model = calibrated(models[sparsity]["model"], images, loggers=sparseml_loggers(folder / "logs"))
+        quantized = {f"{layer}.weight" for layer in quantized_layers(model)}
+        mask = {n: p.detach() != 0 for n, p in model.named_parameters() if n in quantized}
+        target = folder / f"int8_s{int(sparsity * 100)}"
+        record = export_int8(model, mask, quantized, target, image_size=size, opset=17,
+                             images=images)
+        print(f"INT8 {sparsity:.0%}: zeros preserved {record['zeros_preserved']}, torch parity "
+              f"{record['parity_ok']}, deployment {record['deploy']['status']}, "
+              f"{record['integer_op_fraction']:.0%} of heavy convs / matmuls integer", flush=True)
+        out[sparsity] = {"folder": target, "record": record}
+    return out
+
+
+def dense_int8_baselines(models: dict[float, dict], size: int, python: Path,
+                         folder: Path) -> dict[str, Any]:
+    """NNCF and ONNX Runtime static INT8 of the dense fp32 full graph, built by
+    benchmarks/int8_baselines.py in the side environment `python`; {name: file or {failed}}."""
+    canvas = folder / "calibration.npy"
+    np.save(canvas, np.stack([to_canvas(i, size, size)[0] for i in parity_images(size)]))
+    done = subprocess.run([str(python), str(Path(__file__).with_name("int8_baselines.py")),
+                           "--onnx", str(models[0.0]["folder"] / "model.onnx"), "--images",
+                           str(canvas), "--out", str(folder / "baselines")],
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        reason = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return {name: {"failed": reason} for name in ("nncf_int8", "ort_static_int8")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -136,6 +184,12 @@ def main() -> None:
     parser.add_argument("--openvino", action="store_true",
                         help="also time the dense model on OpenVINO (default precision and fp32), "
                              "full graph and on the same partition (pip install '.[openvino]')")
+    parser.add_argument("--int8", action="store_true",
+                        help="also the dense model and the 90%% ticket as INT8 (QDQ on ONNX Runtime, "
+                             "integer parts on DeepSparse; with --openvino the QDQ graph on OpenVINO)")
+    parser.add_argument("--baselines-python", type=Path, default=None,
+                        help="with --int8: the side environment's python that builds the dense "
+                             "NNCF and ORT static INT8 baselines (benchmarks/int8_baselines.py)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     pin_cores(args.cores)
@@ -143,21 +197,37 @@ def main() -> None:
     info = machine(args.cores)
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
         models = export_all(args.image_size, args.distribution, Path(tmp), args.cores)
-        rows = bench_all(models, args)
+        int8 = export_int8_all(models, args.image_size, Path(tmp)) if args.int8 else {}
+        baselines = (dense_int8_baselines(models, args.image_size, args.baselines_python, Path(tmp))
+                     if args.int8 and args.baselines_python else {})
+        rows = bench_all(models, args, int8, baselines)
     write_json(args.out, {"machine": finish(info), "distribution": args.distribution,
                           "iterations": args.iterations, "warmup": args.warmup,
                           "results": rows, "ratios": ratios(rows),
-                          "competitors": competitors(rows)})
+                          "competitors": competitors(rows), "int8": int8_ratios(rows),
+                          "int8_exports": {str(s): v["record"] for s, v in int8.items()},
+                          "int8_baselines": baselines})
     print_table(rows, info)
     print(f"wrote {args.out}")
 
 
-def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]:
+def bench_all(models: dict[float, dict], args: argparse.Namespace, int8: dict[float, dict],
+              baselines: dict[str, Any]) -> list[dict]:
     """Every model on both engines, plus the dense deployment with every part on ONNX Runtime
-    (what the partition and its torch mask pasting give without sparsity): seven runners,
-    interleaved call by call."""
-    targets = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
-               for engine in ("onnxruntime", "deepsparse")}
+    (what the partition and its torch mask pasting give without sparsity), plus the INT8 rows
+    (`variant`): all interleaved call by call."""
+    targets: dict[tuple, tuple] = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
+                                   for engine in ("onnxruntime", "deepsparse")}
+    for s, entry in int8.items():
+        targets[(s, "deepsparse", "int8")] = (entry["folder"], "deepsparse")
+    if 0.0 in int8:
+        targets[(0.0, "onnxruntime", "int8")] = (int8[0.0]["folder"], "onnxruntime")
+        if args.openvino:
+            targets[(0.0, "openvino", "int8")] = (int8[0.0]["folder"], "openvino", "full_graph")
+    for name, engine in (("nncf_int8", "openvino"), ("ort_static_int8", "onnxruntime")):
+        if isinstance(baselines.get(name), str):
+            targets[(0.0, engine, name)] = (models[0.0]["folder"], engine, "full_graph",
+                                            baselines[name])
     targets[(0.0, "onnxruntime/deployment")] = (models[0.0]["folder"], "onnxruntime", "deployment")
     if args.openvino:  # the dense model on OpenVINO: full graph, and on the same partition
         for engine in OPENVINO_ENGINES:
@@ -165,9 +235,14 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace) -> list[dict]
                 targets[(0.0, f"{engine}/{runner}")] = (models[0.0]["folder"], engine, runner)
     rows = bench_pipelines(targets, parity_images(args.image_size)[:2], warmup=args.warmup,
                            iterations=args.iterations, cores=args.cores)
-    return [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": s,
-             "achieved_sparsity": models[s]["achieved"], "parity": models[s]["parity"],
-             **rows[(s, engine)]} for (s, engine) in targets]
+    failed = [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": 0.0,
+               "engine": engine, "variant": name, "runner": "full_graph", "status": "failed",
+               "reason": baselines[name]["failed"], "p50_ms": None}
+              for name, engine in (("nncf_int8", "openvino"), ("ort_static_int8", "onnxruntime"))
+              if isinstance(baselines.get(name), dict)]
+    return [{"model": "maskrcnn_resnet50_fpn", "image_size": args.image_size, "sparsity": key[0],
+             "achieved_sparsity": models[key[0]]["achieved"], "parity": models[key[0]]["parity"],
+             "variant": key[2] if len(key) > 2 else "fp32", **rows[key]} for key in targets] + failed
 
 
 def competitors(rows: list[dict]) -> dict[str, float | None]:
@@ -177,16 +252,41 @@ def competitors(rows: list[dict]) -> dict[str, float | None]:
     ticket = _p50(rows, "deepsparse", 0.9, "deployment")
     out: dict[str, float | None] = {}
     for r in rows:
-        if r["engine"] in OPENVINO_ENGINES and r["status"] == "ok":
+        if r["engine"] in OPENVINO_ENGINES and r["status"] == "ok" and r.get("variant", "fp32") == "fp32":
             label = f"{r['engine']}_{r['runner']}"
             out[f"{label}_over_ort"] = full / r["p50_ms"] if full else None
             out[f"ticket_90_over_{label}"] = r["p50_ms"] / ticket if ticket else None
     return out
 
 
-def _p50(rows: list[dict], engine: str, sparsity: float, runner: str) -> float | None:
+def _p50(rows: list[dict], engine: str, sparsity: float, runner: str,
+         variant: str = "fp32") -> float | None:
     return next((r["p50_ms"] for r in rows if r["engine"] == engine and r["sparsity"] == sparsity
-                 and r.get("runner") == runner and r["status"] == "ok"), None)
+                 and r.get("runner") == runner and r.get("variant", "fp32") == variant
+                 and r["status"] == "ok"), None)
+
+
+def int8_ratios(rows: list[dict]) -> dict[str, Any]:
+    """The sparse INT8 ticket (90%, DeepSparse deployment) against: ORT's dense fp32 full graph
+    (`end_to_end`), the best dense INT8 row of this run (`over_best_dense_int8`, which it names),
+    the dense INT8 model on the same deployment (`sparsity_gain`) and the fp32 90% ticket on
+    DeepSparse (`int8_gain`)."""
+    ticket = _p50(rows, "deepsparse", 0.9, "deployment", "int8")
+    if not ticket:
+        return {}
+    dense_int8 = {f"{r['engine']}/{r['variant']}/{r['runner']}": r["p50_ms"] for r in rows
+                  if r["sparsity"] == 0.0 and r.get("variant", "fp32") != "fp32"
+                  and r["status"] == "ok"}
+    best = min(dense_int8, key=dense_int8.get) if dense_int8 else None
+    full = _p50(rows, "onnxruntime", 0.0, "full_graph")
+    dense_ds = _p50(rows, "deepsparse", 0.0, "deployment", "int8")
+    fp32_ticket = _p50(rows, "deepsparse", 0.9, "deployment")
+    return {"ticket_int8_ms": ticket, "end_to_end": full / ticket if full else None,
+            "best_dense_int8": best,
+            "over_best_dense_int8": dense_int8[best] / ticket if best else None,
+            "sparsity_gain": dense_ds / ticket if dense_ds else None,
+            "int8_gain": fp32_ticket / ticket if fp32_ticket else None,
+            "dense_int8_ms": dense_int8}
 
 
 def ratios(rows: list[dict]) -> dict[str, float | None]:
@@ -200,7 +300,7 @@ def ratios(rows: list[dict]) -> dict[str, float | None]:
     dense = _p50(rows, "deepsparse", 0.0, "deployment")
     out: dict[str, float | None] = {}
     for r in rows:
-        if r["engine"] != "deepsparse":
+        if r["engine"] != "deepsparse" or r.get("variant", "fp32") != "fp32":
             continue
         key, found = int(r["sparsity"] * 100), speedups(full, dense, r)
         p50 = r["p50_ms"] if r["status"] == "ok" else None
@@ -218,11 +318,12 @@ def print_table(rows: list[dict], info: dict) -> None:
           f"{info['load_avg_before']}{' UNDER LOAD' if info['under_load'] else ''}")
     for r in rows:
         p50 = f"{r['p50_ms']:.1f}" if r.get("p50_ms") else "-"
-        print(f"{r['sparsity']:.0%} {r['engine']:<12} {r.get('runner', ''):<11} {r['status']:<7} "
+        print(f"{r['sparsity']:.0%} {r['engine']:<12} {r.get('variant', 'fp32'):<15} "
+              f"{r.get('runner', ''):<11} {r['status']:<7} "
               f"p50 {p50} ms{'  ' + r['reason'] if r.get('reason') else ''}")
     deployed = [r for r in rows if r.get("runner") == "deployment" and r["status"] == "ok"]
     names = list(dict.fromkeys(p for r in deployed for p in r["parts"]))
-    header = " | ".join(f"{r['sparsity']:.0%} {r['engine']}" for r in deployed)
+    header = " | ".join(f"{r['sparsity']:.0%} {r['engine']} {r.get('variant', 'fp32')}" for r in deployed)
     print(f"\n| part | engine (DeepSparse rows) | {header} |")
     print("|---|---|" + "---|" * len(deployed))
     ds = next((r for r in deployed if r["engine"] == "deepsparse"), deployed[0] if deployed else {})
@@ -231,6 +332,13 @@ def print_table(rows: list[dict], info: dict) -> None:
                            for r in deployed)
         print(f"| {name} | {ds.get('part_engines', {}).get(name, '?')} | {cells} |")
     found = ratios(rows)
+    int8 = int8_ratios(rows)
+    if int8:
+        print(f"INT8 90% ticket on DeepSparse {int8['ticket_int8_ms']:.1f} ms: end to end "
+              f"{_fmt(int8['end_to_end'])} (ORT dense fp32 full graph / it), "
+              f"{_fmt(int8['over_best_dense_int8'])} over the best dense INT8 ({int8['best_dense_int8']}), "
+              f"sparsity's own gain at INT8 {_fmt(int8['sparsity_gain'])}, INT8 over the fp32 "
+              f"ticket {_fmt(int8['int8_gain'])}")
     for key, value in competitors(rows).items():
         print(f"{key}: {_fmt(value)}")
     for key in (80, 90):

@@ -11,6 +11,7 @@ within 0.005 of ONNX Runtime).
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,11 +22,12 @@ import torch
 
 from compress.core.atomic import write_json
 from export.deploy.build import build_deployment
-from export.deploy.int8 import to_deepsparse_int8, verify_int8_zeros
+from export.deploy.int8 import convert_deployment, verify_int8_zeros
 from export.onnx_export import export_full
 from export.verify import verify_zeros
 from evaluate.runtimes.parity import summarize_int8
-from evaluate.runtimes.pipeline import OnnxDetector
+from evaluate.runtimes.manifest import MANIFEST
+from evaluate.runtimes.pipeline import OnnxDetector, to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,18 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
     export_full(model, full, image_size=image_size, opset=opset)
     zeros_full = verify_zeros(full, model, mask)
     parity = torch_vs_onnx(model, full, images)
-    manifest = build_deployment(full, out_dir / "deploy", canvas_size=image_size,
+    deploy = out_dir / "deploy"
+    images = [*deploy_images, *images]
+    manifest = build_deployment(full, deploy, canvas_size=image_size,
                                 roi_count=int(model.rpn._post_nms_top_n["testing"]),
                                 max_detections=int(model.roi_heads.detections_per_img),
-                                images=[*deploy_images, *images],
-                                heavy_transform=to_deepsparse_int8, judge=summarize_int8)
-    parts = [onnx.load(str(out_dir / "deploy" / p["file"])) for p in manifest["parts"]
+                                images=images, judge=summarize_int8)
+    conversion = None
+    if manifest["status"] == "ok":  # the partition holds: now its heavy parts to integers
+        canvases = [to_canvas(image, image_size, image_size)[0] for image in images]
+        conversion = convert_deployment(deploy, full, canvases)
+        manifest = json.loads((deploy / MANIFEST).read_text())
+    parts = [onnx.load(str(deploy / p["file"])) for p in manifest["parts"]
              if p["runtime"] == "deepsparse"]
     keep = {n: m.cpu().numpy().astype(bool) for n, m in mask.items()}
     zeros_deploy = verify_int8_zeros(parts, keep, quantized)
@@ -76,9 +84,11 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
               "parity_ok": parity["status"] == "ok", "parity_reason": parity.get("reason"),
               "deploy": {"status": manifest["status"],
                          "parts": [p["name"] for p in manifest["parts"]],
-                         "parity": manifest.get("parity"), "reason": manifest.get("reason")}}
-    log.info("int8 export %s: zeros preserved %s, torch parity %s, deployment %s", out_dir,
-             record["zeros_preserved"], parity["status"], manifest["status"])
+                         "parity": manifest.get("parity"), "reason": manifest.get("reason"),
+                         "int8_conversion": conversion}}
+    log.info("int8 export %s: zeros preserved %s, torch parity %s, deployment %s, integer parts "
+             "vs QDQ graph %s", out_dir, record["zeros_preserved"], parity["status"],
+             manifest["status"], (conversion or {}).get("status"))
     return record
 
 

@@ -48,7 +48,7 @@ def qat_model(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe, 
 def _schedule(recipe: Recipe, ipe: int) -> Schedule:
     q, t = recipe.quantize, recipe.train
     return Schedule(total_iterations=q.iterations, iterations_per_epoch=ipe,
-                    lr=q.lr if q.lr is not None else t.lr / 10, momentum=t.momentum,
+                    lr=q.lr if q.lr is not None else t.lr / 100, momentum=t.momentum,
                     weight_decay=t.weight_decay, warmup_iterations=0, warmup_factor=1.0,
                     lr_steps=(), lr_gamma=1.0, grad_clip=t.grad_clip, amp=False,
                     log_every=t.log_every)

@@ -13,6 +13,7 @@ makes SparseML build a slot-free subclass instead; nothing else of SparseML's QA
 """
 from __future__ import annotations
 
+import copy
 import logging
 from typing import Any, Mapping
 
@@ -137,3 +138,16 @@ def freeze(model: nn.Module) -> nn.Module:
     model.apply(torch.ao.quantization.disable_observer)
     model.apply(torch.ao.quantization.enable_fake_quant)
     return model
+
+
+@torch.no_grad()
+def calibrated(model: nn.Module, images: list[torch.Tensor], loggers: Any = None) -> nn.Module:
+    """A post-training INT8 copy of `model` for latency only: BatchNorms folded, SparseML's
+    fake-quant wrappers, observers run once over `images` (eval mode), then frozen. What QAT
+    would train changes the values, not the graph or its speed."""
+    model = copy.deepcopy(model).eval()
+    prepare_qat(model, quantization_manager(quantization_recipe(None)), loggers=loggers)
+    model.eval()
+    for image in images:
+        model([image])
+    return freeze(model)

@@ -186,7 +186,7 @@ class QuantizeCfg(_Section):
     !QuantizationModifier, the ticket's zeros held."""
     enabled: bool = False
     iterations: int = Field(100, ge=1, le=10_000_000)
-    lr: Optional[float] = Field(None, gt=0, le=10)  # None: train.lr / 10
+    lr: Optional[float] = Field(None, gt=0, le=10)  # None: train.lr / 100 (SparseML's QAT recipes)
     observer_freeze: float = Field(0.75, gt=0, le=1)  # of the iterations: scales fixed after it
 
 

@@ -18,6 +18,7 @@ from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
 from compress.report.transfer_section import sec_transfer
+from compress.report.int8_section import sec_int8
 from compress.run.checks import parity_note, run_warnings
 from evaluate.runtimes.pipeline_bench import describe_speedups
 from evaluate.runtimes.protocol import load_note
@@ -333,6 +334,7 @@ SECTIONS: list[tuple[str, str, Callable[[Section, list[RunData], Path], None]]] 
     ("ap-deltas", "AP by object size and category: ticket - dense", sec_ap_deltas),
     ("size-macs", "Disk size and MACs vs sparsity", sec_size_macs),
     ("latency", "Latency per engine", sec_latency),
+    ("int8", "INT8 ticket: quantization after the lottery", sec_int8),
     ("early-bird", "Early-bird IoU per round", sec_early_bird),
     ("runtime", "Runtime-aware sparsity: per-layer spread, predicted vs measured latency", sec_runtime),
     ("gallery", "Predictions: dense vs ticket", sec_gallery),

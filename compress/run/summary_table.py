@@ -33,9 +33,11 @@ def format_summary(summary: dict[str, Any]) -> str:
     if export:
         lines.append(f"export: onnx {export.get('onnx_bytes')} B, compact {export.get('compact_bytes')} B, "
                      f"zeros preserved {export.get('zeros_preserved')}, max |diff| {export.get('max_abs_diff')}")
+    lines += quantize_lines(summary.get("quantize"), (summary.get("eval") or {}).get("torch") or {})
     for row in summary.get("bench") or []:
         if row.get("p50_ms") is not None:
-            lines.append(f"bench {row.get('graph', '')} {row['engine']} batch {row['batch']}: "
+            model = f" ({row['model']})" if row.get("graph") == "pipeline" and row.get("model") else ""
+            lines.append(f"bench {row.get('graph', '')}{model} {row['engine']} batch {row['batch']}: "
                          f"p50 {row['p50_ms']:.1f} ms, "
                          f"{row.get('items_per_s', 0):.2f} items/s")
     return "\n".join(lines)
@@ -59,4 +61,36 @@ def _control_lines(rounds: list[dict[str, Any]], metric: str | None) -> list[str
             lines.append(f"round {r['round']} over {len(values)} seeds ({metric}): "
                          f"{statistics.fmean(values):.4f} +- {statistics.stdev(values):.4f} (sd; "
                          + ", ".join(f"{v:.4f}" for v in values) + ")")
+    return lines
+
+
+def quantize_lines(record: dict[str, Any] | None, fp32: dict[str, Any]) -> list[str]:
+    """The INT8 ticket in two lines: its mAP per engine beside the fp32 ticket's, and its export."""
+    if not record:
+        return []
+    cells = []
+    for engine, result in (record.get("eval") or {}).items():
+        value = result.get("bbox_mAP")
+        failed = "" if result.get("status", "ok") == "ok" else " FAILED"
+        cells.append(f"{engine} {_cell(value)}{failed}")
+    base = fp32.get("bbox_mAP")
+    delta = record.get("delta_bbox_mAP")
+    cost = record.get("quantization_cost_bbox_mAP")
+    lines = [f"quantize: INT8 ticket after {record.get('iterations')} QAT iterations, bbox mAP "
+             + ", ".join(cells) + (f" (fp32 ticket {base:.4f}, {delta:+.4f} on torch)"
+                                   if isinstance(base, float) and isinstance(delta, float) else "")
+             + (f"; quantization alone costs {cost:+.4f} (the same weights without fake-quant)"
+                if isinstance(cost, float) else "")]
+    export = record.get("export")
+    if export:
+        deploy = export.get("deploy") or {}
+        conversion = deploy.get("int8_conversion") or {}
+        agree = (f", integer parts vs QDQ graph: {conversion['agreed']} of "
+                 f"{conversion['confident_detections']} confident detections agree"
+                 if conversion.get("confident_detections") else "")
+        lines.append(f"quantize export: zeros preserved {export.get('zeros_preserved')}, torch "
+                     f"parity {'ok' if export.get('parity_ok') else 'FAILED'}, deployment "
+                     f"{deploy.get('status')} ({export.get('deploy_heavy_bytes')} B of INT8 parts, "
+                     f"{export.get('integer_op_fraction', 0):.0%} of their convs / matmuls "
+                     f"integer{agree})")
     return lines

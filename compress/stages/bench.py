@@ -75,11 +75,17 @@ def pipeline_rows(loaded: Any, engines: list[str], images: list[Any],
     dense = dense_counterpart(loaded) if "deepsparse" in engines else None
     if dense is not None:
         targets["deepsparse_dense"] = (dense, "deepsparse")
+    int8 = loaded.run.quantize / "export"
+    int8_engines = [e for e in engines if _deployed(int8 / "deploy" / "manifest.json")]
+    targets.update({f"{e}_int8": (int8, e) for e in int8_engines})
     found = bench_pipelines(targets, images, warmup=cfg.warmup, iterations=cfg.iterations,
                             cores=cores)
     rows = [{**found[e], "model": "ticket"} for e in engines]
     if dense is not None:
         rows.append({**found["deepsparse_dense"], "model": "dense (round 0)"})
+    rows += [{**found[f"{e}_int8"], "model": "INT8 ticket"} for e in int8_engines]
+    if "deepsparse" in int8_engines:
+        say_int8(found)
     ticket = next((r for r in rows if r["engine"] == "deepsparse" and r["model"] == "ticket"), None)
     if ticket is not None:
         full = found.get("onnxruntime", {})
@@ -118,6 +124,20 @@ def dense_counterpart(loaded: Any) -> Path | None:
 def _deployed(manifest: Path) -> bool:
     """An export's deployment that can be run: written, and its parity check passed."""
     return manifest.is_file() and json.loads(manifest.read_text()).get("status") == "ok"
+
+
+def say_int8(found: dict[str, dict[str, Any]]) -> None:
+    """The INT8 ticket's deployed time against the fp32 ticket and ORT's full graphs, one line."""
+    def p50(key: str) -> float | None:
+        row = found.get(key) or {}
+        return row.get("p50_ms") if row.get("status") == "ok" else None
+    mine = p50("deepsparse_int8")
+    if mine is None:
+        return
+    parts = [f"{label} {p50(key) / mine:.2f}x" for key, label in
+             (("onnxruntime", "vs ORT fp32 full graph"), ("onnxruntime_int8", "vs ORT INT8 full graph"),
+              ("deepsparse", "vs the fp32 ticket on DeepSparse")) if p50(key)]
+    log.info("deployment INT8: %.1f ms; %s", mine, ", ".join(parts) or "nothing to compare")
 
 
 def say_speedups(found: dict[str, float | None]) -> None:

@@ -5,6 +5,7 @@ torch (fake-quant), ONNX Runtime and DeepSparse, beside the fp32 ticket's. Every
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from typing import Any
@@ -17,12 +18,12 @@ from compress.recipe.schema import Recipe
 from compress.run.checks import tag
 from compress.run.folder import RunFolder
 from compress.run.setup import iterations_per_epoch
-from compress.run.torch_eval import evaluate_torch
+from compress.run.torch_eval import coco_results, evaluate_torch, score_results
 from compress.stages.base import StageContext
 from compress.stages.evaluate import evaluate_deployment, evaluate_engine, warn_if_failed
 from compress.stages.export import parity_images, val_images
 from evaluate.runtimes.parity import summarize_int8
-from evaluate.runtimes.pipeline import deployment_intact
+from evaluate.runtimes.pipeline import DeployedDetector, deployment_intact, predict_onnx
 from export.int8_export import export_int8
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,10 @@ def _compare(record: dict[str, Any], fp32: dict[str, Any]) -> None:
     """Deltas against the fp32 ticket and between engines, in place; warnings where they exceed
     the budgets."""
     torch8 = record["eval"].get("torch", {})
+    plain = record.get("eval_without_quantization", {})
     for key in ("bbox_mAP", "segm_mAP", "keypoints_mAP"):
+        if key in torch8 and key in plain:
+            record[f"quantization_cost_{key}"] = plain[key] - torch8[key]
         if key in torch8 and key in fp32:
             delta = torch8[key] - fp32[key]
             record[f"delta_{key}"] = delta
@@ -99,17 +103,39 @@ class QuantizeStage:
             if not record["export"]["zeros_preserved"]:
                 log.warning("quantize: the INT8 export lost zeros (see %s)",
                             out / "export" / "verify.json", extra=tag("int8_zeros"))
+            conversion = record["export"]["deploy"].get("int8_conversion") or {}
+            if conversion.get("status") == "failed":
+                log.warning("quantize: the integer parts differ from the QDQ graph on confident "
+                            "detections (%s)", conversion.get("reason"), extra=tag("parity"))
+            elif conversion:
+                log.info("quantize: integer parts vs the QDQ graph on ONNX Runtime: %d of %d "
+                         "confident detections agree", conversion["agreed"],
+                         conversion["confident_detections"])
             if not record["export"]["parity_ok"]:
                 log.warning("quantize: INT8 ONNX Runtime vs fake-quant torch parity failed (see %s)",
                             out / "export" / "verify.json", extra=tag("parity"))
         else:
             engines = ["torch"]
+        if "onnxruntime" in engines:
+            engines.insert(engines.index("onnxruntime") + 1, "onnxruntime_qdq")
         for engine in engines:
             result = self._evaluate(engine, model, ctx)
             record["eval"][engine] = _metrics(result)
             warn_if_failed(f"{engine} (INT8)", result, record["eval"])
+        record["eval_without_quantization"] = _metrics(self._without_quantization(model, ctx))
         _compare(record, run.read_summary().get("eval", {}).get("torch") or {})
         return record
+
+    def _without_quantization(self, model: torch.nn.Module, ctx: StageContext) -> dict[str, Any]:
+        """The same trained weights with fake quantization off: what quantization alone costs
+        (the phase also trains, so against the fp32 ticket a change mixes both)."""
+        data, out_dir = ctx.data, ctx.run.quantize / "eval" / "torch_without_quantization"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plain = copy.deepcopy(model).apply(torch.ao.quantization.disable_fake_quant)
+        return evaluate_torch(plain, ctx.loaders["val"], torch.device("cpu"), data.gt_path,
+                              data.label_to_cat_id, data.task, out_dir, ctx.progress,
+                              convention=ctx.recipe.evaluate.convention,
+                              voc=ctx.recipe.data.dataset == "voc")
 
     def _evaluate(self, engine: str, model: torch.nn.Module, ctx: StageContext) -> dict[str, Any]:
         data, recipe, out = ctx.data, ctx.recipe, ctx.run.quantize
@@ -119,10 +145,16 @@ class QuantizeStage:
             return evaluate_deployment(out / "export", ctx.loaders["val"], data.gt_path,
                                        data.label_to_cat_id, data.task, out_dir, **common,
                                        judge=summarize_int8)
+        out_dir.mkdir(parents=True, exist_ok=True)
         if engine == "torch":
-            out_dir.mkdir(parents=True, exist_ok=True)
             return evaluate_torch(model, ctx.loaders["val"], torch.device("cpu"), data.gt_path,
                                   data.label_to_cat_id, data.task, out_dir, ctx.progress, **common)
-        return evaluate_engine(engine, out / "export" / "model.onnx", None, ctx.loaders["val"],
-                               data.gt_path, data.label_to_cat_id, data.task, out_dir,
-                               ctx.progress, **common)
+        if engine == "onnxruntime_qdq":  # the QDQ full graph: what ONNX Runtime alone would run
+            return evaluate_engine("onnxruntime", out / "export" / "model.onnx", None,
+                                   ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
+                                   data.task, out_dir, ctx.progress, **common)
+        # onnxruntime: the INT8 deployment itself (the integer parts DeepSparse runs), on ORT
+        with DeployedDetector(out / "export", engine="onnxruntime") as detector:
+            predictions = predict_onnx(detector, ctx.loaders["val"])
+        return score_results(data.gt_path, coco_results(predictions, data.label_to_cat_id, data.task),
+                             data.task, out_dir, **common)

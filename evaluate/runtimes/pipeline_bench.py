@@ -28,10 +28,11 @@ def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "parts": {}, **fields}
 
 
-def _detector(export_dir: Path, engine: str, cores: int, runner: str) -> Any:
+def _detector(export_dir: Path, engine: str, cores: int, runner: str,
+              source: Path | None = None) -> Any:
     manifest = read_manifest(export_dir)
     if runner == "full_graph":
-        full = Path(manifest["folder"]).parent / manifest["source"]
+        full = source or Path(manifest["folder"]).parent / manifest["source"]
         height, width = manifest["canvas"]["height"], manifest["canvas"]["width"]
         if engine in OPENVINO_ENGINES:
             missing = openvino_missing_reason()
@@ -56,22 +57,25 @@ def _runner(target: tuple) -> str:
 def bench_pipelines(targets: Mapping[str, tuple],
                     images: Sequence[torch.Tensor], *, warmup: int = 2, iterations: int = 10,
                     repeats: int = 1, cores: int | None = None) -> dict[str, dict[str, Any]]:
-    """A row per target label -> (export folder, engine[, runner]), every target interleaved call
-    by call.
+    """A row per target label -> (export folder, engine[, runner[, model file]]), every target
+    interleaved call by call.
 
     onnxruntime runs the exported full graph, deepsparse the deployment (DeepSparse parts in its
     child, glue on ONNX Runtime), both on the same canvas; (folder, "onnxruntime", "deployment")
     runs the deployment with every part on ONNX Runtime; engine "openvino" / "openvino-fp32"
     (the optional extra) runs the full graph, or with runner "deployment" the same partition
-    with OpenVINO in DeepSparse's place. Each row names its `runner`. A crash or timeout is a
-    failed row.
+    with OpenVINO in DeepSparse's place. A model file (4th element, full_graph runner) times
+    that file instead of the folder's full graph on the folder's canvas (e.g. a dense INT8 model
+    another tool wrote: an OpenVINO IR .xml, an ONNX Runtime quantized .onnx). Each row names its
+    `runner`. A crash or timeout is a failed row.
     """
     cores = cores or physical_cores()
-    plans = {label: (Path(t[0]), t[1], _runner(t)) for label, t in targets.items()}
+    plans = {label: (Path(t[0]), t[1], _runner(t), Path(t[3]) if len(t) > 3 else None)
+             for label, t in targets.items()}
     runners, failures, opened = {}, {}, {}
-    for label, (folder, engine, runner) in plans.items():
+    for label, (folder, engine, runner, source) in plans.items():
         try:
-            detector = _detector(folder, engine, cores, runner)
+            detector = _detector(folder, engine, cores, runner, source)
         except (DeepSparseFailed, EngineUnavailable, ModelFileError) as err:  # a failed row
             failures[label] = str(err).strip().splitlines()[0] if str(err).strip() else repr(err)
             continue
@@ -92,7 +96,7 @@ def bench_pipelines(targets: Mapping[str, tuple],
         for detector in opened.values():
             detector.close()
     rows = {}
-    for label, (_, engine, runner) in plans.items():
+    for label, (_, engine, runner, _) in plans.items():
         reason = failures.get(label) or errors.get(label)
         if reason or not latencies.get(label):
             rows[label] = _row(engine, "failed", cores, runner=runner,

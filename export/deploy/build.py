@@ -57,17 +57,12 @@ def _border_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return types
 
 
-def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path,
-                 heavy_transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
-                 ) -> list[dict[str, Any]]:
+def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> list[dict[str, Any]]:
     types = _border_types(model)
     entries = []
     for index, part in enumerate(parts):
         name = f"{index:02d}_{part.name}.onnx"
-        proto = part_model(model, part, types)
-        if heavy_transform is not None and part.runtime == "deepsparse":
-            proto = heavy_transform(proto)
-        data = proto.SerializeToString()
+        data = part_model(model, part, types).SerializeToString()
         write_bytes(out_dir / name, data)  # atomic: a killed export leaves no half part
         entry = {"name": part.name, "file": name, "runtime": part.runtime,
                  "inputs": part.inputs, "outputs": part.outputs,
@@ -171,13 +166,12 @@ def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
 def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
                      canvas_size: int, roi_count: int, max_detections: int,
                      images: Sequence[Any],
-                     heavy_transform: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None,
                      judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Partition `full_onnx` into `out_dir` and verify it on `images` (3xHxW tensors in [0, 1]).
 
-    `heavy_transform` rewrites each DeepSparse part before it is written (the INT8 conversion,
-    `export.deploy.int8`); `judge` then decides the parity of the partition against the full
-    graph, both on ONNX Runtime (default: `summarize` within 1e-2 px; INT8: `summarize_int8`).
+    `judge` decides the partition's parity with the full graph (default `summarize` within
+    1e-2 px; a QDQ graph: `summarize_int8`, since ONNX Runtime fuses Q/DQ pairs by the graph's
+    shape and a cut changes which it fuses).
 
     Returns the manifest; `status` is "ok", "failed" (parity) or "unsupported" (no partition).
     """
@@ -192,7 +186,7 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
             "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
                        "placement": "resized with aspect kept (bilinear), top-left"}}
     try:
-        entries = _write_parts(model, partition(model), out_dir, heavy_transform)
+        entries = _write_parts(model, partition(model), out_dir)
     except PartitionError as err:
         manifest = {**base, "status": "unsupported", "reason": str(err), "parts": []}
         write_json(out_dir / MANIFEST, manifest)
@@ -220,7 +214,8 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
 def verify_deployment(full_onnx: str | os.PathLike, folder: Path,
                       canvases: Sequence[np.ndarray],
                       judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The partition (all parts on ONNX Runtime) against the full graph on the same canvases."""
+    """The partition (all parts on ONNX Runtime) against the full graph on the same canvases;
+    `judge` decides (default `summarize` within 1e-2 px; an INT8 conversion: `summarize_int8`)."""
     session = ort_session(full_onnx, spinning=False)
     names = [o.name for o in session.get_outputs()]
     pairs = []

@@ -15,11 +15,19 @@ between several convs, which SparseML's conv transform deletes once per conv (Va
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
+
+from compress.core.atomic import write_bytes, write_json
+from evaluate.runtimes.manifest import MANIFEST
+from evaluate.runtimes.parity import summarize_int8
+from export.deploy.build import verify_deployment
 
 log = logging.getLogger(__name__)
 
@@ -119,3 +127,27 @@ def verify_int8_zeros(parts: list[onnx.ModelProto], mask: dict[str, np.ndarray],
             failed.append(name)
     return {"checked": len(tensors), "failed": failed, "tensors": tensors,
             "passed": not failed and bool(tensors)}
+
+
+def convert_deployment(folder: Path, full_onnx: Path, canvases: list[np.ndarray]) -> dict:
+    """Turn a QDQ deployment (partitioned and checked against its QDQ full graph by
+    `build_deployment`) into the INT8 deployment, in place: each DeepSparse part converted by
+    `to_deepsparse_int8`, rewritten atomically with its new sha256, the manifest rewritten last
+    (removed first: a kill in between leaves nothing for a resume to trust). The converted
+    partition is then checked on ONNX Runtime against the QDQ full graph (`summarize_int8`:
+    SparseML's integer form also quantizes the residual adds, which the QDQ graph does not);
+    returns that check, also stored as the manifest's `int8_conversion`."""
+    path = folder / MANIFEST
+    manifest = json.loads(path.read_text())
+    path.unlink()
+    for entry in manifest["parts"]:
+        if entry["runtime"] != "deepsparse":
+            continue
+        data = to_deepsparse_int8(onnx.load(str(folder / entry["file"]))).SerializeToString()
+        write_bytes(folder / entry["file"], data)
+        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), precision="int8")
+    write_json(path, {**manifest, "status": "draft"})  # the check below runs the new parts
+    check = verify_deployment(full_onnx, folder, canvases, judge=summarize_int8)
+    manifest["int8_conversion"] = check
+    write_json(path, manifest)
+    return check
