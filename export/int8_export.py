@@ -21,6 +21,7 @@ import onnx
 import torch
 
 from compress.core.atomic import write_json
+from export.compact import pack
 from export.deploy.build import build_deployment
 from export.deploy.int8 import convert_deployment, verify_int8_zeros
 from export.onnx_export import export_full
@@ -72,7 +73,12 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
              if p["runtime"] == "deepsparse"]
     keep = {n: m.cpu().numpy().astype(bool) for n, m in mask.items()}
     zeros_deploy = verify_int8_zeros(parts, keep, quantized)
+    archives = out_dir / "archives"  # each INT8 heavy part as a compact archive (export.compact)
+    for entry in manifest["parts"]:
+        if entry["runtime"] == "deepsparse":
+            pack(deploy / entry["file"], archives / (Path(entry["file"]).stem + ".lthz"))
     sizes = {"onnx_bytes": full.stat().st_size,
+             "compact_int8_bytes": sum(p.stat().st_size for p in archives.glob("*.lthz")),
              "deploy_bytes": sum(int(p["bytes"]) for p in manifest["parts"]),
              "deploy_heavy_bytes": sum(int(p["bytes"]) for p in manifest["parts"]
                                        if p["runtime"] == "deepsparse")}

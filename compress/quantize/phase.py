@@ -25,6 +25,7 @@ from compress.quantize.qat import (freeze, prepare_qat, quantization_manager, qu
                                    quantized_layers, renamed_mask)
 from compress.recipe.schema import Recipe
 from compress.run.folder import MetricsLog
+from compress.run.loaded import load_model, run_of
 from compress.training.round import RoundPlan, Schedule, train_round
 
 log = logging.getLogger(__name__)
@@ -100,3 +101,11 @@ def rebuild(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe, ip
         first = str(err).strip().splitlines()[0]
         raise ModelFileError(f"not this run's INT8 ticket: {first}", file=str(path)) from err
     return freeze(model).eval(), qmask, list(payload.get("quantized_layers") or [])
+
+
+def load_int8(checkpoint: Path) -> nn.Module:
+    """The INT8 ticket at `RUN/quantize/model.pt`, rebuilt (for `compress predict` on torch)."""
+    run = run_of(checkpoint.resolve())
+    loaded = load_model(run.root)
+    model, _, _ = rebuild(loaded.model, loaded.mask, loaded.recipe, 1, run.quantize)
+    return model

@@ -72,9 +72,11 @@ def _export_lines(run: RunData, record: dict[str, Any]) -> list[str]:
         return [f"{run.label}: INT8 not exported (export.enabled false)"]
     deploy = export.get("deploy") or {}
     fp32_bytes = (run.summary.get("export") or {}).get("onnx_bytes")
-    sizes = f"{export.get('deploy_heavy_bytes')} B of INT8 DeepSparse parts"
+    sizes = (f"{export.get('deploy_heavy_bytes')} B of INT8 DeepSparse parts, "
+             f"{export.get('compact_int8_bytes')} B as compact archives")
+    compact = (run.summary.get("export") or {}).get("compact_bytes")
     if fp32_bytes:
-        sizes += f" (the fp32 full graph: {fp32_bytes} B)"
+        sizes += f" (the fp32 full graph: {fp32_bytes} B, its compact archive {compact} B)"
     line = (f"INT8 export: zeros preserved {export.get('zeros_preserved')}, torch vs ONNX Runtime "
             f"parity {'ok' if export.get('parity_ok') else 'FAILED: ' + str(export.get('parity_reason'))}, "
             f"deployment {deploy.get('status')}; {sizes}; "

@@ -91,6 +91,7 @@ def quantize_lines(record: dict[str, Any] | None, fp32: dict[str, Any]) -> list[
         lines.append(f"quantize export: zeros preserved {export.get('zeros_preserved')}, torch "
                      f"parity {'ok' if export.get('parity_ok') else 'FAILED'}, deployment "
                      f"{deploy.get('status')} ({export.get('deploy_heavy_bytes')} B of INT8 parts, "
+                     f"{export.get('compact_int8_bytes')} B as compact archives, "
                      f"{export.get('integer_op_fraction', 0):.0%} of their convs / matmuls "
                      f"integer{agree})")
     return lines

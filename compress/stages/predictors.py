@@ -22,6 +22,7 @@ import torch
 
 from compress.core.errors import UserError
 from compress.run.loaded import load_model
+from compress.quantize.phase import load_int8
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.pipeline import OnnxDetector
 from evaluate.runtimes.pipeline import (DeployedDetector, from_canvas, keep_scores,
@@ -128,7 +129,10 @@ def torch_predictor(checkpoint: Path, score_threshold: float | None = None) -> P
     with `score_threshold`, detections are filtered before masks are pasted at image size, and
     an image larger than the model's max_size is resized to it first (the model would anyway)."""
 
-    model = load_model(checkpoint).model.eval()
+    if checkpoint.name == "model.pt" and checkpoint.resolve().parent.name == "quantize":
+        model = load_int8(checkpoint)  # the INT8 ticket (fake-quantized)
+    else:
+        model = load_model(checkpoint).model.eval()
     if score_threshold is None:
         def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
             with torch.no_grad():

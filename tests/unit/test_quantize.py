@@ -20,6 +20,7 @@ from compress.quantize.qat import (fold_batchnorms, freeze, prepare_qat, quantiz
                                    quantization_recipe, quantized_layers, renamed_mask)
 from compress.recipe.load import load_recipe
 from evaluate.runtimes.parity import summarize_int8
+from export.compact import pack, unpack
 from export.deploy.build import _border_types
 from export.deploy.int8 import int8_weights, to_deepsparse_int8, unshare_weight_qdq, verify_int8_zeros
 from export.deploy.partition import part_model, partition
@@ -102,6 +103,11 @@ def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path):
     parts = [to_deepsparse_int8(part_model(proto, p, types)) for p in partition(proto)
              if p.runtime == "deepsparse"]
     assert any(n.op_type == "ConvInteger" for p in parts for n in p.graph.node)
+    part_file = tmp_path / "backbone_int8.onnx"
+    onnx.save(parts[0], str(part_file))
+    stats = pack(part_file, tmp_path / "backbone_int8.lthz")  # uint8 weights: the archive holds them
+    assert unpack(tmp_path / "backbone_int8.lthz") == part_file.read_bytes()
+    assert stats["archive_bytes"] < part_file.stat().st_size
     quantized = {f"{l}.weight" for l in layers}
     keep = {n: m.numpy() for n, m in qmask.items()}
     result = verify_int8_zeros(parts, keep, quantized)
