@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -53,6 +54,7 @@ from compress.lottery.sparseml_adapter import sparseml_loggers  # noqa: E402
 from compress.quantize.qat import calibrated, quantized_layers  # noqa: E402
 from evaluate.runtimes.pipeline import to_canvas  # noqa: E402
 from export.int8_export import export_int8  # noqa: E402
+from evaluate.runtimes.parity import summarize_int8  # noqa: E402
 from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune, prune_to_counts  # noqa: E402
 from compress.lottery.profile import (build_profile, default_profile_path,  # noqa: E402
                                       layer_input_shapes, profile_key)
@@ -88,16 +90,48 @@ def runtime_profile(model: torch.nn.Module, size: int, cores: int) -> dict:
                          progress=sys.stderr.isatty())
 
 
+def block4_mask(weights: dict[str, torch.Tensor], sparsity: float,
+                distribution: str) -> dict[str, torch.Tensor]:
+    """SparseML's `mask_type: block4` (FourBlockMaskCreator): blocks of 4 consecutive input
+    channels at one output channel and kernel position (what VNNI multiplies together), scored
+    by their mean |w| (a partial last block padded with zeros), the lowest `sparsity` of the
+    blocks pruned (layerwise: per tensor; global: one ranking)."""
+    def blocks(w: torch.Tensor) -> torch.Tensor:
+        t = w.abs().movedim(1, -1)
+        pad = (-t.shape[-1]) % 4
+        t = torch.nn.functional.pad(t, (0, pad))
+        return t.reshape(*t.shape[:-1], -1, 4).mean(-1)
+
+    def expand(keep: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        full = keep.unsqueeze(-1).expand(*keep.shape, 4).reshape(*keep.shape[:-1], -1)
+        return full[..., :w.shape[1]].movedim(-1, 1).contiguous()
+
+    scores = {n: blocks(w) for n, w in weights.items()}
+    if distribution == "global":
+        flat = torch.cat([s.reshape(-1) for s in scores.values()])
+        cut = flat.sort(stable=True).values[round(sparsity * flat.numel())]
+        return {n: expand(s >= cut, weights[n]) for n, s in scores.items()}
+    out = {}
+    for n, s in scores.items():
+        order = s.reshape(-1).argsort(stable=True)[:round(sparsity * s.numel())]
+        keep = torch.ones(s.numel(), dtype=torch.bool)
+        keep[order] = False
+        out[n] = expand(keep.reshape(s.shape), weights[n])
+    return out
+
+
 def prune(model: torch.nn.Module, sparsity: float, distribution: str,
-          profile: dict | None = None) -> dict[str, float]:
+          profile: dict | None = None, mask_type: str = "unstructured") -> dict[str, float]:
     """Zero `sparsity` of the prunable weights by magnitude (per layer: the allocator's counts
-    for `runtime`); achieved sparsity per part."""
+    for `runtime`; `block4`: whole blocks of 4 input channels); achieved sparsity per part."""
     names = default_prunable(model)
     if sparsity > 0:
         params = dict(model.named_parameters())
         weights = {n: params[n].detach() for n in names}
         dense = dense_mask(model, names)
-        if distribution == "runtime":
+        if mask_type == "block4":
+            mask = block4_mask(weights, sparsity, distribution)
+        elif distribution == "runtime":
             total = round(sparsity * sum(w.numel() for w in weights.values()))
             mask = prune_to_counts(weights, dense, allocate(layer_curves(weights, dense, profile),
                                                             total).zeros)
@@ -114,14 +148,15 @@ def prune(model: torch.nn.Module, sparsity: float, distribution: str,
     return {"overall": overall, **{g: z / t for g, (z, t) in groups.items()}}
 
 
-def export_all(size: int, distribution: str, folder: Path, cores: int) -> dict[float, dict]:
+def export_all(size: int, distribution: str, folder: Path, cores: int,
+               mask_type: str = "unstructured") -> dict[float, dict]:
     base = make_model(size)
     images = parity_images(size)[:2]
     profile = runtime_profile(base, size, cores) if distribution == "runtime" else None
     out = {}
     for sparsity in SPARSITIES:
         model = copy.deepcopy(base)
-        achieved = prune(model, sparsity, distribution, profile)
+        achieved = prune(model, sparsity, distribution, profile, mask_type)
         target = folder / f"s{int(sparsity * 100)}"
         export_full(model, target / "model.onnx", image_size=size, opset=17)
         manifest = build_deployment(target / "model.onnx", target / "deploy", canvas_size=size,
@@ -154,6 +189,15 @@ def export_int8_all(models: dict[float, dict], size: int, folder: Path) -> dict[
               f"{record['parity_ok']}, deployment {record['deploy']['status']}, "
               f"{record['integer_op_fraction']:.0%} of heavy convs / matmuls integer", flush=True)
         out[sparsity] = {"folder": target, "record": record}
+        if sparsity == 0.0:  # the dense QDQ partition itself: OpenVINO's INT8 on the same parts
+            qdq = folder / "int8_s0_qdq"
+            qdq.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(target / "model.onnx", qdq / "model.onnx")
+            build_deployment(qdq / "model.onnx", qdq / "deploy", canvas_size=size,
+                             roi_count=int(model.rpn._post_nms_top_n["testing"]),
+                             max_detections=int(model.roi_heads.detections_per_img),
+                             images=images, judge=summarize_int8)
+            out["qdq_partition"] = qdq
     return out
 
 
@@ -184,6 +228,9 @@ def main() -> None:
     parser.add_argument("--openvino", action="store_true",
                         help="also time the dense model on OpenVINO (default precision and fp32), "
                              "full graph and on the same partition (pip install '.[openvino]')")
+    parser.add_argument("--mask-type", choices=("unstructured", "block4"), default="unstructured",
+                        help="block4: SparseML's VNNI blocks (4 input channels pruned together), "
+                             "what DeepSparse's sparse INT8 kernels need")
     parser.add_argument("--int8", action="store_true",
                         help="also the dense model and the 90%% ticket as INT8 (QDQ on ONNX Runtime, "
                              "integer parts on DeepSparse; with --openvino the QDQ graph on OpenVINO)")
@@ -192,16 +239,20 @@ def main() -> None:
                              "NNCF and ORT static INT8 baselines (benchmarks/int8_baselines.py)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    if args.mask_type == "block4" and args.distribution == "runtime":
+        parser.error("--mask-type block4 takes --distribution layerwise or global")
     pin_cores(args.cores)
     torch.set_num_threads(args.cores)
     info = machine(args.cores)
     with tempfile.TemporaryDirectory(prefix="bench_deploy_") as tmp:
-        models = export_all(args.image_size, args.distribution, Path(tmp), args.cores)
+        models = export_all(args.image_size, args.distribution, Path(tmp), args.cores,
+                            args.mask_type)
         int8 = export_int8_all(models, args.image_size, Path(tmp)) if args.int8 else {}
         baselines = (dense_int8_baselines(models, args.image_size, args.baselines_python, Path(tmp))
                      if args.int8 and args.baselines_python else {})
         rows = bench_all(models, args, int8, baselines)
     write_json(args.out, {"machine": finish(info), "distribution": args.distribution,
+                          "mask_type": args.mask_type,
                           "iterations": args.iterations, "warmup": args.warmup,
                           "results": rows, "ratios": ratios(rows),
                           "competitors": competitors(rows), "int8": int8_ratios(rows),
@@ -218,8 +269,11 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace, int8: dict[fl
     (`variant`): all interleaved call by call."""
     targets: dict[tuple, tuple] = {(s, engine): (entry["folder"], engine) for s, entry in models.items()
                                    for engine in ("onnxruntime", "deepsparse")}
+    qdq = int8.pop("qdq_partition", None)
     for s, entry in int8.items():
         targets[(s, "deepsparse", "int8")] = (entry["folder"], "deepsparse")
+    if qdq is not None and args.openvino:
+        targets[(0.0, "openvino", "int8")] = (qdq, "openvino", "deployment")
     if 0.0 in int8:
         targets[(0.0, "onnxruntime", "int8")] = (int8[0.0]["folder"], "onnxruntime")
         if args.openvino:

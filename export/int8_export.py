@@ -65,7 +65,7 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
                                 max_detections=int(model.roi_heads.detections_per_img),
                                 images=images, judge=summarize_int8)
     conversion = None
-    if manifest["status"] == "ok":  # the partition holds: now its heavy parts to integers
+    if manifest["status"] in ("ok", "unchecked"):  # the partition holds: heavy parts to integers
         canvases = [to_canvas(image, image_size, image_size)[0] for image in images]
         conversion = convert_deployment(deploy, full, canvases)
         manifest = json.loads((deploy / MANIFEST).read_text())
@@ -87,7 +87,8 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
     record = {"onnx": str(full), "opset": opset, **sizes,
               "zeros_preserved": bool(zeros_full["passed"] and zeros_deploy["passed"]),
               "integer_op_fraction": integer_fraction(parts),
-              "parity_ok": parity["status"] == "ok", "parity_reason": parity.get("reason"),
+              "parity_ok": parity["status"] == "ok", "parity_status": parity["status"],
+              "parity_reason": parity.get("reason"),
               "deploy": {"status": manifest["status"],
                          "parts": [p["name"] for p in manifest["parts"]],
                          "parity": manifest.get("parity"), "reason": manifest.get("reason"),

@@ -29,7 +29,8 @@ def sec_int8(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                 status = int8.get("status", "ok")
                 rows.append([run.label, engine, key, fmt(base), fmt(int8[key]),
                              fmt(int8[key] - base) if isinstance(base, float) else "-",
-                             "" if status == "ok" else f"FAILED: {int8.get('reason') or 'parity'}"])
+                             "" if status == "ok" else "parity unchecked (nothing confident)"
+                             if status == "unchecked" else f"FAILED: {int8.get('reason') or 'parity'}"])
                 if key == "bbox_mAP":
                     bars.setdefault(run.label, {}).setdefault("fp32 ticket", {})[engine] = base or 0.0
                     bars[run.label].setdefault("INT8 ticket", {})[engine] = int8[key]
@@ -78,7 +79,7 @@ def _export_lines(run: RunData, record: dict[str, Any]) -> list[str]:
     if fp32_bytes:
         sizes += f" (the fp32 full graph: {fp32_bytes} B, its compact archive {compact} B)"
     line = (f"INT8 export: zeros preserved {export.get('zeros_preserved')}, torch vs ONNX Runtime "
-            f"parity {'ok' if export.get('parity_ok') else 'FAILED: ' + str(export.get('parity_reason'))}, "
+            f"parity {_parity(export)}, "
             f"deployment {deploy.get('status')}; {sizes}; "
             f"{export.get('integer_op_fraction', 0):.0%} of the parts' convs / matmuls integer")
     return [line]
@@ -99,3 +100,9 @@ def _latency_lines(run: RunData) -> list[str]:
     return [f"INT8 ticket deployed on DeepSparse: {mine:.1f} ms per image; speed-up over "
             + (", ".join(ratios) or "nothing else timed")
             + " (this run's bench; see the latency section for the machine and its load)"]
+
+
+def _parity(export: dict[str, Any]) -> str:
+    status = export.get("parity_status") or ("ok" if export.get("parity_ok") else "failed")
+    return status if status == "ok" else f"{status.upper() if status == 'failed' else status}: " \
+        f"{export.get('parity_reason')}"

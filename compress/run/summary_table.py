@@ -71,7 +71,8 @@ def quantize_lines(record: dict[str, Any] | None, fp32: dict[str, Any]) -> list[
     cells = []
     for engine, result in (record.get("eval") or {}).items():
         value = result.get("bbox_mAP")
-        failed = "" if result.get("status", "ok") == "ok" else " FAILED"
+        status = result.get("status", "ok")
+        failed = {"ok": "", "unchecked": " (parity unchecked)"}.get(status, " FAILED")
         cells.append(f"{engine} {_cell(value)}{failed}")
     base = fp32.get("bbox_mAP")
     delta = record.get("delta_bbox_mAP")
@@ -88,8 +89,9 @@ def quantize_lines(record: dict[str, Any] | None, fp32: dict[str, Any]) -> list[
         agree = (f", integer parts vs QDQ graph: {conversion['agreed']} of "
                  f"{conversion['confident_detections']} confident detections agree"
                  if conversion.get("confident_detections") else "")
+        parity = export.get("parity_status") or ("ok" if export.get("parity_ok") else "failed")
         lines.append(f"quantize export: zeros preserved {export.get('zeros_preserved')}, torch "
-                     f"parity {'ok' if export.get('parity_ok') else 'FAILED'}, deployment "
+                     f"parity {parity if parity != 'failed' else 'FAILED'}, deployment "
                      f"{deploy.get('status')} ({export.get('deploy_heavy_bytes')} B of INT8 parts, "
                      f"{export.get('compact_int8_bytes')} B as compact archives, "
                      f"{export.get('integer_op_fraction', 0):.0%} of their convs / matmuls "

@@ -128,7 +128,8 @@ def summarize_int8(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]])
     order, which moves a low-scoring detection across the score threshold or an NMS tie. So
     detections are paired by IoU (same label, an assignment), and every detection scoring
     >= CONFIDENT_SCORE on either side should have a partner at IoU >= INT8_MIN_IOU: the check
-    fails when fewer than INT8_MIN_AGREEMENT of them do, or nothing confident was compared.
+    fails when fewer than INT8_MIN_AGREEMENT of them do; with nothing confident to compare it
+    is "unchecked" (never "ok").
     The accuracy gate is the mAP comparison of the quantize stage, not this."""
     confident = agreed = 0
     worst_iou, worst_score, unmatched = 1.0, 0.0, 0
@@ -167,10 +168,12 @@ def summarize_int8(pairs: Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]])
               "min_agreement": INT8_MIN_AGREEMENT,
               "worst_iou": worst_iou if confident else None,
               "score_max_abs_diff_confident": worst_score}
+    if confident == 0:  # e.g. an untrained model: nothing to judge, which is not a pass
+        return {**result, "status": "unchecked",
+                "reason": f"compared nothing: no detection scores >= {CONFIDENT_SCORE} on "
+                          f"{images} images (an untrained model?)"}
     problems = []
-    if confident == 0:
-        problems.append(f"compared nothing: no detection scores >= {CONFIDENT_SCORE}")
-    elif agreed < INT8_MIN_AGREEMENT * confident:
+    if agreed < INT8_MIN_AGREEMENT * confident:
         problems.append(f"{confident - agreed} of {confident} confident detections have no "
                         f"partner at IoU >= {INT8_MIN_IOU} (worst IoU {worst_iou:.3f}; at least "
                         f"{INT8_MIN_AGREEMENT:.0%} must agree)")

@@ -146,8 +146,9 @@ def convert_deployment(folder: Path, full_onnx: Path, canvases: list[np.ndarray]
         data = to_deepsparse_int8(onnx.load(str(folder / entry["file"]))).SerializeToString()
         write_bytes(folder / entry["file"], data)
         entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), precision="int8")
+    status = manifest["status"]
     write_json(path, {**manifest, "status": "draft"})  # the check below runs the new parts
     check = verify_deployment(full_onnx, folder, canvases, judge=summarize_int8)
-    manifest["int8_conversion"] = check
+    manifest.update(status=status, int8_conversion=check)
     write_json(path, manifest)
     return check

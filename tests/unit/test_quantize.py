@@ -86,7 +86,8 @@ def _qat(model, mask, log_dir, steps=3):
     return freeze(model).eval(), qmask
 
 
-def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path):
+def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # SparseML's default logger would write sparse_logs/ here
     model, mask = _tiny()
     qmodel, qmask = _qat(model, mask, tmp_path / "logs")
     layers = quantized_layers(qmodel)
@@ -95,7 +96,7 @@ def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path):
     assert any(l.startswith("roi_heads.mask_head.") for l in layers)
     assert not any(l.startswith(("transform", "rpn.anchor_generator")) for l in layers)
     assert all("conv5_mask" not in l for l in layers)  # ConvTranspose2d stays fp32
-    assert not (ROOT / "sparse_logs").exists()
+    assert not (tmp_path / "sparse_logs").exists()
     full = export_full(qmodel, tmp_path / "model.onnx", image_size=64, opset=17)
     assert verify_zeros(full, qmodel, qmask)["passed"]
     proto = onnx.load(str(full))
