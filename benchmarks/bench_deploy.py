@@ -273,7 +273,7 @@ def bench_all(models: dict[float, dict], args: argparse.Namespace, int8: dict[fl
     for s, entry in int8.items():
         targets[(s, "deepsparse", "int8")] = (entry["folder"], "deepsparse")
     if qdq is not None and args.openvino:
-        targets[(0.0, "openvino", "int8")] = (qdq, "openvino", "deployment")
+        targets[(0.0, "openvino", "int8_qdq_partition")] = (qdq, "openvino", "deployment")
     if 0.0 in int8:
         targets[(0.0, "onnxruntime", "int8")] = (int8[0.0]["folder"], "onnxruntime")
         if args.openvino:
