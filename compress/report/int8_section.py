@@ -55,8 +55,8 @@ def _verdict(run: RunData, record: dict[str, Any]) -> str:
             f"{record.get('pruned_nonzero_after_training', '?')} pruned weights nonzero after QAT")
     if not isinstance(delta, float):
         return head + "; no fp32 ticket score to compare with"
-    kept = "kept" if delta >= -BUDGET else "NOT kept"
-    line = (f"{head}. The INT8 ticket {kept} the fp32 ticket's bbox mAP within {BUDGET} on torch "
+    kept = "lost no more than" if delta >= -BUDGET else "LOST MORE than"
+    line = (f"{head}. The INT8 ticket {kept} {BUDGET} bbox mAP against the fp32 ticket on torch "
             f"({delta:+.4f}; QAT trains on, so a gain is training, not quantization)")
     cost = record.get("quantization_cost_bbox_mAP")
     if isinstance(cost, float):
@@ -73,8 +73,9 @@ def _export_lines(run: RunData, record: dict[str, Any]) -> list[str]:
         return [f"{run.label}: INT8 not exported (export.enabled false)"]
     deploy = export.get("deploy") or {}
     fp32_bytes = (run.summary.get("export") or {}).get("onnx_bytes")
-    sizes = (f"{export.get('deploy_heavy_bytes')} B of INT8 DeepSparse parts, "
-             f"{export.get('compact_int8_bytes')} B as compact archives")
+    sizes = f"{export.get('deploy_heavy_bytes')} B of INT8 DeepSparse parts"
+    if export.get("compact_int8_bytes"):
+        sizes += f", {export['compact_int8_bytes']} B as compact archives"
     compact = (run.summary.get("export") or {}).get("compact_bytes")
     if fp32_bytes:
         sizes += f" (the fp32 full graph: {fp32_bytes} B, its compact archive {compact} B)"
