@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
 from compress.lottery.allocator import allocate, layer_curves  # noqa: E402
 from compress.lottery.sparseml_adapter import sparseml_loggers  # noqa: E402
-from compress.quantize.qat import calibrated, quantized_layers  # noqa: E402
+from compress.quantize.qat import calibrated, quantized_params  # noqa: E402
 from evaluate.runtimes.pipeline import to_canvas  # noqa: E402
 from export.int8_export import export_int8  # noqa: E402
 from evaluate.runtimes.parity import summarize_int8  # noqa: E402
@@ -63,7 +63,7 @@ from compress.stages.export import parity_images  # noqa: E402
 from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES  # noqa: E402
 from evaluate.runtimes.pipeline_bench import bench_pipelines, speedups  # noqa: E402
 from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
-from export.deploy.build import build_deployment  # noqa: E402
+from export.deploy.build import deploy_exported  # noqa: E402
 from export.onnx_export import export_full  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy.json"
@@ -159,10 +159,8 @@ def export_all(size: int, distribution: str, folder: Path, cores: int,
         achieved = prune(model, sparsity, distribution, profile, mask_type)
         target = folder / f"s{int(sparsity * 100)}"
         export_full(model, target / "model.onnx", image_size=size, opset=17)
-        manifest = build_deployment(target / "model.onnx", target / "deploy", canvas_size=size,
-                                    roi_count=int(model.rpn._post_nms_top_n["testing"]),
-                                    max_detections=int(model.roi_heads.detections_per_img),
-                                    images=images)
+        manifest = deploy_exported(model, target / "model.onnx", target / "deploy",
+                                   canvas_size=size, images=images)
         print(f"{sparsity:.0%}: sparsity {achieved['overall']:.3f}, deployment "
               f"{manifest['status']} ({manifest.get('parity', {}).get('detections_compared')} "
               f"detections compared)", flush=True)
@@ -180,7 +178,7 @@ def export_int8_all(models: dict[float, dict], size: int, folder: Path) -> dict[
     out = {}
     for sparsity in INT8_SPARSITIES:
         model = calibrated(models[sparsity]["model"], images, loggers=sparseml_loggers(folder / "logs"))
-        quantized = {f"{layer}.weight" for layer in quantized_layers(model)}
+        quantized = quantized_params(model)
         mask = {n: p.detach() != 0 for n, p in model.named_parameters() if n in quantized}
         target = folder / f"int8_s{int(sparsity * 100)}"
         record = export_int8(model, mask, quantized, target, image_size=size, opset=17,
@@ -193,10 +191,8 @@ def export_int8_all(models: dict[float, dict], size: int, folder: Path) -> dict[
             qdq = folder / "int8_s0_qdq"
             qdq.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(target / "model.onnx", qdq / "model.onnx")
-            build_deployment(qdq / "model.onnx", qdq / "deploy", canvas_size=size,
-                             roi_count=int(model.rpn._post_nms_top_n["testing"]),
-                             max_detections=int(model.roi_heads.detections_per_img),
-                             images=images, judge=summarize_int8)
+            deploy_exported(model, qdq / "model.onnx", qdq / "deploy", canvas_size=size,
+                            images=images, judge=summarize_int8)
             out["qdq_partition"] = qdq
     return out
 

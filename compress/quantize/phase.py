@@ -37,12 +37,12 @@ def _recipe_text(recipe: Recipe, ipe: int) -> str:
                                if q.observer_freeze < 1 else None)
 
 
-def qat_model(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe, ipe: int,
-              log_dir: Path) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
+def qat_model(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe_text: str,
+              loggers: Any) -> tuple[nn.Module, Any, dict[str, torch.Tensor]]:
     """(fake-quantized copy of `ticket`, its SparseML manager, the mask by its new names)."""
     model = copy.deepcopy(ticket).cpu()
-    manager = quantization_manager(_recipe_text(recipe, ipe))
-    names = prepare_qat(model, manager, loggers=sparseml_loggers(log_dir))
+    manager = quantization_manager(recipe_text)
+    names = prepare_qat(model, manager, loggers=loggers)
     return model, manager, renamed_mask(mask, names)
 
 
@@ -59,9 +59,9 @@ def train_qat(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe,
               loaders: dict[str, Any], ipe: int, out: Path, progress: bool) -> dict[str, Any]:
     """Train the quantization phase into `out` (resumable); write `out/model.pt`; the record."""
     out.mkdir(parents=True, exist_ok=True)
-    model, manager, qmask = qat_model(ticket, mask, recipe, ipe, out / "sparse_logs")
-    holder = MaskHolder(model, qmask)
     loggers = sparseml_loggers(out / "sparse_logs")
+    model, manager, qmask = qat_model(ticket, mask, _recipe_text(recipe, ipe), loggers)
+    holder = MaskHolder(model, qmask)
 
     def stepper(module: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
                 scaler: Any = None) -> Any:
@@ -81,31 +81,31 @@ def train_qat(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe,
     freeze(model)
     layers = quantized_layers(model)
     save_checkpoint(out / "model.pt", model=model.state_dict(), mask=qmask,
-                    quantized_layers=layers, iterations=schedule.total_iterations)
+                    iterations=schedule.total_iterations)
     return {"iterations": schedule.total_iterations, "lr": schedule.lr,
             "observer_freeze_iteration": round(recipe.quantize.observer_freeze * schedule.total_iterations),
             "quantized_layers": len(layers), "val_loss": outcome["val_loss"],
             "pruned_nonzero_after_training": nonzero}
 
 
-def rebuild(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe, ipe: int,
-            out: Path) -> tuple[nn.Module, dict[str, torch.Tensor], list[str]]:
+def rebuild(ticket: nn.Module, mask: dict[str, torch.Tensor],
+            out: Path) -> tuple[nn.Module, dict[str, torch.Tensor]]:
     """The INT8 ticket from `out/model.pt`: (fake-quantized model in eval, observers off, its
-    mask, the quantized layer names)."""
+    mask). The observers' schedule does not matter here: they are frozen."""
     path = out / "model.pt"
     payload = load_checkpoint(path)
-    model, _, qmask = qat_model(ticket, mask, recipe, ipe, out / "sparse_logs")
+    model, _, qmask = qat_model(ticket, mask, quantization_recipe(None),
+                                sparseml_loggers(out / "sparse_logs"))
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
         first = str(err).strip().splitlines()[0]
         raise ModelFileError(f"not this run's INT8 ticket: {first}", file=str(path)) from err
-    return freeze(model).eval(), qmask, list(payload.get("quantized_layers") or [])
+    return freeze(model).eval(), qmask
 
 
 def load_int8(checkpoint: Path) -> nn.Module:
     """The INT8 ticket at `RUN/quantize/model.pt`, rebuilt (for `compress predict` on torch)."""
     run = run_of(checkpoint.resolve())
     loaded = load_model(run.root)
-    model, _, _ = rebuild(loaded.model, loaded.mask, loaded.recipe, 1, run.quantize)
-    return model
+    return rebuild(loaded.model, loaded.mask, run.quantize)[0]

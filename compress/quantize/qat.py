@@ -133,6 +133,11 @@ def quantized_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if hasattr(module, "weight_fake_quant")]
 
 
+def quantized_params(model: nn.Module) -> set[str]:
+    """Parameter names of the fake-quantized weights."""
+    return {f"{layer}.weight" for layer in quantized_layers(model)}
+
+
 def freeze(model: nn.Module) -> nn.Module:
     """Observers off (scales fixed), fake quantization on: the model as it is deployed."""
     model.apply(torch.ao.quantization.disable_observer)

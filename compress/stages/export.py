@@ -16,7 +16,7 @@ from compress.run.loaded import LoadedModel, load_model
 from compress.stages.base import StageContext
 from export.compact import pack, unpack_to
 from evaluate.runtimes.pipeline import deployment_intact
-from export.deploy.build import build_deployment
+from export.deploy.build import deploy_exported
 from export.onnx_export import check_opset, export_backbone, export_full
 from export.sizes import export_summary, format_size_table, size_table
 from export.sparse_initializers import to_sparse_initializers
@@ -63,10 +63,7 @@ def export_ticket(loaded: LoadedModel, out_dir: Path, *, opset: int | None = Non
 def deployment(model: torch.nn.Module, full: Path, out_dir: Path, size: int,
                images: list[torch.Tensor]) -> dict[str, Any]:
     """The partitioned DeepSparse deployment of the exported graph; its summary block."""
-    manifest = build_deployment(full, out_dir, canvas_size=size,
-                                roi_count=int(model.rpn._post_nms_top_n["testing"]),
-                                max_detections=int(model.roi_heads.detections_per_img),
-                                images=images)
+    manifest = deploy_exported(model, full, out_dir, canvas_size=size, images=images)
     if manifest["status"] != "ok":
         log.warning("deployment %s: %s", manifest["status"],
                     manifest.get("reason") or manifest.get("parity", {}).get("reason"))

@@ -14,6 +14,7 @@ import torch
 
 from compress.core.atomic import write_json
 from compress.quantize.phase import rebuild, train_qat
+from compress.quantize.qat import quantized_params
 from compress.recipe.schema import Recipe
 from compress.run.checks import tag
 from compress.run.folder import RunFolder
@@ -34,10 +35,6 @@ ENGINE_MATCH = 0.005  # DeepSparse INT8 vs ONNX Runtime INT8, bbox mAP
 
 def _metrics(result: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in result.items() if k.endswith("_mAP") or k in ("status", "reason")}
-
-
-def _quantized_params(layers: list[str]) -> set[str]:
-    return {f"{layer}.weight" for layer in layers}
 
 
 def _compare(record: dict[str, Any], fp32: dict[str, Any]) -> None:
@@ -63,6 +60,25 @@ def _compare(record: dict[str, Any], fp32: dict[str, Any]) -> None:
             log.warning("quantize: DeepSparse INT8 bbox mAP %.4f differs from ONNX Runtime's %.4f "
                         "by more than %.3f", ds["bbox_mAP"], ort["bbox_mAP"], ENGINE_MATCH,
                         extra=tag("int8_engines"))
+
+
+def _say_export(export: dict[str, Any], verify: Any) -> None:
+    """The INT8 export's checks on the console: a warning for each that failed."""
+    if not export["zeros_preserved"]:
+        log.warning("quantize: the INT8 export lost zeros (see %s)", verify, extra=tag("int8_zeros"))
+    conversion = export["deploy"].get("int8_conversion") or {}
+    if conversion.get("status") == "failed":
+        log.warning("quantize: the integer parts differ from the QDQ graph on confident "
+                    "detections (%s)", conversion.get("reason"), extra=tag("parity"))
+    elif conversion:
+        log.info("quantize: integer parts vs the QDQ graph on ONNX Runtime: %s", conversion.get(
+            "reason") or f"{conversion['agreed']} of {conversion['confident_detections']} "
+                         "confident detections agree")
+    if export["parity_status"] == "unchecked":
+        log.info("quantize: INT8 parity unchecked: %s", export["parity_reason"])
+    elif not export["parity_ok"]:
+        log.warning("quantize: INT8 ONNX Runtime vs fake-quant torch parity failed (see %s)",
+                    verify, extra=tag("parity"))
 
 
 class QuantizeStage:
@@ -91,31 +107,16 @@ class QuantizeStage:
         if training["pruned_nonzero_after_training"]:
             log.warning("quantize: %d pruned weights became nonzero during QAT",
                         training["pruned_nonzero_after_training"], extra=tag("int8_zeros"))
-        model, qmask, layers = rebuild(loaded.model, loaded.mask, recipe, ipe, out)
+        model, qmask = rebuild(loaded.model, loaded.mask, out)
         record: dict[str, Any] = {**training, "eval": {}}
         engines = list(recipe.evaluate.engines) if recipe.evaluate.enabled else ["torch"]
         if recipe.export.enabled:
             size = recipe.export.image_size or recipe.model.min_size
-            record["export"] = export_int8(model, qmask, _quantized_params(layers),
+            record["export"] = export_int8(model, qmask, quantized_params(model),
                                            out / "export", image_size=size,
                                            opset=recipe.export.opset, images=parity_images(size),
                                            deploy_images=val_images(ctx.loaders))
-            if not record["export"]["zeros_preserved"]:
-                log.warning("quantize: the INT8 export lost zeros (see %s)",
-                            out / "export" / "verify.json", extra=tag("int8_zeros"))
-            conversion = record["export"]["deploy"].get("int8_conversion") or {}
-            if conversion.get("status") == "failed":
-                log.warning("quantize: the integer parts differ from the QDQ graph on confident "
-                            "detections (%s)", conversion.get("reason"), extra=tag("parity"))
-            elif conversion:
-                log.info("quantize: integer parts vs the QDQ graph on ONNX Runtime: %d of %d "
-                         "confident detections agree", conversion["agreed"],
-                         conversion["confident_detections"])
-            if record["export"]["parity_status"] == "unchecked":
-                log.info("quantize: INT8 parity unchecked: %s", record["export"]["parity_reason"])
-            elif not record["export"]["parity_ok"]:
-                log.warning("quantize: INT8 ONNX Runtime vs fake-quant torch parity failed (see %s)",
-                            out / "export" / "verify.json", extra=tag("parity"))
+            _say_export(record["export"], out / "export" / "verify.json")
         else:
             engines = ["torch"]
         if "onnxruntime" in engines:

@@ -212,6 +212,17 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     return manifest
 
 
+def deploy_exported(model: Any, full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
+                    canvas_size: int, images: Sequence[Any],
+                    judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """`build_deployment` of a torchvision R-CNN's exported graph: the box head compiled at the
+    model's post-NMS proposal count, the mask / keypoint head up to its detections per image."""
+    return build_deployment(full_onnx, out_dir, canvas_size=canvas_size,
+                            roi_count=int(model.rpn._post_nms_top_n["testing"]),
+                            max_detections=int(model.roi_heads.detections_per_img),
+                            images=images, judge=judge)
+
+
 def verify_deployment(full_onnx: str | os.PathLike, folder: Path,
                       canvases: Sequence[np.ndarray],
                       judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:

@@ -81,10 +81,6 @@ def to_deepsparse_int8(model: onnx.ModelProto) -> onnx.ModelProto:
     return ONNXToDeepsparse(inplace=True).apply(part)
 
 
-def is_qdq(model: onnx.ModelProto) -> bool:
-    return any(node.op_type == "QuantizeLinear" for node in model.graph.node)
-
-
 def int8_weights(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, int]]:
     """{initializer name: (stored integer weight, zero point)} of the integer convs / matmuls."""
     inits = {init.name: init for init in model.graph.initializer}
@@ -134,9 +130,9 @@ def convert_deployment(folder: Path, full_onnx: Path, canvases: list[np.ndarray]
     `build_deployment`) into the INT8 deployment, in place: each DeepSparse part converted by
     `to_deepsparse_int8`, rewritten atomically with its new sha256, the manifest rewritten last
     (removed first: a kill in between leaves nothing for a resume to trust). The converted
-    partition is then checked on ONNX Runtime against the QDQ full graph (`summarize_int8`:
-    SparseML's integer form also quantizes the residual adds, which the QDQ graph does not);
-    returns that check, also stored as the manifest's `int8_conversion`."""
+    partition is then checked on ONNX Runtime against the QDQ full graph (`summarize_int8`: the
+    integer kernels round in another order than ONNX Runtime's fused QDQ path); returns that
+    check, also stored as the manifest's `int8_conversion`."""
     path = folder / MANIFEST
     manifest = json.loads(path.read_text())
     path.unlink()

@@ -8,13 +8,12 @@ the metrics log must equal the reference bit for bit.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from support.kill_resume import kill_then_resume, log_records
+from support.kill_resume import kill_then_resume, log_records, run_command
 from support.recipes import subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -37,12 +36,7 @@ CONTROLS = ("reinit", "random_mask", "rewind_to_init")
 TIMEOUT_S = 600  # generous: the machine is shared
 
 
-def command(out: Path, resume: bool = False) -> list[str]:
-    args = [sys.executable, "-m", "compress", "--quiet", "run", str(RECIPE), "--smoke",
-            "--out", str(out)]
-    for item in SETS:
-        args += ["--set", item]
-    return args + (["--resume"] if resume else [])
+command = run_command(RECIPE, SETS)
 
 
 def load(path: Path) -> dict[str, Any]:

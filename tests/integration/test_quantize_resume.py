@@ -8,12 +8,11 @@ equal the reference bit for bit.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import torch
 
-from support.kill_resume import kill_then_resume
+from support.kill_resume import kill_then_resume, run_command
 from support.recipes import TINY_LOTTERY, subprocess_env
 
 REPO = Path(__file__).resolve().parents[2]
@@ -24,12 +23,7 @@ SETS = [*TINY_LOTTERY, "lottery.rounds=1", "quantize.enabled=true", "quantize.it
 TIMEOUT_S = 600
 
 
-def command(out: Path, resume: bool = False) -> list[str]:
-    args = [sys.executable, "-m", "compress", "--quiet", "run", str(RECIPE), "--smoke",
-            "--out", str(out)]
-    for item in SETS:
-        args += ["--set", item]
-    return args + (["--resume"] if resume else [])
+command = run_command(RECIPE, SETS)
 
 
 def load(path: Path):

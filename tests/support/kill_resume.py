@@ -5,10 +5,23 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+
+def run_command(recipe: Path, sets: list[str]) -> Callable[..., list[str]]:
+    """command(out, resume=False): `python -m compress --quiet run RECIPE --smoke --out OUT` with
+    every `--set` of `sets` (and `--resume`)."""
+    def command(out: Path, resume: bool = False) -> list[str]:
+        args = [sys.executable, "-m", "compress", "--quiet", "run", str(recipe), "--smoke",
+                "--out", str(out)]
+        for item in sets:
+            args += ["--set", item]
+        return args + (["--resume"] if resume else [])
+    return command
 
 
 def kill_then_resume(command: Callable[..., list[str]], out: Path, ref_out: Path, *, cwd: Path,

@@ -17,7 +17,8 @@ from compress.core.errors import RecipeError
 from compress.lottery.masks import MaskHolder
 from compress.lottery.sparseml_adapter import sparseml_loggers
 from compress.quantize.qat import (fold_batchnorms, freeze, prepare_qat, quantization_manager,
-                                   quantization_recipe, quantized_layers, renamed_mask)
+                                   quantization_recipe, quantized_layers, quantized_params,
+                                   renamed_mask)
 from compress.recipe.load import load_recipe
 from evaluate.runtimes.parity import summarize_int8
 from export.compact import pack, unpack
@@ -27,7 +28,7 @@ from export.deploy.partition import part_model, partition
 from export.onnx_export import export_full
 from export.verify import verify_zeros
 from support.recipes import ROOT, TINY_LOTTERY
-from support.tiny_training import batch
+from support.tiny_training import train_steps
 
 
 def _tiny():
@@ -74,14 +75,7 @@ def _qat(model, mask, log_dir, steps=3):
     holder = MaskHolder(model, qmask)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     stepper = manager.modify(model, optimizer, steps_per_epoch=10, loggers=loggers)
-    model.train()
-    images, targets = batch()
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        stepper.step()
-        holder.after_step()
+    train_steps(model, stepper, steps, after_each=holder.after_step)  # SparseML steps the optimizer
     assert holder.check(model) == 0
     return freeze(model).eval(), qmask
 
@@ -109,7 +103,7 @@ def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path, monkey
     stats = pack(part_file, tmp_path / "backbone_int8.lthz")  # uint8 weights: the archive holds them
     assert unpack(tmp_path / "backbone_int8.lthz") == part_file.read_bytes()
     assert stats["archive_bytes"] < part_file.stat().st_size
-    quantized = {f"{l}.weight" for l in layers}
+    quantized = quantized_params(qmodel)
     keep = {n: m.numpy() for n, m in qmask.items()}
     result = verify_int8_zeros(parts, keep, quantized)
     assert result["passed"] and result["checked"] >= len(quantized & set(keep)) > 5
