@@ -22,7 +22,7 @@ from compress.core.errors import ModelFileError
 from compress.lottery.masks import MaskHolder
 from compress.lottery.sparseml_adapter import sparseml_loggers
 from compress.quantize.qat import (freeze, prepare_qat, quantization_manager, quantization_recipe,
-                                   quantized_layers, renamed_mask)
+                                   quantized_layers)
 from compress.recipe.schema import Recipe
 from compress.run.folder import MetricsLog
 from compress.run.loaded import load_model, run_of
@@ -42,8 +42,8 @@ def qat_model(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe_text: str
     """(fake-quantized copy of `ticket`, its SparseML manager, the mask by its new names)."""
     model = copy.deepcopy(ticket).cpu()
     manager = quantization_manager(recipe_text)
-    names = prepare_qat(model, manager, loggers=loggers)
-    return model, manager, renamed_mask(mask, names)
+    layout = prepare_qat(model, manager, loggers=loggers)
+    return model, manager, layout.mask(mask)
 
 
 def _schedule(recipe: Recipe, ipe: int) -> Schedule:

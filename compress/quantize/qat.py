@@ -1,8 +1,9 @@
 """Quantization-aware training of a ticket with SparseML's `!QuantizationModifier`, zeros held.
 
 What the deployment runs on DeepSparse (backbone + FPN + RPN head, box head, mask / keypoint head)
-is quantized; what runs on ONNX Runtime or torch (the transform, anchors, RoI pooling, the
-predictors' transposed convolutions) stays fp32 (`IGNORE`). Before QAT every BatchNorm is folded
+is quantized, the predictors' transposed convolutions included (made phase convs first,
+`phase_conv`); what runs on ONNX Runtime or torch (the transform, anchors, RoI pooling, a
+transposed conv that is not an exact upsampling) stays fp32 (`IGNORE`). Before QAT every BatchNorm is folded
 into its convolution (`fold_batchnorms`: w * g / sqrt(v + eps), exact in fp32, so a pruned weight
 stays exactly zero and the folded model equals the ticket in eval mode); the QAT graph then has
 no BatchNorm to fold at export and the fake-quantized weights are the deployed ones.
@@ -15,11 +16,14 @@ from __future__ import annotations
 
 import copy
 import logging
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import nn
 from torch.ao.quantization import QConfig
+
+from compress.quantize.phase_conv import Phasing, phase_deconvs, phase_mask
 
 log = logging.getLogger(__name__)
 
@@ -109,23 +113,36 @@ def quantization_manager(recipe_text: str) -> Any:
     return ScheduledModifierManager.from_yaml(recipe_text)
 
 
-def prepare_qat(model: nn.Module, manager: Any, loggers: Any = None) -> dict[str, str]:
-    """Fold the BatchNorms and apply the manager's structure (fake-quant wrappers) in place.
+@dataclass(frozen=True)
+class QatLayout:
+    """Where the ticket's parameters went in the fake-quantized model: {old name: new name}
+    (SparseML's wrappers nest each quantized layer: `conv1.weight` -> `conv1.module.weight`) and
+    the transposed convs made phase convs (`phase_conv`), whose masks change shape."""
+    names: dict[str, str]
+    phased: dict[str, Phasing]
 
-    Returns {old parameter name: new name}: SparseML's wrappers nest each quantized layer
-    (`conv1.weight` -> `conv1.module.weight`), keeping the Parameter objects."""
+    def mask(self, mask: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The ticket's keep masks by the quantized model's parameter names."""
+        missing = [n for n in mask if n not in self.names]
+        if missing:
+            raise ValueError(f"mask entry {missing[0]} has no parameter in the quantized model")
+        return {self.names[n]: phase_mask(m, self.phased[n]) if n in self.phased else m
+                for n, m in mask.items()}
+
+
+def prepare_qat(model: nn.Module, manager: Any, loggers: Any = None) -> QatLayout:
+    """Fold the BatchNorms, make the transposed convs phase convs, apply the manager's structure
+    (fake-quant wrappers) in place. The other Parameter objects are kept."""
     before = {id(p): n for n, p in model.named_parameters()}
     fold_batchnorms(model)
+    phased = phase_deconvs(model)
+    phase_weights = {id(model.get_parameter(n.removesuffix(".weight") + ".conv.weight")): n
+                     for n in phased}
     manager.apply_structure(model, epoch=0.0, loggers=loggers)
     after = {id(p): n for n, p in model.named_parameters()}
-    return {name: after[key] for key, name in before.items() if key in after}
-
-
-def renamed_mask(mask: Mapping[str, torch.Tensor], names: Mapping[str, str]) -> dict[str, torch.Tensor]:
-    missing = [n for n in mask if n not in names]
-    if missing:
-        raise ValueError(f"mask entry {missing[0]} has no parameter in the quantized model")
-    return {names[n]: m for n, m in mask.items()}
+    names = {name: after[key] for key, name in before.items() if key in after}
+    names.update({old: after[key] for key, old in phase_weights.items()})
+    return QatLayout(names=names, phased=phased)
 
 
 def quantized_layers(model: nn.Module) -> list[str]:

@@ -16,9 +16,10 @@ from onnx import TensorProto, helper, numpy_helper
 from compress.core.errors import RecipeError
 from compress.lottery.masks import MaskHolder
 from compress.lottery.sparseml_adapter import sparseml_loggers
+from compress.quantize.phase_conv import (Phasing, PhaseConvTranspose2d, phase_deconvs, phase_mask,
+                                          phasing_of)
 from compress.quantize.qat import (fold_batchnorms, freeze, prepare_qat, quantization_manager,
-                                   quantization_recipe, quantized_layers, quantized_params,
-                                   renamed_mask)
+                                   quantization_recipe, quantized_layers, quantized_params)
 from compress.recipe.load import load_recipe
 from evaluate.runtimes.parity import summarize_int8
 from export.compact import pack, unpack
@@ -44,7 +45,7 @@ def _tiny():
             module.bias.data.uniform_(-0.1, 0.1)
     gen = torch.Generator().manual_seed(1)
     mask = {n: torch.rand(p.shape, generator=gen) > 0.6 for n, p in model.named_parameters()
-            if n.endswith("weight") and p.dim() in (2, 4) and "predictor" not in n}
+            if n.endswith("weight") and p.dim() in (2, 4) and ("predictor" not in n or "conv5_mask" in n)}
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name in mask:
@@ -70,8 +71,7 @@ def test_folding_batchnorm_is_exact_and_keeps_zeros():
 def _qat(model, mask, log_dir, steps=3):
     loggers = sparseml_loggers(log_dir)  # never sparse_logs/ in the working directory
     manager = quantization_manager(quantization_recipe(None))
-    names = prepare_qat(model, manager, loggers=loggers)
-    qmask = renamed_mask(mask, names)
+    qmask = prepare_qat(model, manager, loggers=loggers).mask(mask)
     holder = MaskHolder(model, qmask)
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
     stepper = manager.modify(model, optimizer, steps_per_epoch=10, loggers=loggers)
@@ -89,7 +89,10 @@ def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path, monkey
     assert any(l.startswith("roi_heads.box_head.") for l in layers)
     assert any(l.startswith("roi_heads.mask_head.") for l in layers)
     assert not any(l.startswith(("transform", "rpn.anchor_generator")) for l in layers)
-    assert all("conv5_mask" not in l for l in layers)  # ConvTranspose2d stays fp32
+    assert "roi_heads.mask_predictor.conv5_mask.conv.module" in layers  # the deconv, phased
+    phase = qmodel.roi_heads.mask_predictor.conv5_mask.conv.module.weight
+    phase_keep = qmask["roi_heads.mask_predictor.conv5_mask.conv.module.weight"]
+    assert phase_keep.shape == phase.shape and torch.count_nonzero(phase.detach()[~phase_keep]) == 0
     assert not (tmp_path / "sparse_logs").exists()
     full = export_full(qmodel, tmp_path / "model.onnx", image_size=64, opset=17)
     assert verify_zeros(full, qmodel, qmask)["passed"]
@@ -118,6 +121,34 @@ def test_qat_wraps_the_deepsparse_parts_only_and_holds_the_mask(tmp_path, monkey
     broken[tuple(np.argwhere(~keep[name])[0])] = zero + 1
     init.CopyFrom(numpy_helper.from_array(broken, init.name))
     assert name in verify_int8_zeros(parts, keep, quantized)["failed"]
+
+
+@pytest.mark.parametrize("kernel,stride,pad", [(2, 2, 0), (4, 2, 1), (3, 3, 0), (5, 3, 1)])
+def test_phase_conv_equals_the_transposed_conv_and_keeps_its_zeros(kernel, stride, pad):
+    gen = torch.Generator().manual_seed(kernel * 10 + stride)
+    deconv = torch.nn.ConvTranspose2d(6, 5, kernel, stride=stride, padding=pad)
+    keep = torch.rand(deconv.weight.shape, generator=gen) > 0.7
+    with torch.no_grad():
+        deconv.weight.mul_(keep)
+    phasing = phasing_of(deconv)
+    assert phasing == Phasing(stride, pad)
+    phase = PhaseConvTranspose2d(deconv, phasing)
+    x = torch.rand(2, 6, 7, 7, generator=gen)
+    with torch.no_grad():
+        assert torch.allclose(phase(x), deconv(x), atol=1e-5)
+    phase_keep = phase_mask(keep, phasing)
+    assert phase_keep.shape == phase.conv.weight.shape
+    assert int(phase_keep.sum()) == int(keep.sum())  # the same kept weights, at their taps
+    assert torch.count_nonzero(phase.conv.weight.detach()[~phase_keep]) == 0
+
+
+def test_only_exact_upsampling_deconvs_are_phased():
+    assert phasing_of(torch.nn.ConvTranspose2d(4, 4, 3, stride=2, padding=1, output_padding=1)) is None
+    assert phasing_of(torch.nn.ConvTranspose2d(4, 4, 3, stride=2)) is None
+    assert phasing_of(torch.nn.ConvTranspose2d(4, 4, 2, stride=2, groups=2)) is None
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.ConvTranspose2d(4, 4, 2, stride=2))
+    assert phase_deconvs(model) == {"1.weight": Phasing(2, 0)}
+    assert isinstance(model[1], PhaseConvTranspose2d)
 
 
 def test_shared_weight_chain_gets_one_copy_per_conv():
