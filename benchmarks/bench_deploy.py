@@ -49,7 +49,7 @@ from torchvision.models.detection import maskrcnn_resnet50_fpn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
-from compress.lottery.allocator import allocate, layer_curves  # noqa: E402
+from compress.lottery.allocator import runtime_allocation, layer_curves  # noqa: E402
 from compress.lottery.sparseml_adapter import sparseml_loggers  # noqa: E402
 from compress.quantize.qat import calibrated, quantized_params  # noqa: E402
 from evaluate.runtimes.pipeline import to_canvas  # noqa: E402
@@ -133,7 +133,7 @@ def prune(model: torch.nn.Module, sparsity: float, distribution: str,
             mask = block4_mask(weights, sparsity, distribution)
         elif distribution == "runtime":
             total = round(sparsity * sum(w.numel() for w in weights.values()))
-            mask = prune_to_counts(weights, dense, allocate(layer_curves(weights, dense, profile),
+            mask = prune_to_counts(weights, dense, runtime_allocation(layer_curves(weights, dense, profile),
                                                             total).zeros)
         else:
             mask = magnitude_prune(weights, dense, sparsity, distribution)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_sparse_backbone import export, make_model  # noqa: E402
 from compress.core.atomic import write_json  # noqa: E402
-from compress.lottery.allocator import allocate, global_allocation, layer_curves  # noqa: E402
+from compress.lottery.allocator import runtime_allocation, global_allocation, layer_curves  # noqa: E402
 from compress.lottery.masks import apply_mask, prune_to_counts  # noqa: E402
 from compress.lottery.profile import (build_profile, default_profile_path, layer_input_shapes,  # noqa: E402
                                       predicted_latency_ms, profile_key)
@@ -56,7 +56,7 @@ def allocation_zeros(kind: str, sparsity: float, weights: dict, profile: dict, m
     dense = {n: torch.ones_like(w, dtype=torch.bool) for n, w in weights.items()}
     if kind == "global":
         return global_allocation(layer_curves(weights, dense, profile, 1.0, 1.0), total).zeros
-    return allocate(layer_curves(weights, dense, profile), total, mass_bound).zeros
+    return runtime_allocation(layer_curves(weights, dense, profile), total, mass_bound).zeros
 
 
 def make_files(model, names, profile, size, sparsities, mass_bound, workdir: Path) -> list[dict]:

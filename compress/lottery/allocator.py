@@ -76,9 +76,6 @@ class Allocation:
     lam: float
     global_predicted_ms: float  # predicted latency of that global magnitude allocation
 
-    def sparsity(self, numel: Mapping[str, int]) -> dict[str, float]:
-        return {n: z / numel[n] for n, z in self.zeros.items()}
-
     def record(self) -> dict[str, Any]:
         return {"predicted_ms": self.predicted_ms, "mass_removed": self.mass_removed,
                 "mass_global": self.mass_global, "lam": self.lam,
@@ -170,7 +167,8 @@ def _mass(curves: Sequence[LayerCurve], picks: np.ndarray) -> float:
     return float(sum(c.kept_sorted[:k].sum() for c, k in zip(curves, picks)))
 
 
-def allocate(curves: Sequence[LayerCurve], total_zeros: int, mass_bound: float = 0.5) -> Allocation:
+def runtime_allocation(curves: Sequence[LayerCurve], total_zeros: int,
+                       mass_bound: float = 0.5) -> Allocation:
     """Zeros per layer (totals, floors included) summing to `total_zeros`; see the module doc."""
     floor = sum(c.zeros_now for c in curves)
     room = sum(c.zeros_max for c in curves)

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 from torch import Tensor, nn
 
 from compress.core.atomic import write_json
-from compress.lottery.allocator import allocate, layer_curves
+from compress.lottery.allocator import runtime_allocation, layer_curves
 from compress.lottery.profile import build_profile, default_profile_path, layer_input_shapes, profile_key
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ class RuntimeAllocator:
         total = zeros_now + round(fraction * kept)
         curves = layer_curves({n: state[n] for n in mask}, mask, self.profile,
                               self.max_layer_sparsity, self.stem_max_sparsity)
-        chosen = allocate(curves, total, self.mass_bound)
+        chosen = runtime_allocation(curves, total, self.mass_bound)
         self.last_record = {"runtime_predicted_ms": chosen.predicted_ms,
                             "global_predicted_ms": chosen.global_predicted_ms,
                             "runtime_mass_ratio": chosen.record()["mass_ratio"]}

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import compress.lottery.profile as profile_mod
-from compress.lottery.allocator import LayerCurve, allocate, global_allocation, layer_curves
+from compress.lottery.allocator import LayerCurve, runtime_allocation, global_allocation, layer_curves
 from compress.lottery.masks import prune_to_counts
 from compress.lottery.profile import GRID, build_profile, predicted_latency_ms
 from compress.recipe.load import load_recipe, resolved_yaml
@@ -34,21 +34,21 @@ def test_allocator_exact_total_caps_and_floors():
     curves = [curve("stem", 500, FLAT, cap=0.5), curve("a", 4000, STEEP, zeros_now=1000, seed=1),
               curve("b", 3000, FLAT, zeros_now=300, seed=2)]
     for total in (1300, 2500, 4000, 5000):
-        result = allocate(curves, total, mass_bound=0.5)
+        result = runtime_allocation(curves, total, mass_bound=0.5)
         assert sum(result.zeros.values()) == total
         for c in curves:
             assert c.zeros_now <= result.zeros[c.name] <= c.zeros_max
     with pytest.raises(ValueError):
-        allocate(curves, 1299)  # below the zeros already there
+        runtime_allocation(curves, 1299)  # below the zeros already there
     with pytest.raises(ValueError):
-        allocate(curves, sum(c.zeros_max for c in curves) + 1)
+        runtime_allocation(curves, sum(c.zeros_max for c in curves) + 1)
 
 
 def test_allocator_prefers_the_expensive_layer_that_speeds_up():
     # same weight scale: global magnitude spreads evenly; the allocator should load the steep layer
     curves = [curve("flat", 5000, FLAT, seed=3), curve("steep", 5000, STEEP, seed=4)]
     total = 8000  # 80% overall
-    runtime, reference = allocate(curves, total, mass_bound=1.0), global_allocation(curves, total)
+    runtime, reference = runtime_allocation(curves, total, mass_bound=1.0), global_allocation(curves, total)
     assert runtime.zeros["steep"] > reference.zeros["steep"]
     assert runtime.zeros["steep"] >= int(0.9 * 5000)
     assert runtime.predicted_ms < reference.predicted_ms
@@ -58,12 +58,13 @@ def test_allocator_guard_bounds_the_magnitude_mass():
     # the steep layer holds large weights: moving zeros there costs mass, the guard limits it
     curves = [curve("small", 5000, FLAT, seed=5, scale=0.1), curve("steep", 5000, STEEP, seed=6)]
     total = 5000
-    loose, tight = allocate(curves, total, mass_bound=100.0), allocate(curves, total, mass_bound=0.1)
+    loose = runtime_allocation(curves, total, mass_bound=100.0)
+    tight = runtime_allocation(curves, total, mass_bound=0.1)
     reference = global_allocation(curves, total)
     assert tight.mass_removed <= 1.1 * reference.mass_removed + 1e-9
     assert loose.mass_removed > tight.mass_removed
     assert tight.predicted_ms >= loose.predicted_ms
-    zero_bound = allocate(curves, total, mass_bound=0.0)
+    zero_bound = runtime_allocation(curves, total, mass_bound=0.0)
     assert zero_bound.zeros == reference.zeros
 
 
@@ -77,7 +78,7 @@ def test_layer_curves_stem_cap_and_prune_to_counts_nested():
     assert stem.zeros_max == max(stem.zeros_now, int(0.5 * 216))
     assert body.zeros_max == int(0.9 * 1152)
     assert np.all(stem.latency_ms == 0)  # unprofiled: flat
-    zeros = allocate(curves, stem.zeros_now + body.zeros_now + 300).zeros
+    zeros = runtime_allocation(curves, stem.zeros_now + body.zeros_now + 300).zeros
     new = prune_to_counts(weights, mask, zeros)
     for name in weights:
         assert int((~new[name]).sum()) == zeros[name]
@@ -303,7 +304,7 @@ def test_allocator_beats_uniform_and_global_on_step_curves():
     curves = [curve(f"l{i}", n, lat, seed=10 + i, cap=0.98)
               for i, (n, lat) in enumerate(zip((3000, 9000, 20000, 6000), shapes))]
     total = round(0.8 * sum(c.numel for c in curves))
-    runtime = allocate(curves, total, mass_bound=10.0)
+    runtime = runtime_allocation(curves, total, mass_bound=10.0)
     assert sum(runtime.zeros.values()) == total
     assert runtime.predicted_ms <= _uniform(curves, 0.8) + 1e-9
     assert runtime.predicted_ms < global_allocation(curves, total).predicted_ms
@@ -313,7 +314,7 @@ def test_allocator_matches_exhaustive_search_on_convex_curves():
     convex = [[12, 9, 7, 6, 5, 4.6, 4.4], [30, 20, 14, 10, 8, 7, 6.5], [8, 7, 6.2, 5.6, 5.2, 5, 4.9]]
     curves = [curve(f"c{i}", 200, lat, seed=20 + i, cap=0.98) for i, lat in enumerate(convex)]
     total = 330
-    got = allocate(curves, total, mass_bound=1e6)  # latency first
+    got = runtime_allocation(curves, total, mass_bound=1e6)  # latency first
     best = min(
         float(curves[0].latency(np.asarray([a]))[0] + curves[1].latency(np.asarray([b]))[0]
               + curves[2].latency(np.asarray([total - a - b]))[0])
