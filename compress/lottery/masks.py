@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -20,15 +20,33 @@ from compress.core.errors import ModelFileError
 log = logging.getLogger(__name__)
 
 Mask = dict[str, Tensor]
-DISTRIBUTIONS = ("global", "layerwise")
+RANKINGS = ("global", "layerwise")  # one ranking over every tensor, or one per tensor
+MASK_TYPES = ("unstructured", "block4")  # what is pruned: single weights, or blocks of 4 inputs
+BLOCK = 4
+
+
+class Ranking(NamedTuple):
+    """How `magnitude_prune` ranks: over every tensor (`global`) or per tensor (`layerwise`),
+    single weights (`unstructured`) or blocks of 4 consecutive input channels (`block4`)."""
+
+    distribution: str = "global"
+    mask_type: str = "unstructured"
+
+
+def as_ranking(distribution: str | Ranking) -> Ranking:
+    """A Ranking from itself or a distribution name (single weights); checked."""
+    ranking = Ranking(distribution) if isinstance(distribution, str) else Ranking(*distribution)
+    if ranking.distribution not in RANKINGS:
+        raise ValueError(f"distribution '{ranking.distribution}' not in {RANKINGS}")
+    if ranking.mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type '{ranking.mask_type}' not in {MASK_TYPES}")
+    return ranking
 
 
 def _check_prune_args(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor],
-                      fraction: float, distribution: str) -> None:
+                      fraction: float) -> None:
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"prune fraction {fraction} must be in [0, 1)")
-    if distribution not in DISTRIBUTIONS:
-        raise ValueError(f"distribution '{distribution}' not in {DISTRIBUTIONS}")
     for name, kept in mask.items():
         if name not in weights:
             raise ValueError(f"mask names '{name}' but the weights do not hold it")
@@ -39,30 +57,127 @@ def _check_prune_args(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor],
             raise ValueError(f"{name}: weights hold NaN/inf; training diverged, cannot prune")
 
 
-def _prune_flat(magnitude: Tensor, kept: Tensor, count: int) -> Tensor:
-    """Drop the `count` smallest kept entries of a flat tensor; ties go to the lower index."""
+def _inputs_last(t: Tensor) -> Tensor:
+    """The input channels (dim 1) moved last, as SparseML's FourBlockMaskCreator lays a weight out:
+    [out, in, kh, kw] -> [out, kh, kw, in] (a 1-D or 2-D tensor as it is)."""
+    return t.movedim(1, -1) if t.dim() > 2 else t
+
+
+class Blocks(NamedTuple):
+    """A tensor's 4-blocks, in SparseML's order (output channel, kernel position, input block)."""
+
+    scores: Tensor  # mean |w| per block (a partial last block: the mean of the weights it has)
+    ids: Tensor  # the block of each entry, in the tensor's flat order
+    sizes: Tensor  # weights per block: 4, or `in % 4` for the last block of a row
+    kept: Tensor  # per block: kept (all its weights kept) or pruned (none)
+
+
+def block_scores(magnitude: Tensor) -> Tensor:
+    """Mean |w| of each block of 4 consecutive input channels, with SparseML's arithmetic
+    (FourBlockMaskCreator.group_tensor: a partial last block is padded with the mean of the
+    channels it has, then every block of 4 is averaged), so the ranking equals SparseML's."""
+    t = _inputs_last(magnitude)
+    rest = t.shape[-1] % BLOCK
+    if rest:
+        pad = t[..., -rest:].mean(-1, keepdim=True).expand(*t.shape[:-1], BLOCK - rest)
+        t = torch.cat([t, pad], dim=-1)
+    return t.reshape(-1, BLOCK).mean(1)
+
+
+def blocks_of(weight: Tensor, kept: Tensor, name: str = "tensor") -> Blocks:
+    """The 4-blocks of `weight` under the bool mask `kept` (same shape), which must be
+    block-structured: every block all kept or all pruned."""
+    flat_index = _inputs_last(torch.arange(weight.numel()).reshape(weight.shape))
+    channels = flat_index.shape[-1] if flat_index.dim() else 1
+    per_row = -(-channels // BLOCK)
+    rows = flat_index.numel() // max(channels, 1)
+    view_ids = (torch.arange(rows).unsqueeze(1) * per_row
+                + torch.arange(channels).unsqueeze(0) // BLOCK).reshape(-1)
+    ids = torch.empty(weight.numel(), dtype=torch.long)
+    ids[flat_index.reshape(-1)] = view_ids
+    ids = ids.to(kept.device)
+    sizes = torch.bincount(ids, minlength=rows * per_row)
+    kept_count = torch.bincount(ids, weights=kept.reshape(-1).double(),
+                                minlength=rows * per_row).long()
+    if bool(((kept_count != 0) & (kept_count != sizes)).any()):
+        raise ValueError(f"{name}: the mask is not 4-block structured (a block is partly kept); "
+                         "block4 prunes only from a dense or block4 mask")
+    magnitude = weight.detach().abs().to(kept.device)
+    return Blocks(block_scores(magnitude), ids, sizes, kept_count == sizes)
+
+
+def block_count(sizes_in_order: Tensor, weights_count: int) -> int:
+    """How many blocks, taken in ranking order, remove the nearest to `weights_count` weights;
+    a tie takes the even count (with whole blocks of 4: Python's round(weights_count / 4))."""
+    reach = torch.cat([sizes_in_order.new_zeros(1), sizes_in_order.cumsum(0)])
+    above = int(torch.searchsorted(reach, torch.tensor(weights_count, dtype=reach.dtype,
+                                                         device=reach.device)))
+    if above >= len(reach):
+        return len(reach) - 1
+    if above == 0:
+        return 0
+    over, under = int(reach[above]) - weights_count, weights_count - int(reach[above - 1])
+    if over != under:
+        return above if over < under else above - 1
+    return above if above % 2 == 0 else above - 1
+
+
+def block_totals(kept: Tensor) -> tuple[int, int]:
+    """(kept blocks, blocks) of a 4-block structured mask."""
+    blocks = blocks_of(kept.float(), kept.bool())
+    return int(blocks.kept.sum()), len(blocks.kept)
+
+
+def _block_mask(blocks: Blocks, count: int) -> Tensor:
+    """The per-entry mask (flat) after dropping the blocks nearest to `count` weights."""
+    return _prune_flat(blocks.scores, blocks.kept, count, blocks.sizes)[blocks.ids]
+
+
+def _joined(parts: list[Blocks]) -> Blocks:
+    """Several tensors' blocks as one (ids offset), for one global ranking."""
+    offsets = [0]
+    for part in parts[:-1]:
+        offsets.append(offsets[-1] + len(part.sizes))
+    return Blocks(torch.cat([p.scores for p in parts]),
+                  torch.cat([p.ids + off for p, off in zip(parts, offsets)]),
+                  torch.cat([p.sizes for p in parts]), torch.cat([p.kept for p in parts]))
+
+
+def _prune_flat(magnitude: Tensor, kept: Tensor, count: int, sizes: Tensor | None = None) -> Tensor:
+    """Drop the smallest kept entries of a flat tensor, ties to the lower index: `count` of them,
+    or, given `sizes` (the weights each entry stands for: blocks), as many as come nearest to
+    removing `count` weights (`block_count`)."""
     new = kept.clone()
     if count <= 0:
         return new
     positions = kept.nonzero().squeeze(1)
-    order = torch.sort(magnitude[positions], stable=True).indices[:count]
-    new[positions[order]] = False
+    order = positions[torch.sort(magnitude[positions], stable=True).indices]
+    if sizes is not None:
+        count = block_count(sizes[order], count)
+    new[order[:count]] = False
     return new
 
 
 def magnitude_prune(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor], fraction: float,
-                    distribution: str = "global") -> Mask:
+                    distribution: str | Ranking = "global") -> Mask:
     """Remove `fraction` of the still-kept weights by smallest |w| and return the new mask.
 
+    `distribution` is a `Ranking` or its distribution name (single weights).
     global: one ranking over all tensors of `mask`, exactly round(fraction * kept_total) removed.
     layerwise: per tensor, exactly round(fraction * kept_tensor) removed.
     `round` is Python's (half to even, as SparseML). Weights already pruned are never
     considered, whatever their value. Ties in |w| are broken by position (mask order, then flat
     index: the earlier is pruned first), so counts are exact and results deterministic.
+    block4: the same weight count, taken in whole blocks of 4 consecutive input channels ranked
+    by their mean |w| (SparseML's FourBlockMaskCreator), as many blocks as come nearest to it
+    (`block_count`); every block ends all kept or all pruned.
     """
-    _check_prune_args(weights, mask, fraction, distribution)
+    ranking = as_ranking(distribution)
+    _check_prune_args(weights, mask, fraction)
     names = list(mask)
-    if distribution == "layerwise":
+    if ranking.mask_type == "block4":
+        return _block_prune(weights, mask, fraction, ranking.distribution)
+    if ranking.distribution == "layerwise":
         out = {}
         for name in names:
             kept = mask[name].reshape(-1).bool()
@@ -73,14 +188,41 @@ def magnitude_prune(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor], f
     device = next(iter(mask.values())).device if names else torch.device("cpu")
     kept = torch.cat([mask[n].reshape(-1).bool().to(device) for n in names]) if names else \
         torch.zeros(0, dtype=torch.bool)
-    dtype = torch.float64 if any(weights[n].dtype == torch.float64 for n in names) \
-        else torch.float32  # float32 holds fp16/bf16 magnitudes exactly
+    dtype = _ranking_dtype(weights, names)
     magnitude = torch.cat([weights[n].detach().reshape(-1).abs().to(device, dtype)
                            for n in names]) if names else torch.zeros(0)
     flat = _prune_flat(magnitude, kept, round(fraction * int(kept.sum())))
-    sizes = [mask[n].numel() for n in names]
-    return {n: part.reshape(mask[n].shape).to(mask[n].device)
-            for n, part in zip(names, torch.split(flat, sizes))}
+    return _split(flat, mask)
+
+
+def _ranking_dtype(weights: Mapping[str, Tensor], names: list[str]) -> torch.dtype:
+    return torch.float64 if any(weights[n].dtype == torch.float64 for n in names) \
+        else torch.float32  # float32 holds fp16/bf16 magnitudes exactly
+
+
+def _split(flat: Tensor, mask: Mapping[str, Tensor]) -> Mask:
+    """A flat mask over every tensor of `mask` (in its order) back into {name: shaped mask}."""
+    sizes = [m.numel() for m in mask.values()]
+    return {n: part.reshape(m.shape).to(m.device)
+            for (n, m), part in zip(mask.items(), torch.split(flat, sizes))}
+
+
+def _block_prune(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor], fraction: float,
+                 distribution: str) -> Mask:
+    names = list(mask)
+    device = next(iter(mask.values())).device if names else torch.device("cpu")
+    dtype = _ranking_dtype(weights, names)
+    parts = []
+    for name in names:
+        part = blocks_of(weights[name].to(device), mask[name].bool().to(device), name)
+        parts.append(part._replace(scores=part.scores.to(dtype)))
+    if distribution == "layerwise":
+        return {n: _block_mask(p, round(fraction * int(mask[n].sum()))).reshape(mask[n].shape)
+                .to(mask[n].device) for n, p in zip(names, parts)}
+    if not names:
+        return {}
+    kept = sum(int(mask[n].sum()) for n in names)
+    return _split(_block_mask(_joined(parts), round(fraction * kept)), mask)
 
 
 def prune_to_counts(weights: Mapping[str, Tensor], mask: Mapping[str, Tensor],
@@ -277,7 +419,7 @@ def load_mask(path: str | os.PathLike, model: nn.Module | None = None) -> Mask:
 
 
 def early_bird_iou(snapshot_weights: Mapping[str, Tensor], final_weights: Mapping[str, Tensor],
-                   mask: Mapping[str, Tensor], fraction: float, distribution: str) -> float:
+                   mask: Mapping[str, Tensor], fraction: float, distribution: str | Ranking) -> float:
     """Pruned-set IoU between the prune of `mask` on mid-training and on final weights."""
     early = magnitude_prune(snapshot_weights, mask, fraction, distribution)
     final = magnitude_prune(final_weights, mask, fraction, distribution)

@@ -13,16 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from torch import Tensor, nn
+from torch import nn
 
-from compress.lottery import sparseml_adapter
-from compress.lottery.masks import dense_mask, mask_from_model
+from compress.lottery.distributions import Allocate, Distribution, for_recipe
+from compress.lottery.masks import MASK_TYPES, Mask, dense_mask, mask_from_model
 from compress.lottery.transfer import load_ticket_parts, mask_transfer, source_weights, transfer_ticket
 
 log = logging.getLogger(__name__)
-Mask = dict[str, Tensor]
 Lottery = Any  # the recipe's `lottery:` section (compress.recipe.schema.LotteryCfg)
-Allocate = Callable[[nn.Module, Mask, float], dict[str, int]]  # (model, mask, fraction) -> zeros
 
 
 def _no_rounds(lot: Lottery) -> int:
@@ -65,6 +63,7 @@ class Method:
     fraction: Callable[[Lottery], float] = _geometric
     start: Callable[[nn.Module, Lottery, tuple[str, ...]], Optional[Mask]] = _dense_start
     mask_from_zeros: bool = False  # round 0 ends with the zeros its training left as the mask
+    mask_types: tuple[str, ...] = ("unstructured",)  # the lottery.mask_types its rounds prune
 
     def initial_mask(self, model: nn.Module, lot: Lottery, prunable: tuple[str, ...]) -> Optional[Mask]:
         """Round 0's mask, with any source values loaded into `model` (None: train dense)."""
@@ -76,26 +75,18 @@ class Method:
             else dense_mask(model, list(prunable))
 
     @staticmethod
-    def prune(model: nn.Module, mask: Mask, fraction: float, distribution: str, log_dir: Path,
-              allocate: Optional[Allocate] = None) -> Mask:
-        """Round k >= 1: prune `fraction` of the kept weights by magnitude through SparseML.
-
-        distribution "runtime": `allocate(model, mask, fraction)` gives each tensor's zeros
-        (the same total as global) and each tensor is pruned to its count.
-        """
-        if distribution == "runtime":
-            if allocate is None:
-                raise ValueError("distribution 'runtime' needs an allocator (a latency profile)")
-            return sparseml_adapter.sparseml_prune_layers(model, mask, allocate(model, mask, fraction),
-                                                          log_dir)
-        return sparseml_adapter.sparseml_prune(model, mask, fraction, distribution, log_dir)
+    def prune(model: nn.Module, mask: Mask, fraction: float, distribution: str | Distribution,
+              log_dir: Path, allocate: Optional[Allocate] = None) -> Mask:
+        """Round k >= 1: prune `fraction` of the kept weights as the run's distribution does
+        (compress.lottery.distributions; a name: that entry, single weights)."""
+        return for_recipe(distribution).prune(model, mask, fraction, log_dir, allocate)
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
     Method("imp", "iterative magnitude pruning with rewinding, `rounds` rounds",
-           pruning_rounds=lambda lot: lot.rounds),
+           pruning_rounds=lambda lot: lot.rounds, mask_types=MASK_TYPES),
     Method("oneshot", "one pruning round straight to target_sparsity (or prune_fraction)",
-           pruning_rounds=lambda lot: 1,
+           pruning_rounds=lambda lot: 1, mask_types=MASK_TYPES,
            fraction=lambda lot: lot.target_sparsity if lot.target_sparsity is not None
            else lot.prune_fraction),
     Method("gradual", "SparseML gradual magnitude pruning during one training run (`modifiers:`)",

@@ -25,7 +25,8 @@ from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.durations import format_duration
 from compress.lottery.controls import run_controls, run_replicates
 from compress.lottery.masks import (MaskHolder, early_bird_iou, finished_intact, is_nested, load_mask,
-                                    mask_iou, rewind, save_mask, sparsity_report)
+                                    mask_iou, Ranking, rewind, save_mask, sparsity_report)
+from compress.lottery.distributions import Distribution, for_recipe
 from compress.lottery.methods import Method
 from compress.lottery.runtime_aware import RuntimeAllocator
 from compress.training.round import RoundPlan, Schedule, train_round
@@ -207,9 +208,10 @@ def _finish_round(index: int, setup: LotterySetup, ctx: LotteryContext, model: n
              {k: round(v, 4) for k, v in metrics.items() if isinstance(v, float)})
 
 
-def _ranking(distribution: str) -> str:
-    """The magnitude ranking an early-bird check compares (runtime allocates a global count)."""
-    return "global" if distribution == "runtime" else distribution
+def _ranking(distribution: str | Distribution) -> Ranking:
+    """The magnitude ranking an early-bird check compares (the run's distribution's: runtime
+    allocates a global count; block4 ranks blocks)."""
+    return for_recipe(distribution).ranking
 
 
 def _round_record(index: int, round_dir: Path) -> dict[str, Any]:

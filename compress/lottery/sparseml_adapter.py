@@ -13,8 +13,9 @@ Facts on this stack (sparseml 1.8.0, torch 2.14):
   passes target = (zeros + to_prune) / numel so its counts equal `masks.magnitude_prune`.
 - Without explicit loggers SparseML's default Python logger writes `sparse_logs/` into the
   current directory: every manager here gets a Python logger writing to `log_dir`.
-- Gradual pruning: `manager.modify(model, optimizer, steps_per_epoch)` returns a wrapped
-  optimizer whose `step()` drives the modifiers (`ScheduledOptimizer` is deprecated).
+- Gradual pruning: `manager.modify(model, optimizer, steps_per_epoch)` returns the stepper (a
+  RecipeManagerStepWrapper round the optimizer) whose `step()` drives the modifiers
+  (`ScheduledOptimizer` is deprecated).
 """
 from __future__ import annotations
 
@@ -31,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.errors import RecipeError
-from compress.lottery.masks import Mask, apply_mask, magnitude_prune, prune_to_counts
+from compress.lottery.masks import (Mask, Ranking, apply_mask, as_ranking, block_totals, magnitude_prune,
+                                    prune_to_counts)
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +77,13 @@ def _fmt(value: float) -> str:
 
 def oneshot_prune_recipe(param_names: list[str], sparsity: float | Mapping[str, float],
                          distribution: str, *, init_sparsity: float | str = 0.0,
-                         update_frequency: float = 1.0) -> str:
+                         update_frequency: float = 1.0, mask_type: str = "unstructured") -> str:
     """SparseML recipe text that prunes `param_names` to `sparsity` in one step.
 
     `sparsity` is the final total sparsity: one float (global, or the same for every tensor), or
     per tensor {name: sparsity} (layerwise only). `init_sparsity` is the current sparsity (a float
-    or "__FROM_PARAM__").
+    or "__FROM_PARAM__"). `mask_type` block4: SparseML's FourBlockMaskCreator, whose sparsity
+    counts blocks of 4 input channels, not weights.
     """
     if distribution not in MODIFIER_FOR:
         raise ValueError(f"distribution '{distribution}' not in {sorted(MODIFIER_FOR)}")
@@ -100,7 +103,7 @@ def oneshot_prune_recipe(param_names: list[str], sparsity: float | Mapping[str, 
         lines += [f"    final_sparsity: {_fmt(sparsity)}", f"    params: {json.dumps(param_names)}"]
     lines += ["    start_epoch: 0.0", "    end_epoch: 1.0",
               f"    update_frequency: {_fmt(update_frequency)}", "    inter_func: linear",
-              "    leave_enabled: true", "    mask_type: unstructured"]
+              "    leave_enabled: true", f"    mask_type: {mask_type}"]
     return "\n".join(lines) + "\n"
 
 
@@ -193,15 +196,25 @@ def all_prunable_params(model: nn.Module) -> list[str]:
     return [f"{name}.weight" for name, _ in get_prunable_layers(model)]
 
 
+def _pruned(kept: Tensor, mask_type: str) -> tuple[int, int]:
+    """(pruned, all) of what SparseML's sparsity counts: weights, or (block4) blocks."""
+    if mask_type == "block4":
+        kept_blocks, blocks = block_totals(kept)
+        return blocks - kept_blocks, blocks
+    return int((~kept.bool()).sum()), kept.numel()
+
+
 def _targets(mask: Mapping[str, Tensor], expected: Mapping[str, Tensor],
-             distribution: str) -> tuple[float | dict[str, float], float | str]:
-    """(final_sparsity, init_sparsity) that make SparseML prune exactly the expected count."""
-    if distribution == "global":
-        numel = sum(m.numel() for m in mask.values())
-        zeros_now = sum(int((~m).sum()) for m in mask.values())
-        zeros_next = sum(int((~m).sum()) for m in expected.values())
-        return zeros_next / numel, zeros_now / numel
-    return {n: int((~m).sum()) / m.numel() for n, m in expected.items()}, "__FROM_PARAM__"
+             ranking: Ranking) -> tuple[float | dict[str, float], float | str]:
+    """(final_sparsity, init_sparsity) that make SparseML prune exactly the expected count (for
+    block4 in blocks: SparseML masks round(blocks * target) of them, target = pruned / blocks)."""
+    if ranking.distribution == "global":
+        now = [_pruned(m, ranking.mask_type) for m in mask.values()]
+        numel = sum(total for _, total in now)
+        zeros_next = sum(_pruned(m, ranking.mask_type)[0] for m in expected.values())
+        return zeros_next / numel, sum(zeros for zeros, _ in now) / numel
+    pruned = {n: _pruned(m, ranking.mask_type) for n, m in expected.items()}
+    return {n: zeros / total for n, (zeros, total) in pruned.items()}, "__FROM_PARAM__"
 
 
 def _check_counts(new: Mask, expected: Mask, distribution: str) -> None:
@@ -221,17 +234,20 @@ def _check_counts(new: Mask, expected: Mask, distribution: str) -> None:
 
 
 def sparseml_prune(model: nn.Module, mask: Mapping[str, Tensor], fraction: float,
-                   distribution: str, log_dir: str | os.PathLike) -> Mask:
+                   distribution: str | Ranking, log_dir: str | os.PathLike) -> Mask:
     """Prune `fraction` of the kept weights with a one-shot SparseML modifier; return the mask.
 
     The model's pruned weights are zeroed first (SparseML ranks zeros lowest), the modifier is
     applied, its masks are read (before finalize: exact even where a kept weight is 0.0) and
-    ANDed with the old mask, then finalised. Counts are checked against `masks.magnitude_prune` on the same weights (RuntimeError if not equal).
+    ANDed with the old mask, then finalised. Counts are checked against `masks.magnitude_prune`
+    on the same weights (RuntimeError if not equal). `distribution` is a `masks.Ranking` or its
+    name; block4 gives the modifier `mask_type: block4` (SparseML's FourBlockMaskCreator).
     """
+    ranking = as_ranking(distribution)
     apply_mask(model, mask)
     state = model.state_dict()
-    expected = magnitude_prune({n: state[n] for n in mask}, mask, fraction, distribution)
-    return _prune_to(model, mask, expected, distribution, log_dir)
+    expected = magnitude_prune({n: state[n] for n in mask}, mask, fraction, ranking)
+    return _prune_to(model, mask, expected, ranking, log_dir)
 
 
 def sparseml_prune_layers(model: nn.Module, mask: Mapping[str, Tensor],
@@ -242,13 +258,13 @@ def sparseml_prune_layers(model: nn.Module, mask: Mapping[str, Tensor],
     apply_mask(model, mask)
     state = model.state_dict()
     expected = prune_to_counts({n: state[n] for n in mask}, mask, zeros)
-    return _prune_to(model, mask, expected, "layerwise", log_dir)
+    return _prune_to(model, mask, expected, Ranking("layerwise"), log_dir)
 
 
-def _prune_to(model: nn.Module, mask: Mapping[str, Tensor], expected: Mask, distribution: str,
+def _prune_to(model: nn.Module, mask: Mapping[str, Tensor], expected: Mask, ranking: Ranking,
               log_dir: str | os.PathLike) -> Mask:
     names = list(mask)
-    final, init = _targets(mask, expected, distribution)
+    final, init = _targets(mask, expected, ranking)
     if isinstance(final, dict):
         active = [n for n in names if not bool((expected[n] == mask[n].bool()).all())]
         final = {n: final[n] for n in active}
@@ -257,7 +273,8 @@ def _prune_to(model: nn.Module, mask: Mapping[str, Tensor], expected: Mask, dist
     if not active:
         return {n: m.clone().bool().cpu() for n, m in expected.items()}
     _check_not_all(final)
-    recipe = oneshot_prune_recipe(active, final, distribution, init_sparsity=init)
+    recipe = oneshot_prune_recipe(active, final, ranking.distribution, init_sparsity=init,
+                                  mask_type=ranking.mask_type)
     manager = manager_from_yaml(recipe)
     manager.apply(model, epoch=math.inf, loggers=sparseml_loggers(log_dir), finalize=False)
     pruned = _modifier_masks(manager)
@@ -265,7 +282,7 @@ def _prune_to(model: nn.Module, mask: Mapping[str, Tensor], expected: Mask, dist
     new = {n: (pruned[n] if n in pruned else mask[n].bool().cpu()) & mask[n].bool().cpu()
            for n in names}
     apply_mask(model, new)
-    _check_counts(new, {n: t.cpu() for n, t in expected.items()}, distribution)
+    _check_counts(new, {n: t.cpu() for n, t in expected.items()}, ranking.distribution)
     return new
 
 
@@ -293,29 +310,30 @@ def gmp_manager(source: str, model: nn.Module, optimizer: torch.optim.Optimizer,
     """Start a SparseML recipe (text or file path: gradual pruning, learning rate, ...) for a
     training run.
 
-    Returns (manager, wrapper): call `wrapper.step()` instead of `optimizer.step()` every
+    Returns (manager, stepper): call `stepper.step()` instead of `optimizer.step()` every
     iteration (it runs the modifiers), `manager.finalize(model)` at the end. With a GradScaler
     (`scaler`) SparseML wraps the scaler instead (`modify(wrap_optim=...)`): call
-    `wrapper.step(optimizer)` every iteration; the scaler may skip the optimizer step on inf
+    `stepper.step(optimizer)` every iteration; the scaler may skip the optimizer step on inf
     gradients, the modifiers' step count still advances, so the schedule never shifts. The
-    wrapper starts at `start_iteration` (as an epoch fraction), so a resumed run continues the
+    stepper starts at `start_iteration` (as an epoch fraction), so a resumed run continues the
     schedule where its checkpoint left it. Logs go to `log_dir/sparseml.log` (never to
     `sparse_logs/` in the CWD).
     """
     if steps_per_epoch < 1:
         raise ValueError(f"steps_per_epoch {steps_per_epoch} must be >= 1")
     manager = manager_from_yaml(source, variables)
-    wrapped = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, wrap_optim=scaler,
+    stepper = manager.modify(model, optimizer, steps_per_epoch=steps_per_epoch, wrap_optim=scaler,
                              epoch=start_iteration / steps_per_epoch, loggers=sparseml_loggers(log_dir))
-    return manager, wrapped
+    return manager, stepper
 
 
 def modifier_wrapper(source: str, steps_per_epoch: int, log_dir: str | os.PathLike,
                      variables: Mapping[str, Any] | None = None) -> Callable[..., Any]:
-    """The training loop's optimizer wrapper for a run driven by SparseML modifiers:
-    wrap(model, optimizer, iteration, scaler=None) -> the object whose step() drives them."""
-    def wrap(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
-             scaler: Any = None) -> Any:
+    """The training loop's optimizer wrapper (RoundPlan.optimizer_wrapper) for a run driven by
+    SparseML modifiers: optimizer_wrapper(model, optimizer, iteration, scaler=None) -> the
+    stepper (`gmp_manager`) whose step() drives them."""
+    def optimizer_wrapper(model: nn.Module, optimizer: torch.optim.Optimizer, iteration: int,
+                          scaler: Any = None) -> Any:
         return gmp_manager(source, model, optimizer, steps_per_epoch, log_dir=log_dir,
                            start_iteration=iteration, scaler=scaler, variables=variables)[1]
-    return wrap
+    return optimizer_wrapper

@@ -11,6 +11,8 @@ from typing import Any, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from compress.lottery.controls import CONTROL_NAMES
+from compress.lottery.distributions import DISTRIBUTION_NAMES, DISTRIBUTIONS
+from compress.lottery.masks import MASK_TYPES
 from compress.lottery.methods import METHOD_NAMES, METHODS
 from compress.models.heads import HeadConfig
 from compress.lottery.sparseml_adapter import TRAINING_MODIFIERS, modifier_names
@@ -19,7 +21,6 @@ from compress.core.errors import RecipeError
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
 PREFIX_PATTERN = r"([A-Za-z0-9_]+\.)+"  # modifier_prefix: module names, each ending in '.'
-RUNTIME_METHODS = ("imp", "oneshot")  # methods whose rounds prune by magnitude
 
 
 class _Section(BaseModel):
@@ -118,7 +119,8 @@ class LotteryCfg(_Section):
     rounds: int = Field(5, ge=1, le=50)
     prune_fraction: Optional[float] = Field(0.2, gt=0, lt=1)
     target_sparsity: Optional[float] = Field(None, gt=0, lt=1)
-    distribution: Literal["global", "layerwise", "runtime"] = "global"
+    distribution: Literal[DISTRIBUTION_NAMES] = "global"
+    mask_type: Literal[MASK_TYPES] = "unstructured"  # what the rounds prune: weights or 4-blocks
     runtime: RuntimeCfg = RuntimeCfg()
     scope: Literal["all", "backbone"] = "all"
     include: list[str] = []
@@ -142,14 +144,30 @@ class LotteryCfg(_Section):
         for key, what in method.needs.items():
             if not getattr(self, key):
                 raise ValueError(f"method '{self.method}' needs lottery.{key} ({what})")
-        if self.distribution == "runtime" and self.method not in RUNTIME_METHODS:
-            raise ValueError(f"distribution 'runtime' works with methods {', '.join(RUNTIME_METHODS)}, "
-                             f"not '{self.method}'")
+        self._check_distribution(method)
         if self.prune_fraction is None and self.target_sparsity is None and method.uses_fraction:
             raise ValueError("set prune_fraction or target_sparsity")
         self._check_controls(method.pruning_rounds(self))
         self._check_seeds(method.pruning_rounds(self))
         return self
+
+    def _check_distribution(self, method: Any) -> None:
+        dist = DISTRIBUTIONS[self.distribution]
+        if dist.methods is not None and self.method not in dist.methods:
+            raise ValueError(f"distribution '{self.distribution}' works with methods "
+                             f"{', '.join(dist.methods)}, not '{self.method}'")
+        if self.mask_type not in method.mask_types:
+            takers = [m.name for m in METHODS.values() if self.mask_type in m.mask_types]
+            hint = (" (gradual: set mask_type on its SparseML pruning modifier)"
+                    if method.needs_modifiers else "")
+            raise ValueError(f"mask_type '{self.mask_type}' prunes the rounds of methods "
+                             f"{', '.join(takers)}, not '{self.method}'{hint}")
+        if self.mask_type not in dist.mask_types:
+            takers = [d.name for d in DISTRIBUTIONS.values() if self.mask_type in d.mask_types]
+            why = " (the latency profile and its allocator count single weights)" \
+                if dist.needs_profile else ""
+            raise ValueError(f"mask_type '{self.mask_type}' works with distributions "
+                             f"{', '.join(takers)}, not '{self.distribution}'{why}")
 
     def _check_seeds(self, pruning_rounds: int) -> None:
         if len(set(self.seeds)) != len(self.seeds) or any(s < 0 for s in self.seeds):

@@ -29,6 +29,7 @@ from compress.training.schedule import parse_duration
 from compress.core.distributed import SINGLE
 from compress.run import setup as rs
 from compress.run.torch_eval import evaluate_torch
+from compress.lottery.distributions import for_recipe
 from compress.lottery.methods import METHODS
 from compress.run.modifiers import apply_epoch_range, lr_from_modifiers, modifier_factory
 from compress.core.checkpoint import load_checkpoint, save_checkpoint
@@ -115,10 +116,11 @@ def lottery_setup(recipe: Recipe, run: RunFolder, model: torch.nn.Module,
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
     method = METHODS[lot.method]
+    distribution = for_recipe(lot.distribution, lot.mask_type)
     allocate = (runtime_allocator(recipe, run, model, names, progress, dist, refuse_loaded_profile)
-                if lot.distribution == "runtime" else None)
+                if distribution.needs_profile else None)
     return LotterySetup(method=method, lottery=lot, pruning_rounds=method.pruning_rounds(lot),
-                        fraction=method.fraction(lot), distribution=lot.distribution,
+                        fraction=method.fraction(lot), distribution=distribution,
                         prunable=tuple(names),
                         rewind_iteration=parse_duration(lot.rewind, iters_per_epoch),
                         early_bird=lot.early_bird,

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from compress.core.errors import RecipeError
-from compress.lottery.masks import MaskHolder, dense_mask, is_nested, magnitude_prune, mask_from_model
+from compress.lottery.masks import (MaskHolder, Ranking, dense_mask, is_nested, magnitude_prune,
+                                    mask_from_model)
 from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.lottery.sparseml_adapter import (constant_pruning_recipe, gmp_manager, known_modifier_names,
@@ -54,7 +55,8 @@ def test_known_modifiers_and_did_you_mean():
         validate_modifier_tags(["!ConstantPruningModifer"])
 
 
-@pytest.mark.parametrize("distribution", ["global", "layerwise"])
+@pytest.mark.parametrize("distribution", ["global", "layerwise", Ranking("global", "block4"),
+                                          Ranking("layerwise", "block4")])
 def test_sparseml_prune_equals_pure_prune(distribution, tmp_path, monkeypatch):
     torch.set_num_threads(1)
     monkeypatch.chdir(tmp_path)
@@ -89,8 +91,8 @@ def test_gmp_reaches_target_then_finalize_regrows_without_holder(tmp_path, monke
         "    final_sparsity: 0.5", "    start_epoch: 0.0", "    end_epoch: 1.0",
         "    update_frequency: 0.5", f"    params: {names}"]) + "\n"
     optimizer = sgd(model)
-    manager, wrapped = gmp_manager(recipe, model, optimizer, steps_per_epoch=2, log_dir=tmp_path)
-    train_steps(model, wrapped, 4)
+    manager, stepper = gmp_manager(recipe, model, optimizer, steps_per_epoch=2, log_dir=tmp_path)
+    train_steps(model, stepper, 4)
     mask = mask_from_model(model, names)
     for name in names:
         assert int((~mask[name]).sum()) == round(0.5 * mask[name].numel())
@@ -105,10 +107,10 @@ def test_constant_pruning_and_holder_keep_zeros(tmp_path):
     model = tiny_model()
     names = select_prunable(model)
     mask = sparseml_prune(model, dense_mask(model, names), 0.5, "global", tmp_path)
-    manager, wrapped = gmp_manager(constant_pruning_recipe(names), model, sgd(model),
+    manager, stepper = gmp_manager(constant_pruning_recipe(names), model, sgd(model),
                                    steps_per_epoch=2, log_dir=tmp_path)
     counts = []
-    train_steps(model, wrapped, 2, after_each=lambda: counts.append(pruned_nonzero(model, mask)))
+    train_steps(model, stepper, 2, after_each=lambda: counts.append(pruned_nonzero(model, mask)))
     manager.finalize(model)
     assert counts == [0, 0]
     holder = MaskHolder(model, mask)
