@@ -249,6 +249,12 @@ class Recipe(_Section):
     bench: BenchCfg = BenchCfg()
     smoke: dict[str, Any] = {}
 
+    @property
+    def image_size(self) -> int:
+        """The size a run exports, profiles and benchmarks at: export.image_size, else the
+        model's min_size."""
+        return self.export.image_size or self.model.min_size
+
     @field_validator("modifiers")
     @classmethod
     def _tagged(cls, modifiers: Union[list[dict[str, Any]], str]) -> Union[list[dict[str, Any]], str]:

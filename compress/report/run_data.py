@@ -134,7 +134,7 @@ def size_macs_series(run: RunData) -> dict[str, Any]:
     bounds = [sum(bound_bytes(k, k - int(m[n].sum()) if n in m else 0) for n, k in numel.items())
               for m in masks]
     macs_info = run.summary.get("macs") or {}
-    size = macs_info.get("image_size") or loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    size = macs_info.get("image_size") or loaded.recipe.image_size
     if macs_info.get("per_round"):
         dense, effective = macs_info["dense"], [float(v) for v in macs_info["per_round"]]
     else:

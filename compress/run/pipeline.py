@@ -142,7 +142,7 @@ def runtime_allocator(recipe: Recipe, run: RunFolder, model: torch.nn.Module, na
     copy = run.root / "profile.json"
     if dist.is_main:
         profile_for_run(model, names, arch=recipe.model.arch, backbone=recipe.model.backbone,
-                        image_size=recipe.export.image_size or recipe.model.min_size,
+                        image_size=recipe.image_size,
                         cores=physical_cores(), given=cfg.profile, run_copy=copy,
                         progress=progress)
     dist.barrier()
@@ -160,7 +160,7 @@ def _check_profile_load(profile: dict[str, Any], given: str | None, model: torch
     note = profile_load(profile)
     if note is None:
         return
-    size = recipe.export.image_size or recipe.model.min_size
+    size = recipe.image_size
     source = Path(given) if given else default_profile_path(profile_key(
         model, names, layer_input_shapes(model, names, size), recipe.model.arch,
         recipe.model.backbone, size, physical_cores()))

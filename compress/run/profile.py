@@ -33,7 +33,7 @@ def profile_recipe(recipe_path: Path, *, out: Optional[Path] = None, smoke: bool
                         heads=m.heads)
     names = select_prunable(model, scope=lot.scope, include=lot.include or None,
                             exclude=lot.exclude or None)
-    image_size = recipe.export.image_size or m.min_size
+    image_size = recipe.image_size
     cores = cores or physical_cores()
     if out is None:
         shapes = layer_input_shapes(model, names, image_size)

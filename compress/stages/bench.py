@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 def macs_stage(loaded: Any) -> dict[str, Any]:
     """Dense and effective MACs of the ticket at the export image size."""
 
-    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    size = loaded.recipe.image_size
     result = macs_summary(count_macs(loaded.model, size, loaded.mask))
     write_json(loaded.run.bench / "macs.json", result)
     return {"dense": result["dense"], "effective": result["effective"],
@@ -49,11 +49,11 @@ def bench_stage(loaded: Any, images: list[Any] | None = None) -> list[dict[str, 
         path = run.export / graph
         if not path.is_file():
             raise UserError("not exported yet; run `compress export` first", file=str(path))
-        size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+        size = loaded.recipe.image_size
         for row in bench_onnx(path, engines=cfg.engines, batch_sizes=cfg.batch_sizes,
                               warmup=cfg.warmup, iterations=cfg.iterations, image_size=size):
             rows.append({"graph": graph, **row})
-    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    size = loaded.recipe.image_size
     engines = [e for e in cfg.engines if e in PIPELINE_ENGINES]
     if engines and _deployed(run.export / "deploy" / "manifest.json"):
         rows += pipeline_rows(loaded, engines, images or parity_images(size), cores)
@@ -110,7 +110,7 @@ def dense_counterpart(loaded: Any) -> Path | None:
     dense = load_model(ckpt)
     if any(not bool(m.all()) for m in dense.mask.values()):
         return None  # round 0 is already masked (e.g. mask transfer): no dense model here
-    size = loaded.recipe.export.image_size or loaded.recipe.model.min_size
+    size = loaded.recipe.image_size
     model = dense.model.eval()
     export_full(model, out / "model.onnx", image_size=size, opset=loaded.recipe.export.opset)
     deployment(model, out / "model.onnx", out / "deploy", size, parity_images(size))

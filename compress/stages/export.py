@@ -36,7 +36,7 @@ def export_ticket(loaded: LoadedModel, out_dir: Path, *, opset: int | None = Non
 
     recipe, model, mask = loaded.recipe, loaded.model.eval(), loaded.mask
     opset = check_opset(opset if opset is not None else recipe.export.opset)
-    size = recipe.export.image_size or recipe.model.min_size
+    size = recipe.image_size
     images = images or parity_images(size)
     out_dir.mkdir(parents=True, exist_ok=True)
     full, backbone = out_dir / "model.onnx", out_dir / "backbone.onnx"

@@ -111,7 +111,7 @@ class QuantizeStage:
         record: dict[str, Any] = {**training, "eval": {}}
         engines = list(recipe.evaluate.engines) if recipe.evaluate.enabled else ["torch"]
         if recipe.export.enabled:
-            size = recipe.export.image_size or recipe.model.min_size
+            size = recipe.image_size
             record["export"] = export_int8(model, qmask, quantized_params(model),
                                            out / "export", image_size=size,
                                            opset=recipe.export.opset, images=parity_images(size),

@@ -182,7 +182,7 @@ def test_profile_under_load_is_described_and_refused(tmp_path, caplog):
     note = profile_load(profile)
     assert note.startswith("1 of 2 layers timed under load (up to 1.20 cores of other work)")
     assert profile_load({"layers": {"a.weight": {"other_cpu_cores": 0.0}}}) is None
-    recipe = SimpleNamespace(export=SimpleNamespace(image_size=64))
+    recipe = SimpleNamespace(image_size=64)
     given = str(tmp_path / "p.json")
     with pytest.raises(UserError, match="timed under load"):
         pipeline._check_profile_load(profile, given, None, [], recipe, refuse=True)
