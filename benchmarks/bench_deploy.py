@@ -162,9 +162,9 @@ def export_all(size: int, distribution: str, folder: Path, cores: int,
         manifest = deploy_exported(model, target / "model.onnx", target / "deploy",
                                    canvas_size=size, images=images)
         print(f"{sparsity:.0%}: sparsity {achieved['overall']:.3f}, deployment "
-              f"{manifest['status']} ({manifest.get('parity', {}).get('detections_compared')} "
+              f"{manifest.status} ({(manifest.parity or {}).get('detections_compared')} "
               f"detections compared)", flush=True)
-        out[sparsity] = {"folder": target, "achieved": achieved, "parity": manifest.get("parity"),
+        out[sparsity] = {"folder": target, "achieved": achieved, "parity": manifest.parity,
                          "model": model}
     return out
 

@@ -11,7 +11,6 @@ the detections scoring >= 0.5 on either side, at least 75% have a same-label par
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any, Sequence
@@ -27,7 +26,7 @@ from export.deploy.int8 import convert_deployment, verify_int8_zeros
 from export.onnx_export import export_full
 from export.verify import verify_zeros
 from evaluate.runtimes.parity import summarize_int8
-from evaluate.runtimes.manifest import MANIFEST
+from evaluate.runtimes.manifest import read_manifest
 from evaluate.runtimes.pipeline import OnnxDetector, to_canvas
 
 log = logging.getLogger(__name__)
@@ -63,23 +62,22 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
     manifest = deploy_exported(model, full, deploy, canvas_size=image_size, images=images,
                                judge=summarize_int8)
     conversion = None
-    if manifest["status"] in ("ok", "unchecked"):  # the partition holds: heavy parts to integers
+    if manifest.status in ("ok", "unchecked"):  # the partition holds: heavy parts to integers
         canvases = [to_canvas(image, image_size, image_size)[0] for image in images]
         conversion = convert_deployment(deploy, full, canvases)
-        manifest = json.loads((deploy / MANIFEST).read_text())
-    parts = [onnx.load(str(deploy / p["file"])) for p in manifest["parts"]
-             if p["runtime"] == "deepsparse"]
+        manifest = read_manifest(deploy, verify=False)
+    parts = [onnx.load(str(deploy / p.file)) for p in manifest.parts if p.runtime == "deepsparse"]
     keep = {n: m.cpu().numpy().astype(bool) for n, m in mask.items()}
     zeros_deploy = verify_int8_zeros(parts, keep, quantized)
     archives = out_dir / "archives"  # each INT8 heavy part as a compact archive (export.compact)
-    for entry in manifest["parts"]:
-        if entry["runtime"] == "deepsparse":
-            pack(deploy / entry["file"], archives / (Path(entry["file"]).stem + ".lthz"))
+    for entry in manifest.parts:
+        if entry.runtime == "deepsparse":
+            pack(deploy / entry.file, archives / (Path(entry.file).stem + ".lthz"))
     sizes = {"onnx_bytes": full.stat().st_size,
              "compact_int8_bytes": sum(p.stat().st_size for p in archives.glob("*.lthz")),
-             "deploy_bytes": sum(int(p["bytes"]) for p in manifest["parts"]),
-             "deploy_heavy_bytes": sum(int(p["bytes"]) for p in manifest["parts"]
-                                       if p["runtime"] == "deepsparse")}
+             "deploy_bytes": sum(int(p.bytes) for p in manifest.parts),
+             "deploy_heavy_bytes": sum(int(p.bytes) for p in manifest.parts
+                                       if p.runtime == "deepsparse")}
     checks = {"zeros_full": zeros_full, "zeros_deploy": zeros_deploy, "parity_full": parity}
     write_json(out_dir / "verify.json", checks)
     record = {"onnx": str(full), "opset": opset, **sizes,
@@ -87,13 +85,13 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
               "integer_op_fraction": integer_fraction(parts),
               "parity_ok": parity["status"] == "ok", "parity_status": parity["status"],
               "parity_reason": parity.get("reason"),
-              "deploy": {"status": manifest["status"],
-                         "parts": [p["name"] for p in manifest["parts"]],
-                         "parity": manifest.get("parity"), "reason": manifest.get("reason"),
+              "deploy": {"status": manifest.status,
+                         "parts": [p.name for p in manifest.parts],
+                         "parity": manifest.parity, "reason": manifest.reason,
                          "int8_conversion": conversion}}
     log.info("int8 export %s: zeros preserved %s, torch parity %s, deployment %s, integer parts "
              "vs QDQ graph %s", out_dir, record["zeros_preserved"], parity["status"],
-             manifest["status"], (conversion or {}).get("status"))
+             manifest.status, (conversion or {}).get("status"))
     return record
 
 

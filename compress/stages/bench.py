@@ -236,7 +236,7 @@ def _bench_export(folder: Path, engines: list[str], batches: list[int], iteratio
     if any(b != 1 for b in batches):
         raise UserError("an export folder's deployment is timed at batch 1 (one image per call)",
                         key="--batch")
-    canvas = manifest["canvas"]
-    return bench_pipeline(folder, parity_images(min(canvas["height"], canvas["width"])),
+    canvas = manifest.canvas
+    return bench_pipeline(folder, parity_images(min(canvas.height, canvas.width)),
                           engines=engines or list(PIPELINE_ENGINES), warmup=warmup,
                           iterations=iterations, cores=cores)

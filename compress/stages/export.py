@@ -64,11 +64,11 @@ def deployment(model: torch.nn.Module, full: Path, out_dir: Path, size: int,
                images: list[torch.Tensor]) -> dict[str, Any]:
     """The partitioned DeepSparse deployment of the exported graph; its summary block."""
     manifest = deploy_exported(model, full, out_dir, canvas_size=size, images=images)
-    if manifest["status"] != "ok":
-        log.warning("deployment %s: %s", manifest["status"],
-                    manifest.get("reason") or manifest.get("parity", {}).get("reason"))
-    return {"status": manifest["status"], "parts": [p["name"] for p in manifest["parts"]],
-            "parity": manifest.get("parity"), "reason": manifest.get("reason")}
+    if manifest.status != "ok":
+        log.warning("deployment %s: %s", manifest.status,
+                    manifest.reason or (manifest.parity or {}).get("reason"))
+    return {"status": manifest.status, "parts": [p.name for p in manifest.parts],
+            "parity": manifest.parity, "reason": manifest.reason}
 
 
 def val_images(loaders: dict[str, Any], count: int = PARITY_IMAGES) -> list[torch.Tensor]:

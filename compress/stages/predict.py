@@ -79,7 +79,7 @@ def load_predictor(model_path: Path, engine: str,
     if model_path.is_dir():
         return deployment_predictor(model_path, engine, score_threshold), (
             run_label_info(run_root) if run_root else LabelInfo(_onnx_task(
-                read_manifest(model_path)["outputs"])))
+                read_manifest(model_path).outputs)))
     if engine == "onnxruntime":
         detector = OnnxDetector(model_path)
         info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))

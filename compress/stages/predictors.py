@@ -55,17 +55,17 @@ def deployment_predictor(export_dir: Path, engine: str, score_threshold: float) 
     """An export folder: its DeepSparse deployment, or (onnxruntime) its full graph on the same
     canvas, so both engines see the same pixels."""
     manifest = read_manifest(export_dir)
-    canvas = manifest["canvas"]
+    canvas = manifest.canvas
     if engine == "deepsparse":
         try:
             detector = DeployedDetector(export_dir, engine="deepsparse")
         except DeepSparseFailed as err:
             raise UserError(f"DeepSparse cannot run this deployment: {err}", key="--engine") from err
-        return CanvasPredictor(detector.run_canvas, canvas["height"], canvas["width"],
+        return CanvasPredictor(detector.run_canvas, canvas.height, canvas.width,
                                score_threshold, owner=detector)
-    full = OnnxDetector(Path(manifest["folder"]).parent / manifest["source"])
-    return CanvasPredictor(lambda array: full(torch.from_numpy(array)), canvas["height"],
-                           canvas["width"], score_threshold)
+    full = OnnxDetector(manifest.source_path)
+    return CanvasPredictor(lambda array: full(torch.from_numpy(array)), canvas.height,
+                           canvas.width, score_threshold)
 
 
 def close_predictor(predictor: Any) -> None:

@@ -12,19 +12,15 @@ import os
 from pathlib import Path
 from typing import Any
 
+from compress.core.deploy_manifest import FORMAT, MANIFEST, PART_RUNTIMES, TORCH_OPS, Manifest
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.ort import check_external_data, file_sha256
 
-MANIFEST = "manifest.json"
-FORMAT = "lth-compress/deploy-1"
-PART_RUNTIMES = ("onnxruntime", "deepsparse", "torch")
-TORCH_OPS = ("paste_masks", "multiscale_roi_align")  # the ops evaluate.runtimes.pipeline runs
 
-
-def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> dict[str, Any]:
+def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> Manifest:
     """The deployment manifest in `folder` (a run's `export/deploy`, or `export/` holding it),
-    checked (`check_manifest`): a bad, tampered or half-written deployment is a ModelFileError
-    (exit 2, one line), never run."""
+    checked (`check_manifest`), as a `Manifest` whose `folder` is where it lies: a bad, tampered
+    or half-written deployment is a ModelFileError (exit 2, one line), never run."""
     folder = Path(folder)
     path = folder / MANIFEST if (folder / MANIFEST).is_file() else folder / "deploy" / MANIFEST
     if not path.is_file():
@@ -41,8 +37,7 @@ def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> dict[str
         raise ModelFileError(f"no deployment for this model: {manifest.get('reason')}", file=str(path))
     if verify:
         check_manifest(manifest, path)
-    manifest["folder"] = str(path.parent)
-    return manifest
+    return Manifest.from_json(manifest, folder=path.parent)
 
 
 def deployment_intact(folder: str | os.PathLike) -> bool:

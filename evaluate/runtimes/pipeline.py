@@ -18,16 +18,16 @@ import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
 import torch
 from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, maskrcnn_inference
 
+from compress.core.deploy_manifest import Part
 from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
-from evaluate.runtimes.manifest import FORMAT, MANIFEST, deployment_intact, read_manifest  # noqa: F401
+from evaluate.runtimes.manifest import deployment_intact, read_manifest  # noqa: F401
 from evaluate.runtimes.ort import ort_session, physical_cores
 from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
 from evaluate.runtimes.openvino_engine import OpenVinoModel
@@ -189,11 +189,11 @@ def predict_onnx(detector: OnnxDetector, loader: Iterable[Any]) -> list[tuple[in
     return out
 
 
-def _bucket(part: dict[str, Any], count: int) -> int:
-    sizes = [c["inputs"][0][part["padding"]["axis"]] for c in part["compiled"]]
+def _bucket(part: Part, count: int) -> int:
+    sizes = [c["inputs"][0][part.padding["axis"]] for c in part.compiled]
     fitting = [i for i, size in enumerate(sizes) if size >= count]
     if not fitting:
-        raise DeepSparseFailed(f"{part['name']}: {count} RoIs exceed the largest compiled "
+        raise DeepSparseFailed(f"{part.name}: {count} RoIs exceed the largest compiled "
                                f"count {max(sizes)}")
     return min(fitting, key=lambda i: sizes[i])
 
@@ -211,39 +211,39 @@ class DeployedDetector:
         if engine not in ENGINES:
             raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
         self.manifest = read_manifest(folder)
-        self.folder = Path(self.manifest["folder"])
+        self.folder = self.manifest.folder
         self.engine = engine
-        self.parts = self.manifest["parts"]
+        self.parts = self.manifest.parts
         self.threads = threads or physical_cores()
         self.timings_ms: dict[str, float] = {}
         self.server: DeepSparseServer | None = None
-        self.sessions = {p["name"]: ort_session(self.folder / p["file"], threads=self.threads,
-                                                spinning=False, user_file=False)
+        self.sessions = {p.name: ort_session(self.folder / p.file, threads=self.threads,
+                                            spinning=False, user_file=False)
                          for p in self.parts
-                         if not self._heavy_elsewhere(p) and p["runtime"] != "torch"}
-        self.openvino = {(p["name"], i): OpenVinoModel(self.folder / p["file"], c["inputs"],
-                                                        engine=engine, threads=self.threads)
+                         if not self._heavy_elsewhere(p) and p.runtime != "torch"}
+        self.openvino = {(p.name, i): OpenVinoModel(self.folder / p.file, c["inputs"],
+                                                    engine=engine, threads=self.threads)
                          for p in self.parts if self._on_openvino(p)
-                         for i, c in enumerate(p["compiled"])}
+                         for i, c in enumerate(p.compiled)}
         if any(self._on_deepsparse(p) for p in self.parts):
             self.server = DeepSparseServer(self._specs(), num_cores=self.threads,
                                            compile_timeout_s=compile_timeout_s,
                                            run_timeout_s=run_timeout_s)
 
-    def _on_deepsparse(self, part: dict[str, Any]) -> bool:
-        return self.engine == "deepsparse" and part["runtime"] == "deepsparse"
+    def _on_deepsparse(self, part: Part) -> bool:
+        return self.engine == "deepsparse" and part.runtime == "deepsparse"
 
-    def _on_openvino(self, part: dict[str, Any]) -> bool:
+    def _on_openvino(self, part: Part) -> bool:
         """engine openvino*: the parts DeepSparse would run (the competitor on the same cut)."""
-        return self.engine in OPENVINO_ENGINES and part["runtime"] == "deepsparse"
+        return self.engine in OPENVINO_ENGINES and part.runtime == "deepsparse"
 
-    def _heavy_elsewhere(self, part: dict[str, Any]) -> bool:
+    def _heavy_elsewhere(self, part: Part) -> bool:
         return self._on_deepsparse(part) or self._on_openvino(part)
 
     def _specs(self) -> list[EngineSpec]:
-        return [EngineSpec(f"{p['name']}/{i}", str(self.folder / p["file"]),
+        return [EngineSpec(f"{p.name}/{i}", str(self.folder / p.file),
                            tuple(map(tuple, c["inputs"])), tuple(map(tuple, c["outputs"])))
-                for p in self.parts if self._on_deepsparse(p) for i, c in enumerate(p["compiled"])]
+                for p in self.parts if self._on_deepsparse(p) for i, c in enumerate(p.compiled)]
 
     @property
     def part_engines(self) -> dict[str, str]:
@@ -251,9 +251,9 @@ class DeployedDetector:
         the host's own resizing and copying)."""
         engines = {"canvas": "host"}
         for part in self.parts:
-            engines[part["name"]] = ("deepsparse" if self._on_deepsparse(part) else
+            engines[part.name] = ("deepsparse" if self._on_deepsparse(part) else
                                      self.engine if self._on_openvino(part) else
-                                     "torch" if part["runtime"] == "torch" else "onnxruntime")
+                                     "torch" if part.runtime == "torch" else "onnxruntime")
         return {**engines, "restore": "host"}
 
     @property
@@ -261,9 +261,9 @@ class DeployedDetector:
         return self.server.info if self.server else {}
 
     def __call__(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        canvas = self.manifest["canvas"]
+        canvas = self.manifest.canvas
         tick = time.perf_counter()
-        array, place = to_canvas(image, canvas["height"], canvas["width"])
+        array, place = to_canvas(image, canvas.height, canvas.width)
         self.timings_ms = {"canvas": (time.perf_counter() - tick) * 1000.0}
         outputs = self.run_canvas(array)
         tick = time.perf_counter()
@@ -274,35 +274,35 @@ class DeployedDetector:
     def run_canvas(self, canvas: np.ndarray, *, keep_all: bool = False) -> dict[str, np.ndarray]:
         """The graph's outputs for one canvas-sized 3xHxW image (canvas coordinates); with
         `keep_all`, every tensor that crossed a part border too."""
-        tensors: dict[str, np.ndarray] = {self.manifest["input"]: canvas}
+        tensors: dict[str, np.ndarray] = {self.manifest.input: canvas}
         for part in self.parts:
             tick = time.perf_counter()
-            values = self._run_part(part, [tensors[name] for name in part["inputs"]])
-            tensors.update(zip(part["outputs"], values))
-            self.timings_ms[part["name"]] = (time.perf_counter() - tick) * 1000.0
-        return tensors if keep_all else {name: tensors[name] for name in self.manifest["outputs"]}
+            values = self._run_part(part, [tensors[name] for name in part.inputs])
+            tensors.update(zip(part.outputs, values))
+            self.timings_ms[part.name] = (time.perf_counter() - tick) * 1000.0
+        return tensors if keep_all else {name: tensors[name] for name in self.manifest.outputs}
 
-    def _run_part(self, part: dict[str, Any], inputs: list[np.ndarray]) -> list[np.ndarray]:
-        padding = part.get("padding")
+    def _run_part(self, part: Part, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        padding = part.padding
         count = int(inputs[0].shape[padding["axis"]]) if padding else None
         if padding and count == 0:
-            shapes = part["compiled"][0]["outputs"]
+            shapes = part.compiled[0]["outputs"]
             return [np.zeros((0, *shape[1:]), dtype=np.float32) for shape in shapes]
-        if part["runtime"] == "torch":
-            canvas = self.manifest["canvas"]
-            params = part.get("params") or {"height": canvas["height"], "width": canvas["width"]}
-            return TORCH_OPS[part["op"]](*inputs, **params)
+        if part.runtime == "torch":
+            canvas = self.manifest.canvas
+            params = part.params or {"height": canvas.height, "width": canvas.width}
+            return TORCH_OPS[part.op](*inputs, **params)
         if not self._heavy_elsewhere(part):
-            session = self.sessions[part["name"]]
-            return session.run(part["outputs"], dict(zip(part["inputs"], inputs)))
+            session = self.sessions[part.name]
+            return session.run(part.outputs, dict(zip(part.inputs, inputs)))
         index = _bucket(part, count) if padding else 0
-        compiled = part["compiled"][index]["inputs"]
+        compiled = part.compiled[index]["inputs"]
         if padding:
             inputs = [_pad(a, shape[0]) for a, shape in zip(inputs, compiled)]
         if self._on_openvino(part):
-            outputs = self.openvino[(part["name"], index)].run(inputs)
+            outputs = self.openvino[(part.name, index)].run(inputs)
         else:
-            outputs = self.server.run(f"{part['name']}/{index}", inputs)
+            outputs = self.server.run(f"{part.name}/{index}", inputs)
         return [out[:count] for out in outputs] if padding else outputs
 
     def close(self) -> None:

@@ -32,8 +32,8 @@ def _detector(export_dir: Path, engine: str, cores: int, runner: str,
               source: Path | None = None) -> Any:
     manifest = read_manifest(export_dir)
     if runner == "full_graph":
-        full = source or Path(manifest["folder"]).parent / manifest["source"]
-        height, width = manifest["canvas"]["height"], manifest["canvas"]["width"]
+        full = source or manifest.source_path
+        height, width = manifest.canvas.height, manifest.canvas.width
         if engine in OPENVINO_ENGINES:
             missing = openvino_missing_reason()
             if missing:

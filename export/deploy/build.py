@@ -18,6 +18,7 @@ pasting in torch), against the full graph on ONNX Runtime on the same canvas ima
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import logging
 import os
@@ -28,10 +29,12 @@ import numpy as np
 import onnx
 
 from compress.core.atomic import write_bytes, write_json
+from compress.core.deploy_manifest import MANIFEST, Canvas, Manifest, Part
 from evaluate.runtimes.parity import summarize
-from evaluate.runtimes.pipeline import FORMAT, MANIFEST, TORCH_OPS, DeployedDetector, to_canvas
+from evaluate.runtimes.pipeline import TORCH_OPS, DeployedDetector, to_canvas
 from evaluate.runtimes.ort import ort_session
-from export.deploy.partition import MERGE, POOL_GROUPS, Part, PartitionError, part_model, partition
+from export.deploy.partition import MERGE, POOL_GROUPS, PartitionError, part_model, partition
+from export.deploy.partition import Part as Cut
 from export.deploy.deconv import rewrite_deconvs
 from export.deploy.roi_merge import rewrite_roi_merges
 
@@ -57,19 +60,18 @@ def _border_types(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
     return types
 
 
-def _write_parts(model: onnx.ModelProto, parts: list[Part], out_dir: Path) -> list[dict[str, Any]]:
+def _write_parts(model: onnx.ModelProto, parts: list[Cut], out_dir: Path) -> list[Part]:
     types = _border_types(model)
     entries = []
     for index, part in enumerate(parts):
         name = f"{index:02d}_{part.name}.onnx"
         data = part_model(model, part, types).SerializeToString()
         write_bytes(out_dir / name, data)  # atomic: a killed export leaves no half part
-        entry = {"name": part.name, "file": name, "runtime": part.runtime,
-                 "inputs": part.inputs, "outputs": part.outputs,
-                 "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-        if part.runtime == "torch":
-            entry.update(_pool_op(part))
-        entries.append(entry)
+        entry = Part(name=part.name, file=name, runtime=part.runtime, inputs=part.inputs,
+                     outputs=part.outputs, sha256=hashlib.sha256(data).hexdigest(),
+                     bytes=len(data))
+        entries.append(dataclasses.replace(entry, **_pool_op(part))
+                       if part.runtime == "torch" else entry)
     return entries
 
 
@@ -79,7 +81,7 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
             for key, value in values.items()}
 
 
-def _pool_op(part: Part) -> dict[str, Any]:
+def _pool_op(part: Cut) -> dict[str, Any]:
     """A torch RoI-pooling part: its inputs in the op's order (features, RoIs, batch indices
     per level, then the RoI order) and each level's RoiAlign attributes."""
     merge = POOL_GROUPS[part.name] + MERGE
@@ -103,77 +105,82 @@ def _pool_op(part: Part) -> dict[str, Any]:
             "params": {"levels": levels}}
 
 
-def _check_torch_parts(entries: list[dict[str, Any]], runs: list[dict[str, np.ndarray]],
-                       folder: Path) -> None:
+def _check_torch_parts(entries: list[Part], runs: list[dict[str, np.ndarray]],
+                       folder: Path) -> list[Part]:
     """Each torch RoI-pooling part against its own ONNX file on ONNX Runtime (the reference), on
-    every parity canvas's tensors, in place: `reference_max_abs_diff`, `reference_rois` (RoIs
-    compared) and `reference_status` ("ok", "failed", or "unchecked" when no canvas gave it a
-    RoI: nothing compared is never "ok")."""
-    for entry in entries:
-        if entry.get("op") != "multiscale_roi_align":
-            continue
-        session = ort_session(folder / entry["file"], threads=1, user_file=False)
-        names = [i.name for i in session.get_inputs()]
-        worst, rois, same = 0.0, 0, True
-        for tensors in runs:
-            ours = TORCH_OPS[entry["op"]](*[tensors[n] for n in entry["inputs"]], **entry["params"])[0]
-            theirs = session.run(None, {n: tensors[n] for n in names})[0]
-            same = same and ours.shape == theirs.shape
-            if same and ours.size:
-                worst, rois = max(worst, float(np.abs(ours - theirs).max())), rois + len(ours)
-        entry.update(reference_max_abs_diff=worst, reference_rois=rois,
-                     reference_status=("failed" if not same or worst > POOL_TOLERANCE
-                                       else "ok" if rois else "unchecked"))
+    every parity canvas's tensors: the parts with `reference_max_abs_diff`, `reference_rois`
+    (RoIs compared) and `reference_status` ("ok", "failed", or "unchecked" when no canvas gave
+    it a RoI: nothing compared is never "ok")."""
+    return [_check_torch_part(e, runs, folder) if e.op == "multiscale_roi_align" else e
+            for e in entries]
 
 
-def _paste_in_torch(entries: list[dict[str, Any]], outputs: Sequence[str]) -> None:
+def _check_torch_part(entry: Part, runs: list[dict[str, np.ndarray]], folder: Path) -> Part:
+    session = ort_session(folder / entry.file, threads=1, user_file=False)
+    names = [i.name for i in session.get_inputs()]
+    worst, rois, same = 0.0, 0, True
+    for tensors in runs:
+        ours = TORCH_OPS[entry.op](*[tensors[n] for n in entry.inputs], **entry.params)[0]
+        theirs = session.run(None, {n: tensors[n] for n in names})[0]
+        same = same and ours.shape == theirs.shape
+        if same and ours.size:
+            worst, rois = max(worst, float(np.abs(ours - theirs).max())), rois + len(ours)
+    return dataclasses.replace(entry, reference_max_abs_diff=worst, reference_rois=rois,
+                               reference_status=("failed" if not same or worst > POOL_TOLERANCE
+                                                 else "ok" if rois else "unchecked"))
+
+
+def _paste_in_torch(entries: list[Part], outputs: Sequence[str]) -> list[Part]:
     """Mask R-CNN: the last part (sigmoid, class gather and the ONNX Loop that pastes masks one by
-    one) runs as torchvision's own `paste_masks` instead, in place; its file stays as the
-    reference. Any other shape of graph is left as it is."""
-    heads = [e for e in entries if e["name"] == "mask_head"]
+    one) runs as torchvision's own `paste_masks` instead; its file stays as the reference. Any
+    other shape of graph is left as it is."""
+    heads = [e for e in entries if e.name == "mask_head"]
     last = entries[-1]
-    if (heads and len(heads[0]["outputs"]) == 1 and last["runtime"] == "onnxruntime"
-            and last["outputs"] == ["masks"] and {"boxes", "labels"} <= set(outputs)):
-        last.update(name="paste_masks", runtime="torch", op="paste_masks",
-                    inputs=[heads[0]["outputs"][0], "labels", "boxes"])
+    if (heads and len(heads[0].outputs) == 1 and last.runtime == "onnxruntime"
+            and last.outputs == ["masks"] and {"boxes", "labels"} <= set(outputs)):
+        last = dataclasses.replace(last, name="paste_masks", runtime="torch", op="paste_masks",
+                                   inputs=[heads[0].outputs[0], "labels", "boxes"])
+    return [*entries[:-1], last]
 
 
-def _compile_plan(entries: list[dict[str, Any]], tensors: dict[str, np.ndarray],
-                  folder: Path, roi_count: int, max_detections: int) -> None:
-    """Fill in each DeepSparse part's compiled shapes (buckets) and padding rule, in place."""
-    for entry in entries:
-        if entry["runtime"] != "deepsparse":
-            continue
-        shapes = [list(tensors[name].shape) for name in entry["inputs"]]
-        if entry["name"] == "backbone":
-            entry["padding"] = None
-            entry["compiled"] = [{"inputs": shapes,
-                                  "outputs": [list(tensors[n].shape) for n in entry["outputs"]]}]
-            continue
-        top = roi_count if entry["name"] == "box_head" else max_detections
-        buckets = sorted({min(b, top) for b in HEAD_BUCKETS} | {top}) if top != roi_count else [top]
-        session = ort_session(folder / entry["file"], threads=1, user_file=False)
-        entry["padding"] = {"axis": 0, "rule": PADDING_RULE}
-        entry["compiled"] = []
-        for rows in buckets:
-            feeds = {name: np.zeros([rows, *shape[1:]], dtype=np.float32)
-                     for name, shape in zip(entry["inputs"], shapes)}
-            outputs = session.run(entry["outputs"], feeds)
-            entry["compiled"].append({"inputs": [list(f.shape) for f in feeds.values()],
-                                      "outputs": [list(o.shape) for o in outputs]})
+def _compile_plan(entries: list[Part], tensors: dict[str, np.ndarray],
+                  folder: Path, roi_count: int, max_detections: int) -> list[Part]:
+    """The parts with each DeepSparse part's compiled shapes (buckets) and padding rule."""
+    return [_compiled(e, tensors, folder, roi_count, max_detections)
+            if e.runtime == "deepsparse" else e for e in entries]
+
+
+def _compiled(entry: Part, tensors: dict[str, np.ndarray], folder: Path, roi_count: int,
+              max_detections: int) -> Part:
+    shapes = [list(tensors[name].shape) for name in entry.inputs]
+    if entry.name == "backbone":
+        return dataclasses.replace(entry, padding=None, compiled=[
+            {"inputs": shapes, "outputs": [list(tensors[n].shape) for n in entry.outputs]}])
+    top = roi_count if entry.name == "box_head" else max_detections
+    buckets = sorted({min(b, top) for b in HEAD_BUCKETS} | {top}) if top != roi_count else [top]
+    session = ort_session(folder / entry.file, threads=1, user_file=False)
+    compiled = []
+    for rows in buckets:
+        feeds = {name: np.zeros([rows, *shape[1:]], dtype=np.float32)
+                 for name, shape in zip(entry.inputs, shapes)}
+        outputs = session.run(entry.outputs, feeds)
+        compiled.append({"inputs": [list(f.shape) for f in feeds.values()],
+                         "outputs": [list(o.shape) for o in outputs]})
+    return dataclasses.replace(entry, padding={"axis": 0, "rule": PADDING_RULE}, compiled=compiled)
 
 
 def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
                      canvas_size: int, roi_count: int, max_detections: int,
                      images: Sequence[Any],
-                     judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
+                     judge: Callable[[list], dict[str, Any]] | None = None) -> Manifest:
     """Partition `full_onnx` into `out_dir` and verify it on `images` (3xHxW tensors in [0, 1]).
 
     `judge` decides the partition's parity with the full graph (default `summarize` within
     1e-2 px; a QDQ graph: `summarize_int8`, since ONNX Runtime fuses Q/DQ pairs by the graph's
     shape and a cut changes which it fuses).
 
-    Returns the manifest; `status` is "ok", "failed" (parity) or "unsupported" (no partition).
+    Returns the `Manifest` written; `status` is "ok", "failed" (parity) or "unsupported" (no
+    partition).
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -181,40 +188,41 @@ def build_deployment(full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *
     model = onnx.load(str(full_onnx))
     rewrite_roi_merges(model)
     rewrite_deconvs(model)
-    base = {"format": FORMAT, "source": Path(full_onnx).name, "input": model.graph.input[0].name,
-            "outputs": [o.name for o in model.graph.output],
-            "canvas": {"height": canvas_size, "width": canvas_size, "pad_value": 0.0,
-                       "placement": "resized with aspect kept (bilinear), top-left"}}
+    base = Manifest(source=Path(full_onnx).name, input=model.graph.input[0].name,
+                    outputs=[o.name for o in model.graph.output], status="draft",
+                    canvas=Canvas(height=canvas_size, width=canvas_size, pad_value=0.0,
+                                  placement="resized with aspect kept (bilinear), top-left"))
     try:
         entries = _write_parts(model, partition(model), out_dir)
     except PartitionError as err:
-        manifest = {**base, "status": "unsupported", "reason": str(err), "parts": []}
-        write_json(out_dir / MANIFEST, manifest)
+        manifest = base.replace(status="unsupported", reason=str(err))
+        write_json(out_dir / MANIFEST, manifest.to_json())
         return manifest
-    _paste_in_torch(entries, base["outputs"])
-    write_json(out_dir / MANIFEST, {**base, "status": "draft", "parts": entries})
+    entries = _paste_in_torch(entries, base.outputs)
+    write_json(out_dir / MANIFEST, base.replace(parts=entries).to_json())
     canvases = [to_canvas(image, canvas_size, canvas_size)[0] for image in images]
     with DeployedDetector(out_dir, engine="onnxruntime") as reference:
         runs = [reference.run_canvas(canvas, keep_all=True) for canvas in canvases]
-    _compile_plan(entries, runs[0], out_dir, roi_count, max_detections)
-    _check_torch_parts(entries, runs, out_dir)
-    manifest = {**base, "status": "ok", "parts": entries}
-    write_json(out_dir / MANIFEST, manifest)
+    entries = _compile_plan(entries, runs[0], out_dir, roi_count, max_detections)
+    entries = _check_torch_parts(entries, runs, out_dir)
+    manifest = base.replace(status="ok", parts=entries)
+    write_json(out_dir / MANIFEST, manifest.to_json())
     parity = verify_deployment(full_onnx, out_dir, canvases, judge)
-    pools = [e for e in entries if e.get("reference_status") == "failed"]
+    pools = [e for e in entries if e.reference_status == "failed"]
     if pools and parity["status"] == "ok":
-        parity.update(status="failed", reason=f"{pools[0]['name']}: torch RoI pooling differs "
-                      f"from its ONNX part by {pools[0]['reference_max_abs_diff']:.3g}")
+        parity.update(status="failed", reason=f"{pools[0].name}: torch RoI pooling differs "
+                      f"from its ONNX part by {pools[0].reference_max_abs_diff:.3g}")
     status = parity["status"] if parity["status"] in ("ok", "unchecked") else "failed"
-    manifest.update(status=status, parity=parity)  # unchecked: an INT8 judge compared nothing
-    write_json(out_dir / MANIFEST, manifest)
+    # unchecked: an INT8 judge compared nothing
+    manifest = manifest.replace(status=status, parity=parity)
+    write_json(out_dir / MANIFEST, manifest.to_json())
     log.info("deployment %s: %d parts, parity %s", out_dir, len(entries), parity["status"])
-    return manifest
+    return manifest.replace(folder=out_dir)
 
 
 def deploy_exported(model: Any, full_onnx: str | os.PathLike, out_dir: str | os.PathLike, *,
                     canvas_size: int, images: Sequence[Any],
-                    judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
+                    judge: Callable[[list], dict[str, Any]] | None = None) -> Manifest:
     """`build_deployment` of a torchvision R-CNN's exported graph: the box head compiled at the
     model's post-NMS proposal count, the mask / keypoint head up to its detections per image."""
     return build_deployment(full_onnx, out_dir, canvas_size=canvas_size,

@@ -15,6 +15,7 @@ between several convs, which SparseML's conv transform deletes once per conv (Va
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ import onnx
 from onnx import numpy_helper
 
 from compress.core.atomic import write_bytes, write_json
-from evaluate.runtimes.manifest import MANIFEST
+from compress.core.deploy_manifest import MANIFEST, Manifest, Part
 from evaluate.runtimes.parity import summarize_int8
 from export.deploy.build import verify_deployment
 
@@ -134,17 +135,21 @@ def convert_deployment(folder: Path, full_onnx: Path, canvases: list[np.ndarray]
     integer kernels round in another order than ONNX Runtime's fused QDQ path); returns that
     check, also stored as the manifest's `int8_conversion`."""
     path = folder / MANIFEST
-    manifest = json.loads(path.read_text())
+    manifest = Manifest.from_json(json.loads(path.read_text()))
     path.unlink()
-    for entry in manifest["parts"]:
-        if entry["runtime"] != "deepsparse":
-            continue
-        data = to_deepsparse_int8(onnx.load(str(folder / entry["file"]))).SerializeToString()
-        write_bytes(folder / entry["file"], data)
-        entry.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data), precision="int8")
-    status = manifest["status"]
-    write_json(path, {**manifest, "status": "draft"})  # the check below runs the new parts
+    manifest = manifest.replace(parts=[_to_int8(folder, p) if p.runtime == "deepsparse" else p
+                                       for p in manifest.parts])
+    # the check below runs the new parts
+    write_json(path, manifest.replace(status="draft").to_json())
     check = verify_deployment(full_onnx, folder, canvases, judge=summarize_int8)
-    manifest.update(status=status, int8_conversion=check)
-    write_json(path, manifest)
+    write_json(path, manifest.replace(int8_conversion=check).to_json())
     return check
+
+
+def _to_int8(folder: Path, entry: Part) -> Part:
+    """One DeepSparse part converted (`to_deepsparse_int8`), rewritten atomically; its entry
+    with the new checksum and size."""
+    data = to_deepsparse_int8(onnx.load(str(folder / entry.file))).SerializeToString()
+    write_bytes(folder / entry.file, data)
+    return dataclasses.replace(entry, sha256=hashlib.sha256(data).hexdigest(), bytes=len(data),
+                               precision="int8")

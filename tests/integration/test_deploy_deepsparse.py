@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(deepsparse_missing_reason() is not None,
 @pytest.fixture(scope="module")
 def export_dir(tmp_path_factory):
     folder, manifest = tiny_deployment("maskrcnn", tmp_path_factory.mktemp("export"))
-    assert manifest["status"] == "ok"
+    assert manifest.status == "ok"
     return folder
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import torch
 
+from compress.core.deploy_manifest import Manifest
 from export.deploy.build import build_deployment
 from export.onnx_export import export_full
 from tests.support.onnx_models import SIZE, pruned_tiny
@@ -14,7 +15,7 @@ def images(count: int = 3, size: int = SIZE) -> list[torch.Tensor]:
     return [torch.rand(3, size, size, generator=torch.Generator().manual_seed(i)) for i in range(count)]
 
 
-def tiny_deployment(arch: str, folder: Path) -> tuple[Path, dict]:
+def tiny_deployment(arch: str, folder: Path) -> tuple[Path, Manifest]:
     """`folder/model.onnx` + `folder/deploy/`; returns the export folder and the manifest."""
     model, _ = pruned_tiny(arch)
     export_full(model, folder / "model.onnx", image_size=SIZE, opset=17)

@@ -17,6 +17,7 @@ import compress.stages.bench as bench_stage
 import compress.stages.evaluate as evaluate_stage
 import evaluate.runtimes.bench as runtime_bench
 from compress.cli import main
+from compress.core.deploy_manifest import Canvas
 from compress.core.errors import UserError
 from compress.report.page import Section
 from compress.report.run_data import load_run
@@ -159,7 +160,7 @@ def test_bench_export_folder_times_the_deployment(monkeypatch, tmp_path, capsys)
     (export / "deploy").mkdir(parents=True)
     calls = {}
     monkeypatch.setattr(bench_stage, "read_manifest",
-                        lambda folder: {"canvas": {"height": 32, "width": 48}})
+                        lambda folder: SimpleNamespace(canvas=Canvas(height=32, width=48)))
 
     def fake_pipeline(folder, images, *, engines, warmup, iterations, cores):
         calls.update(folder=folder, sizes={tuple(i.shape) for i in images}, engines=engines)

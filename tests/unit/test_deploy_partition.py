@@ -29,11 +29,11 @@ def deployed(request, tmp_path_factory):
 
 def test_partition_matches_full_graph(deployed):
     arch, _, manifest = deployed
-    assert manifest["status"] == "ok", manifest.get("parity")
-    parity = manifest["parity"]
+    assert manifest.status == "ok", manifest.parity
+    parity = manifest.parity
     assert parity["detections_compared"] > 0 and parity["images"] == 3
     assert parity["box_max_abs_diff_px"] <= 1e-2 and parity["mask_pixels_flipped"] == 0
-    heavy = [p["name"] for p in manifest["parts"] if p["runtime"] == "deepsparse"]
+    heavy = [p.name for p in manifest.parts if p.runtime == "deepsparse"]
     assert heavy == HEAVY[arch]
 
 
@@ -59,13 +59,13 @@ def test_mask_pasting_runs_in_torch_and_matches_the_graph(deployed):
     """Mask R-CNN's last part (the graph's ONNX Loop pasting masks) runs as torchvision's paste;
     its mask probabilities equal the full graph's on ONNX Runtime, pixel by pixel."""
     arch, folder, manifest = deployed
-    last = manifest["parts"][-1]
+    last = manifest.parts[-1]
     if arch != "maskrcnn":
-        assert all(part["op"] == "multiscale_roi_align" for part in manifest["parts"]
-                   if part["runtime"] == "torch")
+        assert all(part.op == "multiscale_roi_align" for part in manifest.parts
+                   if part.runtime == "torch")
         return
-    assert last["runtime"] == "torch" and last["op"] == "paste_masks"
-    assert (folder / "deploy" / last["file"]).is_file()  # the ONNX reference stays beside it
+    assert last.runtime == "torch" and last.op == "paste_masks"
+    assert (folder / "deploy" / last.file).is_file()  # the ONNX reference stays beside it
     full = ort_session(folder / "model.onnx")
     names = [o.name for o in full.get_outputs()]
     compared = 0
@@ -116,13 +116,13 @@ def test_runner_maps_back_to_the_image(deployed):
                                rtol=1e-6)
     if "masks" in out:
         assert tuple(out["masks"].shape[-2:]) == (40, 80)
-    assert set(detector.timings_ms) >= {p["name"] for p in detector.parts}
+    assert set(detector.timings_ms) >= {p.name for p in detector.parts}
 
 
 def test_padding_buckets_and_empty_counts(deployed):
     _, folder, manifest = deployed
     with DeployedDetector(folder, engine="onnxruntime") as detector:
-        head = next(p for p in manifest["parts"] if p["name"] == "box_head")
+        head = next(p for p in manifest.parts if p.name == "box_head")
         empty = detector._run_part(head, [np.zeros((0, 16, 7, 7), np.float32)])
         assert [o.shape[0] for o in empty] == [0, 0]
 
@@ -163,7 +163,7 @@ def test_heavy_node_reading_a_later_part_is_unsupported(tmp_path):
     onnx.save(model, str(tmp_path / "model.onnx"))
     manifest = build_deployment(tmp_path / "model.onnx", tmp_path / "deploy", canvas_size=64,
                                 roi_count=10, max_detections=5, images=images(1))
-    assert manifest["status"] == "unsupported"
+    assert manifest.status == "unsupported"
     with pytest.raises(ModelFileError, match="no deployment"):
         read_manifest(tmp_path)
 

@@ -51,7 +51,7 @@ def _refused(export, capsys, match):
 def test_the_intact_deployment_reads(export):
     assert deployment_intact(export / "deploy")
     manifest = read_manifest(export)
-    assert all(len(p["sha256"]) == 64 and p["bytes"] > 0 for p in manifest["parts"])
+    assert all(len(p.sha256) == 64 and p.bytes > 0 for p in manifest.parts)
 
 
 @pytest.mark.parametrize("name", ["../../outside/x.onnx", "/etc/passwd", "../model.onnx"])

@@ -38,7 +38,8 @@ def test_the_toolkits_own_unloadable_part_is_a_plain_runtime_error(tmp_path):
 def test_a_deployment_part_ort_refuses_is_the_toolkits_fault(tmp_path):
     import json
 
-    from evaluate.runtimes.pipeline import FORMAT, MANIFEST, DeployedDetector
+    from compress.core.deploy_manifest import FORMAT, MANIFEST
+    from evaluate.runtimes.pipeline import DeployedDetector
 
     _unknown_op_model(tmp_path / "head.onnx")
     manifest = {"format": FORMAT, "status": "ok", "source": "model.onnx", "input": "x",

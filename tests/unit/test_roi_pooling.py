@@ -113,13 +113,13 @@ def test_rewritten_merge_equals_the_original_graph(deployed):
 
 def test_roi_pools_run_in_torch_checked_against_their_onnx_part(deployed):
     arch, _, manifest = deployed
-    pools = [p for p in manifest["parts"] if p.get("op") == "multiscale_roi_align"]
-    assert [p["name"] for p in pools] == POOLS[arch]
+    pools = [p for p in manifest.parts if p.op == "multiscale_roi_align"]
+    assert [p.name for p in pools] == POOLS[arch]
     for part in pools:
-        assert part["runtime"] == "torch" and part["reference_status"] == "ok"
-        assert part["reference_rois"] > 0  # compared on real RoIs, not on nothing
-        assert part["reference_max_abs_diff"] < 1e-4
-        assert len(part["inputs"]) == 3 * len(part["params"]["levels"]) + 1
+        assert part.runtime == "torch" and part.reference_status == "ok"
+        assert part.reference_rois > 0  # compared on real RoIs, not on nothing
+        assert part.reference_max_abs_diff < 1e-4
+        assert len(part.inputs) == 3 * len(part.params["levels"]) + 1
 
 
 def test_a_wrong_torch_pool_fails_the_deployment(tmp_path, monkeypatch):
@@ -131,7 +131,7 @@ def test_a_wrong_torch_pool_fails_the_deployment(tmp_path, monkeypatch):
     # the end-to-end comparison passing: only the pool's own check can fail the deployment
     monkeypatch.setattr(build, "verify_deployment", lambda *a, **k: {"status": "ok"})
     _, manifest = tiny_deployment("fasterrcnn", tmp_path)
-    assert manifest["status"] == "failed" and "box_roi_pool" in manifest["parity"]["reason"]
-    pool = next(p for p in manifest["parts"] if p["name"] == "box_roi_pool")
-    assert pool["reference_status"] == "failed" and pool["reference_max_abs_diff"] >= 0.5
-    assert pool["reference_rois"] > 0
+    assert manifest.status == "failed" and "box_roi_pool" in manifest.parity["reason"]
+    pool = next(p for p in manifest.parts if p.name == "box_roi_pool")
+    assert pool.reference_status == "failed" and pool.reference_max_abs_diff >= 0.5
+    assert pool.reference_rois > 0
