@@ -200,9 +200,8 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
                            world_size=dist.world_size)
 
     def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
-        return evaluate_torch(model, loaders["val"], device, data.gt_path, data.label_to_cat_id,
-                              data.task, round_dir / "eval", progress, dist, recipe.evaluate.convention,
-                              voc=recipe.data.dataset == "voc")
+        return evaluate_torch(model, loaders["val"], device, data.scorer, round_dir / "eval",
+                              progress, dist)
 
     ctx = LotteryContext(run=run, schedule=schedule, loaders=loaders, device=device,
                          seed=recipe.train.seed, metrics=MetricsLog(run.metrics_log),

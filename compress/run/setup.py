@@ -23,12 +23,9 @@ from compress.training.schedule import parse_duration
 from compress.core.errors import RecipeError
 from compress.lottery.methods import METHODS
 from compress.data.loaders import make_loader
+from evaluate.metrics.scorer import Scorer
 
 log = logging.getLogger(__name__)
-
-TASK_IOU_TYPES = {"detection": ("bbox",), "segmentation": ("bbox", "segm"),
-                  "keypoints": ("bbox", "keypoints")}
-IOU_PREFIX = {"bbox": "bbox", "segm": "segm", "keypoints": "kp"}
 
 
 @dataclass
@@ -39,6 +36,7 @@ class DataBundle:
     gt_path: Path
     num_classes: int
     label_to_cat_id: dict[int, int]
+    scorer: Scorer  # how every engine's results on `val` are scored
 
 
 def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
@@ -55,7 +53,10 @@ def prepare_data(recipe: Recipe, data_dir: Path) -> DataBundle:
     train = build_dataset(cfg.dataset, root, splits[0], task, train=True)
     val = build_dataset(cfg.dataset, root, splits[1], task, train=False)
     gt_path = ground_truth_path(cfg.dataset, val, root, splits[1], data_dir)
-    return DataBundle(task, train, val, gt_path, train.num_classes, dict(val.label_to_cat_id))
+    label_to_cat_id = dict(val.label_to_cat_id)
+    scorer = Scorer(gt_path, label_to_cat_id, task, recipe.evaluate.convention,
+                    voc=cfg.dataset == "voc")
+    return DataBundle(task, train, val, gt_path, train.num_classes, label_to_cat_id, scorer)
 
 
 def synthetic_settings(task: str, cfg: Any) -> dict[str, dict[str, Any]]:

@@ -12,11 +12,11 @@ import torch
 
 from compress.core.atomic import write_json
 from compress.core.errors import ModelFileError, UserError
-from compress.run.torch_eval import coco_results, evaluate_torch, score_results
+from compress.run.torch_eval import evaluate_torch
 from compress.recipe.schema import Recipe
 from compress.run.folder import RunFolder
 from compress.stages.base import StageContext
-from compress.run.setup import TASK_IOU_TYPES
+from evaluate.metrics.scorer import TASK_IOU_TYPES, Scorer
 from evaluate.runtimes.pipeline import OnnxDetector, predict_onnx
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.parity import BOX_TOLERANCE_PX, summarize
@@ -34,28 +34,21 @@ log = logging.getLogger(__name__)
 PARITY_IMAGES = 4
 
 
-def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, gt_path: Path,
-                    label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                    progress: bool, convention: str = "coco", voc: bool = False) -> dict[str, Any]:
-    """COCO metrics (with `voc` also the Pascal VOC metric) of one engine; writes results.json +
-    metrics.json into out_dir."""
+def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, scorer: Scorer,
+                    out_dir: Path, progress: bool) -> dict[str, Any]:
+    """COCO metrics (for a VOC set also the Pascal VOC metric) of one engine, by `scorer`; writes
+    results.json + metrics.json into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
     if engine == "torch":
-        return evaluate_torch(loaded.model, loader, torch.device("cpu"), gt_path, label_to_cat_id,
-                              task, out_dir, progress, convention=convention, voc=voc)
+        return evaluate_torch(loaded.model, loader, torch.device("cpu"), scorer, out_dir, progress)
     if engine == "onnxruntime":
-        predictions = predict_onnx(OnnxDetector(model_path), loader)
-        return score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task,
-                             out_dir, convention, voc)
+        return scorer.score_predictions(predict_onnx(OnnxDetector(model_path), loader), out_dir)
     if engine == "deepsparse":
-        return evaluate_deployment(model_path.parent, loader, gt_path, label_to_cat_id, task,
-                                   out_dir, convention, voc)
+        return evaluate_deployment(model_path.parent, loader, scorer, out_dir)
     raise UserError(f"engine '{engine}' is not one of torch, onnxruntime, deepsparse", key="--engine")
 
 
-def evaluate_deployment(export_dir: Path, loader: Any, gt_path: Path,
-                        label_to_cat_id: dict[int, int], task: str, out_dir: Path,
-                        convention: str = "coco", voc: bool = False,
+def evaluate_deployment(export_dir: Path, loader: Any, scorer: Scorer, out_dir: Path,
                         judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """The DeepSparse deployment (export/deploy) on the validation set: COCO metrics, plus its
     detections against the same deployment on ONNX Runtime (parity.json). A crash, a timeout, a
@@ -71,8 +64,7 @@ def evaluate_deployment(export_dir: Path, loader: Any, gt_path: Path,
         write_json(out_dir / "parity.json", result)
         return result
     write_json(out_dir / "parity.json", parity)
-    metrics = score_results(gt_path, coco_results(predictions, label_to_cat_id, task), task, out_dir,
-                            convention, voc)
+    metrics = scorer.score_predictions(predictions, out_dir)
     status = parity["status"] if parity["status"] in ("ok", "unchecked") else "failed"
     return {**metrics, "engine": "deepsparse", "graph": "pipeline", "status": status,
             "parity_vs_onnxruntime": parity, "supported_op_fraction": fractions}
@@ -138,10 +130,8 @@ class EvaluateStage:
                 continue
             out_dir = run.eval_dir(engine)
             results[engine] = evaluate_engine(engine, run.export / "model.onnx", ctx.loaded,
-                                              ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
-                                              data.task, out_dir, ctx.progress,
-                                              recipe.evaluate.convention,
-                                              voc=recipe.data.dataset == "voc")
+                                              ctx.loaders["val"], data.scorer, out_dir,
+                                              ctx.progress)
             if results[engine].get("status", "ok") == "ok":
                 results[engine].update(analyses(run, out_dir, data.gt_path, data.task,
                                                 recipe.evaluate.tide, recipe.evaluate.keypoint_errors))
@@ -195,10 +185,9 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     # evaluation, maybe on other data, goes beside it, never over it
     out_dir = out or run.root / "evaluate" / f"{engine}-{Path(data).resolve().name}"
     gt_path = ground_truth_path(kind, dataset, data, split, out_dir)
-    metrics = evaluate_engine(engine, onnx_path, loaded, loader, gt_path,
-                              dict(dataset.label_to_cat_id), task, out_dir, progress=True,
-                              convention=convention or loaded.recipe.evaluate.convention,
-                              voc=kind == "voc")
+    scorer = Scorer(gt_path, dict(dataset.label_to_cat_id), task,
+                    convention or loaded.recipe.evaluate.convention, voc=kind == "voc")
+    metrics = evaluate_engine(engine, onnx_path, loaded, loader, scorer, out_dir, progress=True)
     failed = warn_if_failed(engine, metrics, {})
     if tide and not failed:
         analyses(run, out_dir, gt_path, task, tide=True, keypoint_errors=True)

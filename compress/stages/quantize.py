@@ -19,7 +19,7 @@ from compress.recipe.schema import Recipe
 from compress.run.checks import tag
 from compress.run.folder import RunFolder
 from compress.run.setup import iterations_per_epoch
-from compress.run.torch_eval import coco_results, evaluate_torch, score_results
+from compress.run.torch_eval import evaluate_torch
 from compress.stages.base import StageContext
 from compress.stages.evaluate import evaluate_deployment, evaluate_engine, warn_if_failed
 from compress.stages.export import parity_images, val_images
@@ -135,29 +135,23 @@ class QuantizeStage:
         data, out_dir = ctx.data, ctx.run.quantize / "eval" / "torch_without_quantization"
         out_dir.mkdir(parents=True, exist_ok=True)
         plain = copy.deepcopy(model).apply(torch.ao.quantization.disable_fake_quant)
-        return evaluate_torch(plain, ctx.loaders["val"], torch.device("cpu"), data.gt_path,
-                              data.label_to_cat_id, data.task, out_dir, ctx.progress,
-                              convention=ctx.recipe.evaluate.convention,
-                              voc=ctx.recipe.data.dataset == "voc")
+        return evaluate_torch(plain, ctx.loaders["val"], torch.device("cpu"), data.scorer, out_dir,
+                              ctx.progress)
 
     def _evaluate(self, engine: str, model: torch.nn.Module, ctx: StageContext) -> dict[str, Any]:
-        data, recipe, out = ctx.data, ctx.recipe, ctx.run.quantize
+        scorer, out = ctx.data.scorer, ctx.run.quantize
         out_dir = out / "eval" / engine
-        common = dict(convention=recipe.evaluate.convention, voc=recipe.data.dataset == "voc")
         if engine == "deepsparse":
-            return evaluate_deployment(out / "export", ctx.loaders["val"], data.gt_path,
-                                       data.label_to_cat_id, data.task, out_dir, **common,
+            return evaluate_deployment(out / "export", ctx.loaders["val"], scorer, out_dir,
                                        judge=summarize_int8)
         out_dir.mkdir(parents=True, exist_ok=True)
         if engine == "torch":
-            return evaluate_torch(model, ctx.loaders["val"], torch.device("cpu"), data.gt_path,
-                                  data.label_to_cat_id, data.task, out_dir, ctx.progress, **common)
+            return evaluate_torch(model, ctx.loaders["val"], torch.device("cpu"), scorer, out_dir,
+                                  ctx.progress)
         if engine == "onnxruntime_qdq":  # the QDQ full graph: what ONNX Runtime alone would run
             return evaluate_engine("onnxruntime", out / "export" / "model.onnx", None,
-                                   ctx.loaders["val"], data.gt_path, data.label_to_cat_id,
-                                   data.task, out_dir, ctx.progress, **common)
+                                   ctx.loaders["val"], scorer, out_dir, ctx.progress)
         # onnxruntime: the INT8 deployment itself (the integer parts DeepSparse runs), on ORT
         with DeployedDetector(out / "export", engine="onnxruntime") as detector:
             predictions = predict_onnx(detector, ctx.loaders["val"])
-        return score_results(data.gt_path, coco_results(predictions, data.label_to_cat_id, data.task),
-                             data.task, out_dir, **common)
+        return scorer.score_predictions(predictions, out_dir)

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from compress.stages.evaluate import evaluate_deployment
+from evaluate.metrics.scorer import Scorer
 from compress.stages.predict import predict_command
 from evaluate.runtimes.deepsparse import deepsparse_missing_reason
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
@@ -61,8 +62,8 @@ def test_bad_part_file_is_a_failed_row(export_dir, tmp_path):
     with pytest.raises(DeepSparseFailed, match="compile"):
         DeployedDetector(broken, engine="deepsparse")
     loader = [(images(1), [{"image_id": 1}])]
-    row = evaluate_deployment(broken / "deploy", loader, tmp_path / "gt.json", {1: 1, 2: 2},
-                              "segmentation", tmp_path / "eval")
+    scorer = Scorer(tmp_path / "gt.json", {1: 1, 2: 2}, "segmentation")
+    row = evaluate_deployment(broken / "deploy", loader, scorer, tmp_path / "eval")
     assert row["status"] == "failed" and row["engine"] == "deepsparse"
     rows = bench_pipeline(broken, images(1), iterations=1, warmup=0)
     assert {r["engine"]: r["status"] for r in rows} == {"onnxruntime": "ok", "deepsparse": "failed"}

@@ -243,7 +243,8 @@ def test_evaluate_stage_warns_the_failed_parity_beside_the_ort_number(monkeypatc
     recipe = SimpleNamespace(evaluate=SimpleNamespace(enabled=True, engines=["onnxruntime", "deepsparse"],
                                                       convention="coco", tide=False, keypoint_errors=False),
                              export=SimpleNamespace(enabled=True), data=SimpleNamespace(dataset="coco"))
-    data = SimpleNamespace(gt_path=tmp_path / "gt.json", label_to_cat_id={1: 1}, task="segmentation")
+    data = SimpleNamespace(gt_path=tmp_path / "gt.json", label_to_cat_id={1: 1}, task="segmentation",
+                           scorer=None)
     ctx = SimpleNamespace(recipe=recipe, run=RunFolder(tmp_path), data=data, loaded=None,
                           loaders={"val": []}, progress=False)
     with caplog.at_level(logging.WARNING):

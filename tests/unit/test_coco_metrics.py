@@ -15,10 +15,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from compress.core.errors import DataError
-from compress.run.torch_eval import coco_results
 from evaluate.metrics.coco import coco_stats, stat_names
 from evaluate.metrics.detections import outputs_to_coco_results
 from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
+from evaluate.metrics.scorer import Scorer
 
 W, H = 200, 160
 KP_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",
@@ -220,7 +220,7 @@ def test_perfect_detections_through_the_evaluation_path(gt):
         masks = torch.stack([torch.from_numpy(coco_gt.annToMask(a)).float() for a in anns])[:, None]
         predictions.append((img_id, {"boxes": boxes, "scores": torch.ones(len(anns)),
                                      "labels": torch.tensor([a["category_id"] for a in anns]), "masks": masks}))
-    results = coco_results(predictions, {1: 1, 2: 2, 3: 3}, "segmentation")
+    results = Scorer(Path("gt.json"), {1: 1, 2: 2, 3: 3}, "segmentation").results(predictions)
     assert coco_stats(gt, results, "bbox")["AP"] == pytest.approx(1.0, abs=1e-6)
     assert coco_stats(gt, results, "segm")["AP"] == pytest.approx(1.0, abs=1e-6)
 

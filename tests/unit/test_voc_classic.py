@@ -4,7 +4,7 @@ detectron2's Pascal VOC evaluator) on a hand-made VOC folder with difficult obje
 The reference below is a transcription of the classic code (parse_rec / voc_ap / voc_eval, with
 detections written as detectron2's evaluator writes them: `id score xmin+1 ymin+1 xmax ymax`),
 independent of the production code; the production side goes through the VOC-to-COCO bridge and
-`score_results`, as a VOC run does.
+`Scorer.score`, as a VOC run does.
 """
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from compress.core.atomic import write_json
 from compress.data.voc import voc_to_coco
-from compress.run.torch_eval import score_results
+from evaluate.metrics.scorer import Scorer
 
 
 # ----------------------------------------------------------------- the classic code, transcribed
@@ -186,7 +186,7 @@ def scored(request, tmp_path_factory):
     gt_path = root.parent / "gt.json"
     write_json(gt_path, voc_to_coco(root, "test"))
     results = ORDERS[request.param]
-    flat = score_results(gt_path, results, "detection", out, voc=True)
+    flat = Scorer(gt_path, {}, "detection", voc=True).score(results, out)
     metrics = json.loads((out / "metrics.json").read_text())
     return root, results, flat, metrics
 
