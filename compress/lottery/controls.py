@@ -17,38 +17,30 @@ Seed replicates (`lottery.seeds` at `lottery.seed_rounds`), for the spread that 
 is real: at round 0 the dense model again from another seed's initialisation and data order; at a
 pruning round the round's ticket (its mask on the rewind weights) retrained from the rewind
 iteration with another seed's data order. They land in `rounds/round_<k>/replicates/seed_<s>/`.
+
+Each is one entry of `CONTROLS` (how it starts); adding a control is one entry there.
 """
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-from pathlib import Path
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from compress.core.atomic import write_json
-from compress.core.checkpoint import load_checkpoint, save_checkpoint
-from compress.lottery.masks import (Mask, MaskHolder, apply_mask, finished_intact, load_mask, save_mask,
-                                    sparsity_report)
-from compress.run.folder import NullMetrics
-from compress.training.round import RoundPlan, train_round
+from compress.core.checkpoint import load_checkpoint
+from compress.core.folders import RoundFolder
+from compress.lottery.masks import Mask, load_mask
+from compress.lottery.rounds import (LotteryContext, LotterySetup, finish, modifier_stepper, train_held,
+                                     train_unless_done)
+from compress.training.round import RoundPlan
 
 log = logging.getLogger(__name__)
 
-CONTROL_NAMES = ("reinit", "random_mask", "rewind_to_init")
 REINIT_SEED_OFFSET = 1_000_003  # the reinit control's weights come from seed + this
 MASK_SEED_OFFSET = 2_000_003  # the random mask's shuffle comes from seed + round + this
-
-
-def control_dir(round_dir: Path, name: str) -> Path:
-    return round_dir / "controls" / name
-
-
-def replicate_dir(round_dir: Path, seed: int) -> Path:
-    return round_dir / "replicates" / f"seed_{seed}"
 
 
 def random_mask_like(mask: Mapping[str, Tensor], seed: int) -> Mask:
@@ -63,88 +55,116 @@ def random_mask_like(mask: Mapping[str, Tensor], seed: int) -> Mask:
     return {name: out[name] for name in mask}
 
 
-def run_controls(index: int, names: tuple[str, ...], setup: Any, ctx: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Start:
+    """What a control starts from: round `index`'s mask, and `model` as round 0 built it
+    (iteration-0 weights) for the control to load its own weights into."""
+
+    index: int
+    setup: LotterySetup
+    ctx: LotteryContext
+    model: nn.Module
+    round_mask: Mask
+    seed: int  # the replicate's seed (the run's seed for a control)
+
+    def fresh_weights(self, seed: int) -> None:
+        """A new random initialisation from `seed`."""
+        torch.manual_seed(seed)
+        self.model.load_state_dict(self.ctx.model_factory().state_dict())
+
+    def rewind_weights(self) -> None:
+        """The weights at the rewind point (round 0's rewind.pt)."""
+        self.model.load_state_dict(load_checkpoint(self.ctx.run.round(0).rewind)["model"])
+
+
+def _reinit(s: Start) -> tuple[Mask, int]:
+    s.fresh_weights(s.ctx.seed + REINIT_SEED_OFFSET)
+    return s.round_mask, s.setup.rewind_iteration
+
+
+def _random_mask(s: Start) -> tuple[Mask, int]:
+    s.rewind_weights()
+    return random_mask_like(s.round_mask, s.ctx.seed + s.index + MASK_SEED_OFFSET), s.setup.rewind_iteration
+
+
+def _rewind_to_init(s: Start) -> tuple[Mask, int]:
+    return s.round_mask, 0  # the model as round 0 built it: iteration 0
+
+
+def _replicate(s: Start) -> tuple[Mask, int]:
+    if s.index == 0:  # round 0 again (dense, or its transfer) from the replicate's seed
+        s.fresh_weights(s.seed)
+        start_mask = s.setup.method.initial_mask(s.model, s.setup.lottery, s.setup.prunable)
+        return (s.round_mask if start_mask is None else start_mask), 0
+    s.rewind_weights()  # the ticket: its mask on the rewind weights
+    return s.round_mask, s.setup.rewind_iteration
+
+
+@dataclass(frozen=True)
+class Control:
+    name: str
+    description: str
+    start: Callable[[Start], tuple[Mask, int]]  # loads the weights; (mask, start iteration)
+    in_recipe: bool = True  # `lottery.controls` may name it (a replicate is `lottery.seeds`)
+
+
+CONTROLS: dict[str, Control] = {c.name: c for c in (
+    Control("reinit", "the round's mask on a fresh random initialisation, from the rewind iteration",
+            _reinit),
+    Control("random_mask", "a random mask of the round's density per layer on the rewind weights",
+            _random_mask),
+    Control("rewind_to_init", "the round's mask on the iteration-0 weights, the full schedule",
+            _rewind_to_init),
+    Control("replicate", "round 0 again from another seed, or the round's ticket retrained",
+            _replicate, in_recipe=False),
+)}
+CONTROL_NAMES = tuple(name for name, c in CONTROLS.items() if c.in_recipe)
+
+
+def run_controls(index: int, names: tuple[str, ...], setup: LotterySetup, ctx: LotteryContext
+                 ) -> dict[str, Any]:
     """Train (or resume, or skip when done) each control of round `index`; return
     {name: metrics} for summary.json's `rounds[index].controls`."""
-    return {name: _trained(index, name, ctx.seed, setup, ctx,
-                           control_dir(ctx.run.round_dir(index), name)) for name in names}
+    return {name: _trained(index, _control(name), ctx.seed, setup, ctx,
+                           ctx.run.round(index).control(name)) for name in names}
 
 
-def run_replicates(index: int, seeds: tuple[int, ...], setup: Any, ctx: Any) -> dict[str, Any]:
+def run_replicates(index: int, seeds: tuple[int, ...], setup: LotterySetup, ctx: LotteryContext
+                   ) -> dict[str, Any]:
     """Train (or resume, or skip) round `index` again with each seed; return {"seed_<s>": metrics}
     for summary.json's `rounds[index].replicates`."""
-    return {f"seed_{seed}": _trained(index, "replicate", seed, setup, ctx,
-                                     replicate_dir(ctx.run.round_dir(index), seed)) for seed in seeds}
+    return {f"seed_{seed}": _trained(index, CONTROLS["replicate"], seed, setup, ctx,
+                                     ctx.run.round(index).replicate(seed)) for seed in seeds}
 
 
-def _trained(index: int, name: str, seed: int, setup: Any, ctx: Any, out: Path) -> dict[str, Any]:
-    done = ctx.dist.broadcast(finished_intact(out) if ctx.dist.is_main else None)
-    if not done:
-        _run_control(index, name, setup, ctx, out, seed)
-    ctx.dist.barrier()
-    if ctx.dist.is_main:
-        (out / "last.pt").unlink(missing_ok=True)
-    return json.loads((out / "metrics.json").read_text())["metrics"]
+def _control(name: str) -> Control:
+    if name not in CONTROL_NAMES:
+        raise ValueError(f"unknown control '{name}'; known: {', '.join(CONTROL_NAMES)}")
+    return CONTROLS[name]
 
 
-def _start(index: int, name: str, setup: Any, ctx: Any, model: nn.Module, seed: int
-           ) -> tuple[Mask, int]:
-    """Load the control's starting weights into `model`; return its mask and start iteration."""
-    round_mask = load_mask(ctx.run.round_dir(index) / "mask.pt", model)
-    if name == "replicate" and index == 0:  # round 0 again (dense, or its transfer) from `seed`
-        torch.manual_seed(seed)
-        model.load_state_dict(ctx.model_factory().state_dict())
-        start_mask = setup.method.initial_mask(model, setup.lottery, setup.prunable)
-        return (round_mask if start_mask is None else start_mask), 0
-    if name == "replicate":  # the ticket: its mask on the rewind weights
-        model.load_state_dict(load_checkpoint(ctx.run.round_dir(0) / "rewind.pt")["model"])
-        return round_mask, setup.rewind_iteration
-    if name == "reinit":
-        torch.manual_seed(ctx.seed + REINIT_SEED_OFFSET)
-        model.load_state_dict(ctx.model_factory().state_dict())
-        return round_mask, setup.rewind_iteration
-    if name == "rewind_to_init":  # the model as round 0 built it: iteration 0
-        return round_mask, 0
-    if name == "random_mask":
-        model.load_state_dict(load_checkpoint(ctx.run.round_dir(0) / "rewind.pt")["model"])
-        return random_mask_like(round_mask, ctx.seed + index + MASK_SEED_OFFSET), setup.rewind_iteration
-    raise ValueError(f"unknown control '{name}'; known: {', '.join(CONTROL_NAMES)}")
+def _trained(index: int, control: Control, seed: int, setup: LotterySetup, ctx: LotteryContext,
+             out: RoundFolder) -> dict[str, Any]:
+    return train_unless_done(out, ctx, lambda: _run_control(index, control, setup, ctx, out, seed)
+                             )["metrics"]
 
 
-def _run_control(index: int, name: str, setup: Any, ctx: Any, out: Path, seed: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+def _run_control(index: int, control: Control, setup: LotterySetup, ctx: LotteryContext,
+                 out: RoundFolder, seed: int) -> None:
     torch.manual_seed(ctx.seed)  # the same construction as round 0: iteration-0 weights
     model = ctx.model_factory()
-    mask, start = _start(index, name, setup, ctx, model, seed)
+    round_mask = load_mask(ctx.run.round(index).mask, model)
+    mask, start = control.start(Start(index, setup, ctx, model, round_mask, seed))
     model.to(ctx.device)
-    apply_mask(model, mask)
-    holder = MaskHolder(model, mask)
-    plan = RoundPlan(start_iteration=start, after_step=[holder.after_step],
-                     optimizer_wrapper=setup.modifiers(out / "sparse_logs") if setup.modifiers else None,
+    plan = RoundPlan(start_iteration=start, optimizer_wrapper=modifier_stepper(setup, out),
                      lr_from_modifiers=setup.lr_from_modifiers)
-    what = f"seed {seed} replicate" if name == "replicate" else f"control {name}"
-    log.info("round %d %s: training iterations %d-%d", index, what, start,
-             ctx.schedule.total_iterations)
-    fields = {"control": name} if name != "replicate" else {"replicate_seed": seed}
-    metrics = ctx.metrics.with_fields(round=index, **fields) if ctx.dist.is_main else NullMetrics()
-    outcome = train_round(model, out, ctx.schedule, plan, ctx.loaders, ctx.device, seed,
-                          metrics, ctx.progress, ctx.dist)
-    nonzero = holder.check(model)
-    holder.remove()
+    replicate = control.name == "replicate"
+    what = f"round {index} " + (f"seed {seed} replicate" if replicate else f"control {control.name}")
+    fields = {"replicate_seed": seed} if replicate else {"control": control.name}
+    outcome, nonzero = train_held(model, mask, out, plan, ctx, seed, what, round=index, **fields)
     scores = ctx.evaluate(model, out)
-    if not ctx.dist.is_main:
-        return
-    save_checkpoint(out / "checkpoint.pt", model=model.state_dict(), round=index, control=name,
-                    seed=seed)
-    save_mask(out / "mask.pt", mask)
-    sparsity = sparsity_report(model, mask)
-    record = {**scores, "val_loss": outcome["val_loss"], "pruned_nonzero_after_training": nonzero}
-    write_json(out / "metrics.json", {"round": index, "control": name, "seed": seed,
-                                      "start_iteration": start,
-                                      "sparsity": sparsity["network"]["sparsity"],
-                                      "prunable_sparsity": sparsity["prunable"]["sparsity"],
-                                      "metrics": record})
-    (out / "last.pt").unlink(missing_ok=True)
-    shutil.rmtree(out / "sparse_logs", ignore_errors=True)
-    log.info("round %d %s done: %s", index, what,
-             {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+    if ctx.dist.is_main:
+        finish(out, model, mask, {**scores, "val_loss": outcome["val_loss"],
+                                  "pruned_nonzero_after_training": nonzero}, what=what,
+               header={"round": index, "control": control.name, "seed": seed, "start_iteration": start},
+               stamp={"round": index, "control": control.name, "seed": seed})

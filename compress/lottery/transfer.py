@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from compress.core.checkpoint import load_checkpoint, state_dict_from_file
 from compress.core.checks_names import tag
 from compress.core.errors import ModelFileError
+from compress.core.folders import RoundFolder, RunFolder
 from compress.lottery.masks import Mask, apply_mask, dense_mask, load_mask, magnitude_prune
 
 log = logging.getLogger(__name__)
@@ -186,11 +187,12 @@ def load_ticket_parts(path: Path) -> tuple[dict[str, torch.Tensor], Mask]:
     """(state dict, mask) of a ticket.pt, a run folder, or a round checkpoint with mask.pt beside it."""
 
     if path.is_dir():
-        path = path / "ticket.pt"
+        path = RunFolder(path).ticket
     state, mask = load_source(path)
     if mask is not None:
         return state, mask
-    if (path.parent / "mask.pt").is_file():
-        return state, load_mask(path.parent / "mask.pt")
+    beside = RoundFolder(path.parent).mask
+    if beside.is_file():
+        return state, load_mask(beside)
     raise ModelFileError("not a ticket: expected a dict with 'model' and 'mask' (ticket.pt) or a "
                          "checkpoint with mask.pt beside it", file=str(path))

@@ -24,7 +24,7 @@ from compress.lottery.sparseml_adapter import sparseml_loggers
 from compress.quantize.qat import (freeze, prepare_qat, quantization_manager, quantization_recipe,
                                    quantized_layers)
 from compress.recipe.schema import Recipe
-from compress.run.folder import MetricsLog
+from compress.core.folders import MetricsLog, RoundFolder
 from compress.run.loaded import load_model, run_of
 from compress.training.round import RoundPlan, Schedule, train_round
 
@@ -73,7 +73,7 @@ def train_qat(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe,
     log.info("quantize: QAT for %d iterations (lr %g), observers frozen after %s", schedule.total_iterations,
              schedule.lr, f"{recipe.quantize.observer_freeze:.0%}" if recipe.quantize.observer_freeze < 1
              else "never")
-    outcome = train_round(model, out, schedule, plan, loaders, torch.device("cpu"),
+    outcome = train_round(model, RoundFolder(out), schedule, plan, loaders, torch.device("cpu"),
                           recipe.train.seed, MetricsLog(out / "metrics.jsonl"), progress)
     nonzero = holder.check(model)
     holder.remove()

@@ -12,6 +12,7 @@ from typing import Any
 
 from compress.core.atomic import write_bytes
 from compress.core.errors import DataError, UserError
+from compress.core.folders import RunFolder
 from compress.lottery.masks import load_mask
 from compress.report.page import Figure, Missing, Section, Table
 from compress.report.summary_checks import check_round, check_summary
@@ -35,8 +36,9 @@ class RunData:
     def task(self) -> str:
         return self.summary.get("task", "")
 
-    def round_dir(self, index: int) -> Path:
-        return self.root / "rounds" / f"round_{index}"
+    @property
+    def folder(self) -> RunFolder:
+        return RunFolder(self.root)
 
     @property
     def last_round(self) -> int:
@@ -73,7 +75,8 @@ def load_run(root: Path, label: str) -> RunData:
     check_summary(summary, str(root / "summary.json"))  # before any plot is (re)drawn
     rounds = summary.get("rounds") or []
     if not rounds:
-        files = sorted(root.glob("rounds/round_*/metrics.json"), key=lambda p: int(p.parent.name[6:]))
+        folder = RunFolder(root)
+        files = [f.metrics for f in map(folder.round, folder.round_indices()) if f.metrics.is_file()]
         rounds = [read_json(p) for p in files]
         for path, record in zip(files, rounds):
             check_round(record, str(path), "(top level)")
@@ -124,12 +127,12 @@ def size_macs_series(run: RunData) -> dict[str, Any]:
     """
     masks = []
     for r in run.rounds:
-        path = run.round_dir(r["round"]) / "mask.pt"
+        path = run.folder.round(r["round"]).mask
         if not path.is_file():
             raise Missing(f"{path} is missing")
         masks.append(load_mask(path))
-    loaded = load_model(run.root if (run.root / "ticket.pt").is_file()
-                        else run.round_dir(run.last_round) / "checkpoint.pt")
+    loaded = load_model(run.root if run.folder.ticket.is_file()
+                        else run.folder.round(run.last_round).checkpoint)
     numel = {n: p.numel() for n, p in loaded.model.named_parameters()}
     bounds = [sum(bound_bytes(k, k - int(m[n].sum()) if n in m else 0) for n, k in numel.items())
               for m in masks]

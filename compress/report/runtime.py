@@ -15,7 +15,7 @@ BACKBONE_GRAPH = "backbone.onnx"  # ResNet body + FPN: the profiled `backbone.*`
 
 
 def _ticket_layers(run: RunData) -> dict[str, float]:
-    path = run.round_dir(run.last_round) / "sparsity.json"
+    path = run.folder.round(run.last_round).sparsity
     if not path.is_file():
         return {}
     return {name: entry["sparsity"] for name, entry in read_json(path)["layers"].items()}

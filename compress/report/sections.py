@@ -175,7 +175,7 @@ def sec_keypoints(section: Section, runs: list[RunData], plot_dir: Path) -> None
 def _dense_keypoint_report(run: RunData) -> dict[str, Any]:
     """Keypoint errors of round 0's predictions (computed here; cheap), when there is a ticket."""
 
-    results = run.round_dir(0) / "eval" / "results.json"
+    results = run.folder.round(0).eval_results
     gt_path = run_label_info(run.root).gt_path
     if run.last_round == 0 or not results.is_file() or gt_path is None:
         return {}
@@ -186,8 +186,8 @@ def sec_ap_deltas(section: Section, runs: list[RunData], plot_dir: Path) -> None
     def one(run: RunData) -> None:
         if run.last_round == 0:
             raise Missing("one round only: no ticket to compare with the dense model")
-        dense = read_json(run.round_dir(0) / "eval" / "metrics.json")
-        ticket = read_json(run.round_dir(run.last_round) / "eval" / "metrics.json")
+        dense = read_json(run.folder.round(0).eval_metrics)
+        ticket = read_json(run.folder.round(run.last_round).eval_metrics)
         deltas = {t: ap_deltas(dense, ticket, t) for t in ("bbox", "segm", "keypoints")
                   if t in dense and t in ticket}
         for iou, d in deltas.items():
@@ -313,11 +313,11 @@ def sec_gallery(section: Section, runs: list[RunData], plot_dir: Path) -> None:
     def one(run: RunData) -> None:
         first, last = run.rounds[0], run.rounds[-1]
         models = [(("dense" if is_dense(first) else f"sparsity {first.get('sparsity', 0):.1%}")
-                   + " (round 0)", run.round_dir(0) / "checkpoint.pt")]
+                   + " (round 0)", run.folder.round(0).checkpoint)]
         if run.last_round > 0:
-            ticket = run.root / "ticket.pt"
+            ticket = run.folder.ticket
             models.append((f"ticket (round {run.last_round}, sparsity {last.get('sparsity', 0):.1%})",
-                           ticket if ticket.is_file() else run.round_dir(run.last_round) / "checkpoint.pt"))
+                           ticket if ticket.is_file() else run.folder.round(run.last_round).checkpoint))
         path, caption = gallery_image(run.root, models, plot_dir / f"gallery_{slug(run.label)}.png")
         figure(section, path, f"{run.label}: {caption}")
     per_run(section, runs, one)

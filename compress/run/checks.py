@@ -38,7 +38,7 @@ from contextvars import ContextVar
 from typing import Any, Optional
 
 from compress.core.checks_names import CHECKS, tag
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 
 __all__ = ["CHECKS", "tag", "CheckFailed", "RunWarnings", "collecting", "in_stage", "run_warnings",
            "format_warnings", "parity_note", "SHORTFALL_TOLERANCE"]

@@ -12,7 +12,7 @@ from compress.core.errors import ModelFileError, UserError
 from compress.lottery.masks import load_mask
 from compress.recipe.load import load_resolved
 from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RoundFolder, RunFolder
 from compress.models.build import build_model
 
 
@@ -27,8 +27,9 @@ class LoadedModel:
 def run_of(path: Path) -> RunFolder:
     """The run folder holding `path` (a run folder, its ticket.pt or a round checkpoint)."""
     for candidate in [path, *path.parents]:
-        if (candidate / "recipe.yaml").is_file() and (candidate / "rounds").is_dir():
-            return RunFolder(candidate)
+        run = RunFolder(candidate)
+        if run.recipe.is_file() and run.rounds.is_dir():
+            return run
     raise UserError("not inside a run folder (expected recipe.yaml and rounds/ beside or above it)",
                     file=str(path))
 
@@ -43,7 +44,7 @@ def load_model(path: Path) -> LoadedModel:
         raise ModelFileError("not a checkpoint: no 'model' entry", file=str(ckpt_path))
     mask = payload.get("mask")
     if mask is None:
-        mask = load_mask(ckpt_path.parent / "mask.pt")
+        mask = load_mask(RoundFolder(ckpt_path.parent).mask)
     summary = run.read_summary()
     model = build_for_run(recipe, summary.get("num_classes"))
     check_state_dict_fits(payload["model"], model.state_dict(), ckpt_path,

@@ -13,10 +13,11 @@ from typing import Any
 import torch
 
 from compress.core.errors import UserError
-from compress.lottery.runner import LotteryContext, LotterySetup, run_lottery
+from compress.lottery.rounds import LotteryContext, LotterySetup
+from compress.lottery.runner import run_lottery
 from compress.recipe.load import load_recipe, recipe_hash, resolved_yaml, run_folder_name
 from compress.recipe.schema import Recipe
-from compress.run.folder import MetricsLog, RunFolder
+from compress.core.folders import MetricsLog, RoundFolder, RunFolder
 from compress.core.atomic import write_text
 from compress.core.distributed import init_from_env, shutdown
 from compress.run.setup import prepare_data
@@ -199,8 +200,8 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
                            iterations_per_round=schedule.total_iterations,
                            world_size=dist.world_size)
 
-    def evaluate(model: torch.nn.Module, round_dir: Path) -> dict[str, Any]:
-        return evaluate_torch(model, loaders["val"], device, data.scorer, round_dir / "eval",
+    def evaluate(model: torch.nn.Module, folder: RoundFolder) -> dict[str, Any]:
+        return evaluate_torch(model, loaders["val"], device, data.scorer, folder.eval,
                               progress, dist)
 
     ctx = LotteryContext(run=run, schedule=schedule, loaders=loaders, device=device,
@@ -211,7 +212,7 @@ def find_ticket(recipe: Recipe, run: RunFolder, progress: bool, data: Any = None
         write_ticket(run, recipe, records)
         if recipe.lottery.method == "gradual":
             epochs = schedule.total_iterations / schedule.iterations_per_epoch
-            for message in gradual_shortfalls(recipe, run.round_dir(0), setup.prunable, epochs):
+            for message in gradual_shortfalls(recipe, run.round(0), setup.prunable, epochs):
                 log.warning("%s", message, extra=tag("shortfall"))
     return records, data, loaders
 
@@ -227,9 +228,9 @@ def _print_summary(run: RunFolder, records: list[dict[str, Any]]) -> None:
 def write_ticket(run: RunFolder, recipe: Recipe, records: list[dict[str, Any]]) -> Path:
     """ticket.pt: the last round's weights and mask, stamped with the recipe hash."""
     last = records[-1]["round"]
-    round_dir = run.round_dir(last)
-    state = load_checkpoint(round_dir / "checkpoint.pt")["model"]
-    mask = load_mask(round_dir / "mask.pt")
+    folder = run.round(last)
+    state = load_checkpoint(folder.checkpoint)["model"]
+    mask = load_mask(folder.mask)
     save_checkpoint(run.ticket, model=state, mask=mask, round=last, recipe_hash=recipe_hash(recipe),
                     arch=recipe.model.arch, backbone=recipe.model.backbone)
     run.update_summary(ticket={"round": last, "sparsity": records[-1]["sparsity"],

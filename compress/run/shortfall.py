@@ -9,9 +9,9 @@ the `shortfall` check of compress.run.checks, one warning line per modifier.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from compress.core.folders import RoundFolder
 from compress.core.param_names import selected
 from compress.lottery.sparseml_adapter import pruning_targets
 from compress.run.checks import SHORTFALL_TOLERANCE
@@ -40,11 +40,11 @@ def shortfalls(targets: list[dict[str, Any]], layers: dict[str, Any], trained_ep
     return out
 
 
-def gradual_shortfalls(recipe: Any, round_dir: Path, prunable: tuple[str, ...],
+def gradual_shortfalls(recipe: Any, round0: RoundFolder, prunable: tuple[str, ...],
                        trained_epochs: float) -> list[str]:
     """The shortfall messages of a gradual run's round 0 (none without pruning modifiers)."""
     source = modifier_source(recipe, prunable)
-    path = round_dir / "sparsity.json"
+    path = round0.sparsity
     if source is None or not path.is_file():
         return []
     layers = json.loads(path.read_text())["layers"]

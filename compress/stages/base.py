@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, Protocol
 
 from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.loaded import LoadedModel, load_model
 
 

@@ -10,7 +10,7 @@ from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from evaluate.analysis.macs import count_macs, macs_summary
 from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.stages.base import StageContext
 from compress.run.loaded import load_model
 from compress.stages.export import deployment, parity_images, val_images
@@ -100,7 +100,7 @@ def pipeline_rows(loaded: Any, engines: list[str], images: list[Any],
 def dense_counterpart(loaded: Any) -> Path | None:
     """bench/dense_export: round 0's dense model exported and deployed like the ticket (reused
     when its deployment is already there), or None (a dense ticket, no dense round 0)."""
-    ckpt = loaded.run.round_dir(0) / "checkpoint.pt"
+    ckpt = loaded.run.round(0).checkpoint
     if not loaded.mask or all(bool(m.all()) for m in loaded.mask.values()) or not ckpt.is_file():
         return None
     out = loaded.run.bench / "dense_export"

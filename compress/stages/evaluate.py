@@ -14,7 +14,7 @@ from compress.core.atomic import write_json
 from compress.core.errors import ModelFileError, UserError
 from compress.run.torch_eval import evaluate_torch
 from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.stages.base import StageContext
 from evaluate.metrics.scorer import TASK_IOU_TYPES, Scorer
 from evaluate.runtimes.pipeline import OnnxDetector, predict_onnx
@@ -91,19 +91,19 @@ def analyses(run: RunFolder, engine_dir: Path, gt_path: Path, task: str, tide: b
     """TIDE (boxes, masks), keypoint errors and dense-vs-ticket AP deltas for one engine's results."""
 
     results_path = engine_dir / "results.json"
-    dense_dir = run.round_dir(0) / "eval"
-    has_dense = (dense_dir / "results.json").is_file() and run.finished_rounds()[-1:] != [0]
+    dense_round = run.round(0)
+    has_dense = dense_round.eval_results.is_file() and run.finished_rounds()[-1:] != [0]
     out: dict[str, Any] = {}
     for iou_type in TASK_IOU_TYPES[task]:
         if tide and iou_type in ("bbox", "segm"):
             out[f"tide_{iou_type}"] = run_tide(gt_path, results_path, iou_type, engine_dir, "ticket")
             if has_dense:
-                compare_tide(dense_dir / "results.json", results_path, gt_path, iou_type, engine_dir)
+                compare_tide(dense_round.eval_results, results_path, gt_path, iou_type, engine_dir)
         if keypoint_errors and iou_type == "keypoints":
             results = json.loads(results_path.read_text())
             out["keypoint_errors"] = analyze_keypoint_errors(gt_path, results, engine_dir)["counts"]
     if has_dense:
-        dense = json.loads((dense_dir / "metrics.json").read_text())
+        dense = json.loads(dense_round.eval_metrics.read_text())
         ticket = json.loads((engine_dir / "metrics.json").read_text())
         deltas = {t: ap_deltas(dense[t], ticket[t], t) for t in TASK_IOU_TYPES[task]}
         write_json(engine_dir / "ap_deltas.json", deltas)

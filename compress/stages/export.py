@@ -11,7 +11,7 @@ import torch
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
 from compress.recipe.schema import Recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.loaded import LoadedModel, load_model
 from compress.stages.base import StageContext
 from export.compact import pack, unpack_to

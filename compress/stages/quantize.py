@@ -17,7 +17,7 @@ from compress.quantize.phase import rebuild, train_qat
 from compress.quantize.qat import quantized_params
 from compress.recipe.schema import Recipe
 from compress.run.checks import tag
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.setup import iterations_per_epoch
 from compress.run.torch_eval import evaluate_torch
 from compress.stages.base import StageContext

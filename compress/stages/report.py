@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from compress.recipe.schema import Recipe
 from compress.report.build import report_command
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.stages.base import StageContext
 
 

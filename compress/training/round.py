@@ -15,7 +15,7 @@ from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.errors import ModelFileError
 from compress.training.loop import train_one_epoch, use_amp, validation_loss
 from compress.core.distributed import SINGLE, Dist
-from compress.run.folder import MetricsLog
+from compress.core.folders import MetricsLog, RoundFolder
 from compress.training.schedule import build_scheduler
 
 log = logging.getLogger(__name__)
@@ -75,10 +75,11 @@ class _RoundState:
     captured: dict[str, Any]
 
 
-def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
+def _resume(folder: RoundFolder, model: nn.Module, optimizer: torch.optim.Optimizer,
             scaler: Optional[torch.amp.GradScaler], metrics: MetricsLog,
             start: int) -> _RoundState:
     """Load the round's last epoch checkpoint, if any, and drop the log lines written after it."""
+    last_path = folder.last
     if not last_path.is_file():
         metrics.drop_own_records()  # a round run again (its files failed their checks)
         return _RoundState(start, {})
@@ -86,7 +87,7 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
         state = load_checkpoint(last_path)
     except ModelFileError as err:  # truncated / corrupt: restart the round from its start
         log.warning("%s; the round restarts from its start", err)
-        last_path.replace(last_path.with_name("last.pt.corrupt"))
+        last_path.replace(folder.last_corrupt)
         metrics.drop_own_records()
         return _RoundState(start, {})
     model.load_state_dict(state["model"])
@@ -94,7 +95,7 @@ def _resume(last_path: Path, model: nn.Module, optimizer: torch.optim.Optimizer,
     if scaler is not None and state.get("scaler"):
         scaler.load_state_dict(state["scaler"])
     metrics.truncate(int(state["metrics_offset"]))
-    log.info("resuming %s at iteration %d", last_path.parent.name, int(state["iteration"]))
+    log.info("resuming %s at iteration %d", folder.root.name, int(state["iteration"]))
     return _RoundState(int(state["iteration"]), dict(state.get("captured") or {}))
 
 
@@ -118,7 +119,7 @@ def _ddp(model: nn.Module, device: torch.device, dist: Dist) -> nn.Module:
     return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
 
 
-def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: RoundPlan,
+def train_round(model: nn.Module, folder: RoundFolder, schedule: Schedule, plan: RoundPlan,
                 loaders: dict[str, Any], device: torch.device, seed: int, metrics: MetricsLog,
                 progress: bool = True, dist: Dist = SINGLE) -> dict[str, Any]:
     """Train `model` in place for this round; return {'val_loss': float, 'captured': {...}}.
@@ -128,10 +129,10 @@ def train_round(model: nn.Module, round_dir: Path, schedule: Schedule, plan: Rou
     the loader from (seed, epoch), so a resumed round equals an uninterrupted one bit for bit.
     Under torchrun the model trains wrapped in DistributedDataParallel; only rank 0 writes.
     """
-    last_path = round_dir / "last.pt"
+    last_path = folder.last
     optimizer = _make_optimizer(model, schedule)
     scaler = _make_scaler(schedule, device)
-    state = _resume(last_path, model, optimizer, scaler, metrics, plan.start_iteration)
+    state = _resume(folder, model, optimizer, scaler, metrics, plan.start_iteration)
     fresh = not last_path.is_file()
     stepper = plan.optimizer_wrapper(model, optimizer, state.iteration, scaler) \
         if plan.optimizer_wrapper else None

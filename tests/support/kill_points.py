@@ -112,7 +112,7 @@ import os, signal, sys
 from pathlib import Path
 sys.path.insert(0, {tests!r})
 from support.kill_points import MILESTONES
-from compress.run.folder import MetricsLog
+from compress.core.folders import MetricsLog
 
 out, reached = Path(sys.argv[1]), MILESTONES[int(sys.argv[2])][1]
 

@@ -202,12 +202,12 @@ def test_imp_block4_run_prunes_whole_blocks_every_round(tmp_path, monkeypatch):
     run.root.mkdir(parents=True)
     seed_everything(recipe.train.seed)
     pipeline.find_ticket(recipe, run, False)
-    masks = [torch.load(run.round_dir(k) / "mask.pt", weights_only=True) for k in range(3)]
+    masks = [torch.load(run.round(k).root / "mask.pt", weights_only=True) for k in range(3)]
     for old, new in zip(masks, masks[1:]):
         assert is_nested(old, new)
         assert all(block_structured(m) for m in new.values())
         assert sum(int((~m).sum()) for m in new.values()) > sum(int((~m).sum()) for m in old.values())
     ticket = torch.load(run.ticket, weights_only=True)
     assert all(block_structured(ticket["model"][n] != 0) for n in masks[-1])
-    metrics = json.loads((run.round_dir(1) / "metrics.json").read_text())["metrics"]
+    metrics = json.loads((run.round(1).root / "metrics.json").read_text())["metrics"]
     assert 0.0 <= metrics["early_bird_iou"] <= 1.0

@@ -23,7 +23,7 @@ from compress.report.page import Section
 from compress.report.run_data import load_run
 from compress.report.sections import _engine_rows, sec_latency, sec_summary
 from compress.run.checks import collecting, format_warnings, run_warnings
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.profile import profile_load
 
 PARITY = {"status": "failed", "images": 4, "box_max_abs_diff_px": 86.6, "box_tolerance_px": 0.5,

@@ -9,13 +9,13 @@ from typing import Any
 import pytest
 import torch
 
-import compress.lottery.controls as controls
+import compress.lottery.rounds as rounds
 from compress.core.errors import RecipeError
 from compress.core.seeding import seed_everything
 from compress.lottery.controls import random_mask_like
 from compress.recipe.load import load_recipe
 from compress.run import pipeline
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.report.controls_section import sec_controls
 from compress.report.page import Section
 from compress.report.run_data import load_run
@@ -37,16 +37,17 @@ def control_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, di
     torch.set_num_threads(1)
     starts: dict[str, dict[str, torch.Tensor]] = {}
     with pytest.MonkeyPatch.context() as mp:
-        real = controls.train_round
+        real = rounds.train_round
 
-        def train_round(model, out_dir, schedule, plan, *args, **kwargs):
+        def train_round(model, folder, schedule, plan, *args, **kwargs):
+            out_dir = folder.root
             key = f"{out_dir.parent.parent.name}/{out_dir.name}" if out_dir.name == "seed_5" \
                 else out_dir.name
             starts[key] = {"iteration": plan.start_iteration,
                                     **{k: v.detach().clone() for k, v in model.state_dict().items()}}
-            return real(model, out_dir, schedule, plan, *args, **kwargs)
+            return real(model, folder, schedule, plan, *args, **kwargs)
 
-        mp.setattr(controls, "train_round", train_round)
+        mp.setattr(rounds, "train_round", train_round)
         recipe = load_recipe(RECIPE, smoke=True, overrides=TINY)
         root = tmp_path_factory.mktemp("controls")
         run = RunFolder(root)
@@ -62,7 +63,7 @@ def test_control_files_and_summary(control_run):
     assert set(records[2]["controls"]) == set(NAMES)
     summary = run.read_summary()
     for name in NAMES:
-        out = run.round_dir(2) / "controls" / name
+        out = run.round(2).root / "controls" / name
         for file in ("checkpoint.pt", "mask.pt", "metrics.json"):
             assert (out / file).is_file(), f"{name}: {file} missing"
         assert not (out / "last.pt").exists()
@@ -74,23 +75,23 @@ def test_control_files_and_summary(control_run):
 
 def test_control_masks_keep_the_rounds_density_per_layer(control_run):
     run, _, _ = control_run
-    ticket = load(run.round_dir(2) / "mask.pt")
+    ticket = load(run.round(2).root / "mask.pt")
     for name in NAMES:
-        mask = load(run.round_dir(2) / "controls" / name / "mask.pt")
+        mask = load(run.round(2).root / "controls" / name / "mask.pt")
         assert set(mask) == set(ticket)
         for layer, kept in ticket.items():
             assert int(mask[layer].sum()) == int(kept.sum()), f"{name} {layer}"
         same = all(torch.equal(mask[n], ticket[n]) for n in ticket)
         assert same == (name != "random_mask")
-        weights = load(run.round_dir(2) / "controls" / name / "checkpoint.pt")["model"]
+        weights = load(run.round(2).root / "controls" / name / "checkpoint.pt")["model"]
         assert all(int((weights[n][~m] != 0).sum()) == 0 for n, m in mask.items())
 
 
 def test_control_starting_weights(control_run):
     run, starts, _ = control_run
-    rewind = load(run.round_dir(0) / "rewind.pt")["model"]
-    mask = load(run.round_dir(2) / "mask.pt")
-    random = load(run.round_dir(2) / "controls" / "random_mask" / "mask.pt")
+    rewind = load(run.round(0).root / "rewind.pt")["model"]
+    mask = load(run.round(2).root / "mask.pt")
+    random = load(run.round(2).root / "controls" / "random_mask" / "mask.pt")
     assert starts["random_mask"]["iteration"] == 2 and starts["reinit"]["iteration"] == 2
     assert starts["rewind_to_init"]["iteration"] == 0
     for name, kept in mask.items():
@@ -139,7 +140,7 @@ def test_seed_replicates_start_where_the_round_does_with_another_seed(control_ru
     run, starts, records = control_run
     summary = run.read_summary()
     for index in (0, 2):
-        out = run.round_dir(index) / "replicates" / "seed_5"
+        out = run.round(index).root / "replicates" / "seed_5"
         saved = json.loads((out / "metrics.json").read_text())
         assert saved["seed"] == 5 and saved["round"] == index
         assert summary["rounds"][index]["replicates"] == {"seed_5": saved["metrics"]}
@@ -147,9 +148,9 @@ def test_seed_replicates_start_where_the_round_does_with_another_seed(control_ru
         # the same model, another seed's training: its numbers are its own
         assert saved["metrics"]["val_loss"] != records[index]["metrics"]["val_loss"]
     assert starts["round_0/seed_5"]["iteration"] == 0
-    rewind = load(run.round_dir(0) / "rewind.pt")["model"]
-    mask = load(run.round_dir(2) / "mask.pt")
-    assert load(run.round_dir(2) / "replicates" / "seed_5" / "mask.pt").keys() == mask.keys()
+    rewind = load(run.round(0).root / "rewind.pt")["model"]
+    mask = load(run.round(2).root / "mask.pt")
+    assert load(run.round(2).root / "replicates" / "seed_5" / "mask.pt").keys() == mask.keys()
     assert starts["round_2/seed_5"]["iteration"] == 2
     for name, kept in mask.items():
         assert torch.equal(starts["round_2/seed_5"][name], rewind[name] * kept)

@@ -10,7 +10,7 @@ import torch
 from support.onnx_models import SIZE, pruned_tiny
 
 from compress.recipe.load import validate
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.loaded import LoadedModel
 from compress.stages.export import export_ticket
 from export.onnx_export import export_backbone, export_full

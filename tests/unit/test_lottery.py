@@ -2,7 +2,7 @@
 
 Every run goes through the real runner (`compress.run.pipeline.find_ticket`: recipe -> data -> model ->
 `run_lottery` -> SparseML prune -> rewind -> `train_round`). Probes are attached by wrapping the
-runner's own seams: `compress.lottery.runner.train_round` (the model as the round starts, after every
+runner's own seams: `compress.lottery.rounds.train_round` (the model as the round starts, after every
 optimizer step) and `compress.lottery.sparseml_adapter.sparseml_prune` (parameters before and after the
 prune). Expected values come from exact arithmetic on the saved masks and checkpoints.
 """
@@ -18,11 +18,11 @@ import torch
 
 from support.recipes import TINY_LOTTERY
 
-import compress.lottery.runner as lottery
+import compress.lottery.rounds as rounds
 import compress.lottery.sparseml_adapter as adapter
 from compress.run import pipeline as pipeline
 from compress.recipe.load import load_recipe
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.core.seeding import seed_everything
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "maskrcnn_lth.yaml"
@@ -42,10 +42,10 @@ class Probe:
 
 
 def _attach(monkeypatch: pytest.MonkeyPatch, probe: Probe) -> None:
-    real_train, real_prune = lottery.train_round, adapter.sparseml_prune
+    real_train, real_prune = rounds.train_round, adapter.sparseml_prune
 
-    def train_round(model, round_dir, schedule, plan, *args, **kwargs):
-        index = int(round_dir.name.split("_")[1])
+    def train_round(model, folder, schedule, plan, *args, **kwargs):
+        index = int(folder.root.name.split("_")[1])
         probe.start[index] = {k: v.detach().clone() for k, v in model.state_dict().items()}
         probe.nonzero[index] = []
 
@@ -55,7 +55,7 @@ def _attach(monkeypatch: pytest.MonkeyPatch, probe: Probe) -> None:
             if index == 0 and iteration == REWIND_IT:
                 probe.at_rewind = {k: v.detach().clone() for k, v in model.state_dict().items()}
         plan.after_step.append(after_step)  # after the runner's own (the MaskHolder's) callbacks
-        return real_train(model, round_dir, schedule, plan, *args, **kwargs)
+        return real_train(model, folder, schedule, plan, *args, **kwargs)
 
     def sparseml_prune(model, mask, *args, **kwargs):
         before = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -65,7 +65,7 @@ def _attach(monkeypatch: pytest.MonkeyPatch, probe: Probe) -> None:
                              "before": before, "after": after})
         return new
 
-    monkeypatch.setattr(lottery, "train_round", train_round)
+    monkeypatch.setattr(rounds, "train_round", train_round)
     monkeypatch.setattr(adapter, "sparseml_prune", sparseml_prune)
 
 
@@ -105,7 +105,7 @@ def layerwise_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[RunFolder, 
 
 
 def masks_of(run: RunFolder, rounds: int = ROUNDS) -> list[dict[str, torch.Tensor]]:
-    return [load(run.round_dir(k) / "mask.pt") for k in range(rounds + 1)]
+    return [load(run.round(k).root / "mask.pt") for k in range(rounds + 1)]
 
 
 def assert_zeros_held(probe: Probe, index: int, mask: dict[str, torch.Tensor], steps: int) -> None:
@@ -119,13 +119,13 @@ def assert_zeros_held(probe: Probe, index: int, mask: dict[str, torch.Tensor], s
 def test_global_imp_sparsity_per_round(global_run):
     run, _ = global_run
     for k in range(ROUNDS + 1):
-        report = json.loads((run.round_dir(k) / "sparsity.json").read_text())
+        report = json.loads((run.round(k).root / "sparsity.json").read_text())
         assert report["prunable"]["sparsity"] == pytest.approx(1 - 0.8 ** k, abs=1e-3)
-        mask = load(run.round_dir(k) / "mask.pt")
+        mask = load(run.round(k).root / "mask.pt")
         numel = sum(m.numel() for m in mask.values())
         assert 1 - kept_count(mask) / numel == pytest.approx(1 - 0.8 ** k, abs=1e-3)
     ticket = load(run.ticket)
-    final = load(run.round_dir(ROUNDS) / "mask.pt")
+    final = load(run.round(ROUNDS).root / "mask.pt")
     assert ticket["round"] == ROUNDS and set(ticket["mask"]) == set(final)
     assert all(torch.equal(ticket["mask"][n], final[n]) for n in final)
 
@@ -139,7 +139,7 @@ def test_global_masks_nested_one_threshold_counts_exact(global_run):
         assert not any(bool((new[n] & ~old[n]).any()) for n in new), f"round {k} not nested"
         kept = kept_count(old)
         assert kept_count(new) == kept - round(0.2 * kept)
-        weights = load(run.round_dir(k - 1) / "checkpoint.pt")["model"]
+        weights = load(run.round(k - 1).root / "checkpoint.pt")["model"]
         dropped = torch.cat([weights[n][old[n] & ~new[n]].abs() for n in new])
         survivors = torch.cat([weights[n][new[n]].abs() for n in new])
         assert dropped.max() <= survivors.min()  # one threshold over every tensor
@@ -153,13 +153,13 @@ def test_pruned_weights_zero_after_every_step(global_run):
     assert_zeros_held(probe, 0, masks[0], 8)
     for k in range(1, ROUNDS + 1):
         assert_zeros_held(probe, k, masks[k], 8 - REWIND_IT)
-        final = load(run.round_dir(k) / "checkpoint.pt")["model"]
+        final = load(run.round(k).root / "checkpoint.pt")["model"]
         assert all(bool((final[n][~m] == 0).all()) for n, m in masks[k].items())
 
 
 def test_rewind_point_and_surviving_weights_after_rewind(global_run):
     run, probe = global_run
-    rewind = load(run.round_dir(0) / "rewind.pt")["model"]
+    rewind = load(run.round(0).root / "rewind.pt")["model"]
     assert probe.at_rewind is not None
     assert all(torch.equal(rewind[k], v) for k, v in probe.at_rewind.items())
     for k, mask in enumerate(masks_of(run)[1:], 1):
@@ -195,7 +195,7 @@ def test_layerwise_every_tensor_exact(layerwise_run):
     run, probe = layerwise_run
     masks = masks_of(run)
     for k in range(1, ROUNDS + 1):
-        weights = load(run.round_dir(k - 1) / "checkpoint.pt")["model"]
+        weights = load(run.round(k - 1).root / "checkpoint.pt")["model"]
         for name, new in masks[k].items():
             old = masks[k - 1][name]
             kept = int(old.sum())
@@ -219,7 +219,7 @@ def test_mask_transfer_keeps_exact_top_k(tmp_path, monkeypatch):
     run, probe = run_tiny(tmp_path / "run", [
         "lottery.method=mask_transfer", f"lottery.source={tmp_path / 'source.pt'}",
         "lottery.target_sparsity=0.5", "lottery.scope=backbone", "lottery.rounds=1"], monkeypatch)
-    mask = load(run.round_dir(0) / "mask.pt")
+    mask = load(run.round(0).root / "mask.pt")
     src = {n: source[n[len("backbone.body."):]] for n in mask}
     numel = sum(t.numel() for t in src.values())
     assert kept_count(mask) == numel - round(0.5 * numel)
@@ -230,9 +230,9 @@ def test_mask_transfer_keeps_exact_top_k(tmp_path, monkeypatch):
         assert torch.equal(probe.start[0][name][m], src[name][m])
         assert bool((probe.start[0][name][~m] == 0).all())
     assert_zeros_held(probe, 0, mask, 8)
-    final = load(run.round_dir(0) / "checkpoint.pt")["model"]
+    final = load(run.round(0).root / "checkpoint.pt")["model"]
     assert all(bool((final[n][~m] == 0).all()) for n, m in mask.items())
-    assert not (run.round_dir(1)).exists()
+    assert not (run.round(1).root).exists()
 
 
 def test_transfer_ticket_zeros_stay_zero(global_run, tmp_path, monkeypatch):
@@ -240,13 +240,13 @@ def test_transfer_ticket_zeros_stay_zero(global_run, tmp_path, monkeypatch):
     ticket = load(parent.ticket)
     run, probe = run_tiny(tmp_path / "run", ["lottery.method=transfer_ticket",
                                             f"lottery.source={parent.ticket}"], monkeypatch)
-    mask = load(run.round_dir(0) / "mask.pt")
+    mask = load(run.round(0).root / "mask.pt")
     assert set(mask) == set(ticket["mask"])
     assert all(torch.equal(mask[n], ticket["mask"][n]) for n in mask)
     for name, m in mask.items():
         assert torch.equal(probe.start[0][name], ticket["model"][name])
     assert_zeros_held(probe, 0, mask, 8)
-    final = load(run.round_dir(0) / "checkpoint.pt")["model"]
+    final = load(run.round(0).root / "checkpoint.pt")["model"]
     assert all(bool((final[n][~m] == 0).all()) for n, m in mask.items())
-    metrics = json.loads((run.round_dir(0) / "metrics.json").read_text())
+    metrics = json.loads((run.round(0).root / "metrics.json").read_text())
     assert metrics["prunable_sparsity"] == pytest.approx(1 - 0.8 ** ROUNDS, abs=1e-3)

@@ -14,7 +14,7 @@ from compress.cli import main
 from compress.core.atomic import write_text
 from compress.core.errors import UserError
 from compress.recipe.load import load_recipe, resolved_yaml
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 
 RECIPE = ROOT / "recipes" / "maskrcnn_lth.yaml"
 OVERRIDES = TINY + NO_STAGES
@@ -22,7 +22,7 @@ OVERRIDES = TINY + NO_STAGES
 HOLDER = """
 import sys, time
 from pathlib import Path
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 RunFolder(Path(sys.argv[1])).lock()
 print("locked", flush=True)
 time.sleep(120)

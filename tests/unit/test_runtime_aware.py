@@ -164,7 +164,7 @@ def _synthetic_latency(module, shape, grid, cores, warmup, iterations):
 def runtime_run(tmp_path_factory):
     from compress.core.seeding import seed_everything
     from compress.run import pipeline
-    from compress.run.folder import RunFolder
+    from compress.core.folders import RunFolder
 
     root = tmp_path_factory.mktemp("runtime")
     with pytest.MonkeyPatch.context() as mp:
@@ -184,7 +184,7 @@ def test_imp_runtime_distribution(runtime_run):
 
     run = runtime_run
     assert (run.root / "profile.json").is_file()
-    masks = [torch.load(run.round_dir(k) / "mask.pt", weights_only=True) for k in range(3)]
+    masks = [torch.load(run.round(k).root / "mask.pt", weights_only=True) for k in range(3)]
     numel = sum(m.numel() for m in masks[0].values())
     kept = [sum(int(m.sum()) for m in mask.values()) for mask in masks]
     spread_differs = False
@@ -192,15 +192,15 @@ def test_imp_runtime_distribution(runtime_run):
         assert kept[k] == kept[k - 1] - round(0.2 * kept[k - 1])  # geometric total, exact
         for name, new in masks[k].items():
             assert not bool((new & ~masks[k - 1][name]).any()), name  # nested
-        metrics = json.loads((run.round_dir(k) / "metrics.json").read_text())
+        metrics = json.loads((run.round(k).root / "metrics.json").read_text())
         assert metrics["metrics"]["pruned_nonzero_after_training"] == 0  # zeros held
         assert metrics["metrics"]["runtime_predicted_ms"] <= metrics["metrics"]["global_predicted_ms"]
-        state = torch.load(run.round_dir(k) / "checkpoint.pt", weights_only=True)["model"]
+        state = torch.load(run.round(k).root / "checkpoint.pt", weights_only=True)["model"]
         assert all(bool((state[n][~m] == 0).all()) for n, m in masks[k].items())
-        before = torch.load(run.round_dir(k - 1) / "checkpoint.pt", weights_only=True)["model"]
+        before = torch.load(run.round(k - 1).root / "checkpoint.pt", weights_only=True)["model"]
         glob = magnitude_prune({n: before[n] for n in masks[k - 1]}, masks[k - 1], 0.2, "global")
         spread_differs |= any(int(glob[n].sum()) != int(masks[k][n].sum()) for n in glob)
-        report = json.loads((run.round_dir(k) / "sparsity.json").read_text())
+        report = json.loads((run.round(k).root / "sparsity.json").read_text())
         assert set(report["layers"]) == set(masks[k])
     assert spread_differs
     assert 1 - kept[2] / numel == pytest.approx(1 - 0.8 ** 2, abs=1e-3)

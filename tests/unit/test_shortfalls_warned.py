@@ -14,7 +14,7 @@ from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.recipe.load import load_recipe
 from compress.run import pipeline
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.run.shortfall import shortfalls
 from support.recipes import TINY_LOTTERY
 

@@ -6,7 +6,7 @@ import logging
 from types import SimpleNamespace
 
 from compress.run.checks import collecting, run_warnings, tag
-from compress.run.folder import RunFolder
+from compress.core.folders import RunFolder
 from compress.stages.sequence import run_stages
 
 log = logging.getLogger("stage_test")

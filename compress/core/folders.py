@@ -1,4 +1,5 @@
-"""The run folder (its layout is in the README): paths, the summary digest and the metrics log.
+"""The run folder (its layout is in the README): paths, the summary digest and the metrics log;
+the round folder: the files one trained model of the lottery holds.
 
 A writer claims its folder (`claim`): a folder of the user's (existing, not empty, no recipe.yaml
 nor summary.json) is refused unless asked for, and `RUN/.lock` is locked (flock) for as long as
@@ -29,6 +30,7 @@ SCRATCH_PREFIXES = (".tide_", ".plot_")  # tempfile.TemporaryDirectory folders (
 # mkstemp's own names (`.NAME.XXXXXXXX.tmp`), as writers without the lth~ marker leave them
 _MKSTEMP = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 _HELD: dict[str, IO[str]] = {}  # run folders this process holds the lock of (released at exit)
+ROUND_PREFIX = "round_"  # rounds/round_<k>/
 
 
 @dataclass(frozen=True)
@@ -72,8 +74,16 @@ class RunFolder:
     def metrics_log(self) -> Path:
         return self.root / "metrics.jsonl"
 
-    def round_dir(self, index: int) -> Path:
-        return self.root / "rounds" / f"round_{index}"
+    @property
+    def rounds(self) -> Path:
+        return self.root / "rounds"
+
+    def round(self, index: int) -> "RoundFolder":
+        return RoundFolder(self.rounds / f"{ROUND_PREFIX}{index}")
+
+    def round_indices(self) -> list[int]:
+        """The indices of the round folders present (finished or not), in order."""
+        return sorted(int(p.name[len(ROUND_PREFIX):]) for p in self.rounds.glob(f"{ROUND_PREFIX}*"))
 
     def eval_dir(self, engine: str) -> Path:
         return self.root / "eval" / engine
@@ -148,9 +158,7 @@ class RunFolder:
         return stale
 
     def finished_rounds(self) -> list[int]:
-        rounds = self.root / "rounds"
-        done = [int(p.name.split("_")[1]) for p in rounds.glob("round_*") if (p / "metrics.json").is_file()]
-        return sorted(done)
+        return [k for k in self.round_indices() if self.round(k).metrics.is_file()]
 
     # summary.json -------------------------------------------------------------------------
     def read_summary(self) -> dict[str, Any]:
@@ -163,6 +171,77 @@ class RunFolder:
         summary.update(parts)
         write_json(self.summary_path, summary)
         return summary
+
+
+@dataclass(frozen=True)
+class RoundFolder:
+    """The files of one trained model of the lottery: a round (`rounds/round_<k>/`), a control
+    (`rounds/round_<k>/controls/<name>/`) or a seed replicate (`rounds/round_<k>/replicates/
+    seed_<s>/`); the quantization phase's folder trains through the same round loop (`last`)."""
+
+    root: Path
+
+    @property
+    def checkpoint(self) -> Path:
+        """The trained weights."""
+        return self.root / "checkpoint.pt"
+
+    @property
+    def mask(self) -> Path:
+        return self.root / "mask.pt"
+
+    @property
+    def metrics(self) -> Path:
+        """Written last: the folder's training is finished."""
+        return self.root / "metrics.json"
+
+    @property
+    def sparsity(self) -> Path:
+        """Per-layer and network sparsity (rounds only)."""
+        return self.root / "sparsity.json"
+
+    @property
+    def rewind(self) -> Path:
+        """The weights at the rewind point (round 0 of a run with pruning rounds)."""
+        return self.root / "rewind.pt"
+
+    @property
+    def last(self) -> Path:
+        """The epoch checkpoint a killed training resumes from (gone once finished)."""
+        return self.root / "last.pt"
+
+    @property
+    def last_corrupt(self) -> Path:
+        """A `last.pt` that failed to load, kept aside while the training restarts."""
+        return self.root / "last.pt.corrupt"
+
+    @property
+    def sparse_logs(self) -> Path:
+        """SparseML's logs while training (removed once finished)."""
+        return self.root / "sparse_logs"
+
+    def rank_sparse_logs(self, rank: int) -> Path:
+        """A rank's own SparseML logs under torchrun (rank 0 uses `sparse_logs`)."""
+        return self.sparse_logs if rank == 0 else self.root / f"sparse_logs_rank{rank}"
+
+    @property
+    def eval(self) -> Path:
+        """The torch evaluation of the trained model."""
+        return self.root / "eval"
+
+    @property
+    def eval_metrics(self) -> Path:
+        return self.eval / "metrics.json"
+
+    @property
+    def eval_results(self) -> Path:
+        return self.eval / "results.json"
+
+    def control(self, name: str) -> "RoundFolder":
+        return RoundFolder(self.root / "controls" / name)
+
+    def replicate(self, seed: int) -> "RoundFolder":
+        return RoundFolder(self.root / "replicates" / f"seed_{seed}")
 
 
 class MetricsLog:
