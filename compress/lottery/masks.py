@@ -285,10 +285,9 @@ class MaskHolder:
 
     After each gradient is accumulated, a hook multiplies it in place by the 0/1 mask (so weight
     decay, momentum and gradient clipping never see a pruned entry), and `after_step()` (call it
-    after every optimizer step, or `attach(optimizer)` to have it called) multiplies the weights
-    by the mask with one `torch._foreach_mul_`. Multiplying by a float mask is ~7x faster on CPU
-    than `masked_fill_` with a bool mask (benchmarks/bench_mask_overhead.py). `remove()` takes
-    the hooks off.
+    after every optimizer step) multiplies the weights by the mask with one `torch._foreach_mul_`.
+    Multiplying by a float mask is ~7x faster on CPU than `masked_fill_` with a bool mask
+    (benchmarks/bench_mask_overhead.py). `remove()` takes the hooks off.
     """
 
     def __init__(self, model: nn.Module, mask: Mapping[str, Tensor]):
@@ -327,10 +326,6 @@ class MaskHolder:
     def after_step(self, *_args, **_kwargs) -> None:
         self._sync_devices()
         torch._foreach_mul_(list(self._params.values()), list(self._keep.values()))
-
-    def attach(self, optimizer: torch.optim.Optimizer) -> None:
-        """Call `after_step` automatically after every `optimizer.step()`."""
-        self._handles.append(optimizer.register_step_post_hook(self.after_step))
 
     def check(self, model: nn.Module) -> int:
         """Number of pruned entries that are not exactly zero (0 when the mask holds)."""

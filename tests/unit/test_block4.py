@@ -140,8 +140,7 @@ def test_rewind_and_training_keep_the_blocks(tmp_path, monkeypatch):
     rewind(model, rewind_state, mask)
     holder = MaskHolder(model, mask)
     optimizer = sgd(model)
-    holder.attach(optimizer)
-    train_steps(model, optimizer, 2)
+    train_steps(model, optimizer, 2, after_each=holder.after_step)
     assert holder.check(model) == 0
     zeros = mask_from_model(model, names)
     assert all(block_structured(zeros[n]) and not bool((zeros[n] & ~mask[n]).any()) for n in names)

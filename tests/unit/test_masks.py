@@ -136,9 +136,9 @@ def test_holder_keeps_zeros_under_momentum_and_decay_and_plain_sgd_does_not():
     optimizer = sgd(model)
     train_steps(model, optimizer, 1)  # dense momentum history: grad hooks alone would not hold
     holder = MaskHolder(model, mask)
-    holder.attach(optimizer)
     counts = []
-    train_steps(model, optimizer, 3, after_each=lambda: counts.append(holder.check(model)))
+    train_steps(model, optimizer, 3,
+                after_each=lambda: (holder.after_step(), counts.append(holder.check(model))))
     assert counts == [0, 0, 0]
     assert all(p.grad is None or bool((p.grad[~mask[n]] == 0).all())
                for n, p in model.named_parameters() if n in mask)

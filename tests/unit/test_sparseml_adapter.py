@@ -115,7 +115,6 @@ def test_constant_pruning_and_holder_keep_zeros(tmp_path):
     assert counts == [0, 0]
     holder = MaskHolder(model, mask)
     optimizer = sgd(model)
-    holder.attach(optimizer)
-    train_steps(model, optimizer, 2)
+    train_steps(model, optimizer, 2, after_each=holder.after_step)
     assert holder.check(model) == 0 and pruned_nonzero(model, mask) == 0
     holder.remove()

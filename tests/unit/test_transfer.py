@@ -96,8 +96,7 @@ def test_transfer_classification_ticket_zeros_stay_zero(tmp_path, caplog):
         assert int((state[name] == 0).sum()) == int((~mask[name]).sum())
     holder = MaskHolder(model, mask)
     optimizer = sgd(model)
-    holder.attach(optimizer)
-    train_steps(model, optimizer, 3)
+    train_steps(model, optimizer, 3, after_each=holder.after_step)
     assert holder.check(model) == 0
     assert all(int((model.state_dict()[n][~mask[n]] != 0).sum()) == 0 for n in matched)
     assert not torch.equal(model.state_dict()["roi_heads.box_head.fc6.weight"], head_before)
