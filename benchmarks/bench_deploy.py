@@ -60,7 +60,7 @@ from compress.lottery.profile import (build_profile, default_profile_path,  # no
                                       layer_input_shapes, profile_key)
 from compress.models.prunable import default_prunable  # noqa: E402
 from compress.stages.export import parity_images  # noqa: E402
-from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES  # noqa: E402
+from evaluate.engines import OPENVINO_ENGINES  # noqa: E402
 from evaluate.runtimes.pipeline_bench import bench_pipelines, speedups  # noqa: E402
 from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
 from export.deploy.build import deploy_exported  # noqa: E402

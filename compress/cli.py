@@ -12,6 +12,7 @@ import click
 
 from compress.core.errors import UserError
 from compress.run.checks import CheckFailed
+from evaluate.engines import BENCH_ENGINES, EVALUATE_ENGINES, PREDICT_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +116,7 @@ Examples:
   compress evaluate runs/NAME/export --data runs/NAME/data --engine deepsparse""")
 @click.argument("model", required=False, type=click.Path(path_type=Path))
 @click.option("--data", type=click.Path(path_type=Path), help="Dataset root (COCO, VOC or synthetic).")
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None,
+@click.option("--engine", type=click.Choice(EVALUATE_ENGINES), default=None,
               help="torch (default for a ticket or checkpoint), onnxruntime (default for an ONNX "
                    "file) or deepsparse (the export folder's deployment, checked against ONNX Runtime).")
 @click.option("--tide", is_flag=True, help="Also run TIDE error analysis.")
@@ -160,7 +161,7 @@ Examples:
 Exit 1 when no requested engine gave a figure (each failed or was skipped).""")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--engine", "engines", multiple=True,
-              type=click.Choice(["onnxruntime", "onnxruntime-cuda", "deepsparse"]),
+              type=click.Choice(BENCH_ENGINES),
               help="Repeatable; default all three for an ONNX file (unavailable ones are skipped "
                    "with a reason); for an export folder deepsparse (the deployment) and "
                    "onnxruntime (the full graph on the same canvas).")
@@ -231,7 +232,7 @@ Examples:
   compress predict runs/NAME/export photos/ --engine deepsparse --out pred/""")
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("images", type=click.Path(path_type=Path))
-@click.option("--engine", type=click.Choice(["torch", "onnxruntime", "deepsparse"]), default=None,
+@click.option("--engine", type=click.Choice(PREDICT_ENGINES), default=None,
               help="For an export folder: deepsparse (the deployment, default) or onnxruntime "
                    "(the full graph on the same canvas).")
 @click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),

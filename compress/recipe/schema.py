@@ -17,6 +17,7 @@ from compress.lottery.methods import METHOD_NAMES, METHODS
 from compress.models.heads import HeadConfig
 from compress.lottery.sparseml_adapter import TRAINING_MODIFIERS, modifier_names
 from compress.core.errors import RecipeError
+from evaluate.engines import BENCH_ENGINES, DEFAULT_EVALUATE_ENGINES, EVALUATE_ENGINES
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str
@@ -210,7 +211,7 @@ class QuantizeCfg(_Section):
 
 class EvaluateCfg(_Section):
     enabled: bool = True
-    engines: list[Literal["torch", "onnxruntime", "deepsparse"]] = ["torch", "onnxruntime"]
+    engines: list[Literal[EVALUATE_ENGINES]] = list(DEFAULT_EVALUATE_ENGINES)
     tide: bool = True
     keypoint_errors: bool = True
     max_images: Optional[int] = Field(None, ge=1)
@@ -219,8 +220,7 @@ class EvaluateCfg(_Section):
 
 class BenchCfg(_Section):
     enabled: bool = True
-    engines: list[Literal["onnxruntime", "onnxruntime-cuda", "deepsparse"]] = [
-        "onnxruntime", "onnxruntime-cuda", "deepsparse"]
+    engines: list[Literal[BENCH_ENGINES]] = list(BENCH_ENGINES)
     batch_sizes: list[int] = [1]
     warmup: int = Field(5, ge=0, le=1000)
     iterations: int = Field(20, ge=1, le=100000)

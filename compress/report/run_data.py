@@ -19,10 +19,9 @@ from compress.report.summary_checks import check_round, check_summary
 from compress.run.loaded import load_model
 from evaluate.analysis.macs import count_macs
 from export.compact import bound_bytes
+from evaluate.engines import EVALUATE_ENGINES
 
 log = logging.getLogger(__name__)
-
-ENGINE_ORDER = ("torch", "onnxruntime", "deepsparse")
 
 
 @dataclass
@@ -45,7 +44,7 @@ class RunData:
         return self.rounds[-1]["round"]
 
     def eval_dirs(self) -> list[Path]:
-        found = [self.root / "eval" / e for e in ENGINE_ORDER if (self.root / "eval" / e).is_dir()]
+        found = [self.root / "eval" / e for e in EVALUATE_ENGINES if (self.root / "eval" / e).is_dir()]
         extra = sorted(p for p in (self.root / "eval").glob("*") if p.is_dir() and p not in found)
         return found + extra
 

@@ -16,9 +16,10 @@ from compress.run.loaded import load_model
 from compress.stages.export import deployment, parity_images, val_images
 from export.onnx_export import export_full
 from evaluate.runtimes.ort import physical_cores
-from evaluate.runtimes.bench import ENGINES, bench_onnx, format_bench_table
-from evaluate.runtimes.pipeline_bench import (PIPELINE_ENGINES, bench_pipeline, bench_pipelines,
-                                              describe_speedups, speedups)
+from evaluate.engines import BENCH_ENGINES, PIPELINE_ENGINES
+from evaluate.runtimes.bench import bench_onnx, format_bench_table
+from evaluate.runtimes.pipeline_bench import (bench_pipeline, bench_pipelines, describe_speedups,
+                                              speedups)
 from evaluate.runtimes.protocol import finish, load_note, machine
 from evaluate.runtimes.pipeline import read_manifest
 from compress.run.checks import CheckFailed, tag
@@ -208,8 +209,8 @@ def bench_command(model: Path, *, engines: list[str], batches: list[int], iterat
         rows = _bench_export(model, engines, batches, iterations, warmup, cores)
         target = out or model.parent / "bench" / "bench.json"  # the run folder's bench/
     elif model.suffix == ".onnx":
-        rows = bench_onnx(model, engines=engines or ENGINES, batch_sizes=batches, warmup=warmup,
-                          iterations=iterations, cores=cores)
+        rows = bench_onnx(model, engines=engines or BENCH_ENGINES, batch_sizes=batches,
+                          warmup=warmup, iterations=iterations, cores=cores)
         target = out or model.parent / "bench.json"
     else:
         raise UserError("compress bench takes an ONNX file or an export folder holding "

@@ -29,9 +29,11 @@ from compress.run.loaded import load_model, run_of
 from compress.run.checks import CheckFailed, tag
 from compress.models.build import ARCH_TASK
 from compress.run.setup import ground_truth_path
+from evaluate.engines import DEPLOYMENT, ENGINES, EVALUATE, EVALUATE_ENGINES, FULL_GRAPH, TICKET
+from evaluate.engines import running
 
 log = logging.getLogger(__name__)
-PARITY_IMAGES = 4
+EVAL_PARITY_IMAGES = 4  # validation images evaluate runs the deployment on, DeepSparse vs ORT
 
 
 def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, scorer: Scorer,
@@ -39,13 +41,17 @@ def evaluate_engine(engine: str, model_path: Path, loaded: Any, loader: Any, sco
     """COCO metrics (for a VOC set also the Pascal VOC metric) of one engine, by `scorer`; writes
     results.json + metrics.json into out_dir."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    if engine == "torch":
-        return evaluate_torch(loaded.model, loader, torch.device("cpu"), scorer, out_dir, progress)
-    if engine == "onnxruntime":
-        return scorer.score_predictions(predict_onnx(OnnxDetector(model_path), loader), out_dir)
-    if engine == "deepsparse":
-        return evaluate_deployment(model_path.parent, loader, scorer, out_dir)
-    raise UserError(f"engine '{engine}' is not one of torch, onnxruntime, deepsparse", key="--engine")
+    if engine not in EVALUATE_ENGINES:
+        raise UserError(f"engine '{engine}' is not one of {', '.join(EVALUATE_ENGINES)}",
+                        key="--engine")
+    evaluators = {  # by what the engine runs
+        TICKET: lambda: evaluate_torch(loaded.model, loader, torch.device("cpu"), scorer, out_dir,
+                                       progress),
+        FULL_GRAPH: lambda: scorer.score_predictions(predict_onnx(OnnxDetector(model_path), loader),
+                                                     out_dir),
+        DEPLOYMENT: lambda: evaluate_deployment(model_path.parent, loader, scorer, out_dir),
+    }
+    return evaluators[ENGINES[engine].runs]()
 
 
 def evaluate_deployment(export_dir: Path, loader: Any, scorer: Scorer, out_dir: Path,
@@ -71,7 +77,7 @@ def evaluate_deployment(export_dir: Path, loader: Any, scorer: Scorer, out_dir: 
 
 
 def deployment_parity(detector: DeployedDetector, export_dir: Path, loader: Any,
-                      images: int = PARITY_IMAGES,
+                      images: int = EVAL_PARITY_IMAGES,
                       judge: Callable[[list], dict[str, Any]] | None = None) -> dict[str, Any]:
     """DeepSparse against ONNX Runtime, same deployment and canvas, on up to `images` images:
     boxes within 0.5 px, same labels and counts; comparing nothing fails."""
@@ -125,7 +131,7 @@ class EvaluateStage:
         recipe, run, data = ctx.recipe, ctx.run, ctx.data
         results: dict[str, Any] = {}
         for engine in recipe.evaluate.engines:
-            if engine != "torch" and not recipe.export.enabled:
+            if ENGINES[engine].needs_export and not recipe.export.enabled:
                 log.warning("evaluate: %s needs the export stage; skipped", engine)
                 continue
             out_dir = run.eval_dir(engine)
@@ -172,7 +178,7 @@ def evaluate_command(model: Path, data: Path, *, engine: str | None, tide: bool,
     `convention` None takes the recipe's evaluate.convention."""
 
     is_onnx = model.suffix == ".onnx"
-    engine = engine or ("onnxruntime" if is_onnx else "torch")
+    engine = engine or running(FULL_GRAPH if is_onnx else TICKET, EVALUATE)
     run = run_of(model)
     loaded = load_model(run.root if is_onnx else model)
     task = ARCH_TASK[loaded.recipe.model.arch]

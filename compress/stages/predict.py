@@ -35,6 +35,7 @@ from compress.stages.images import read_pil, shrunk, to_tensor, to_uint8_rgb
 from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
 from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
 from compress.stages.upscale import upscaled_results
+from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, PREDICT, TICKET, running
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.pipeline import OnnxDetector
 from evaluate.runtimes.pipeline import read_manifest
@@ -80,30 +81,42 @@ def load_predictor(model_path: Path, engine: str,
         return deployment_predictor(model_path, engine, score_threshold), (
             run_label_info(run_root) if run_root else LabelInfo(_onnx_task(
                 read_manifest(model_path).outputs)))
-    if engine == "onnxruntime":
-        detector = OnnxDetector(model_path)
-        info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))
-        return fit_to_graph(detector, detector.session.get_inputs()[0].shape, score_threshold), info
+    return _FILE_PREDICTORS[ENGINES[engine].runs](model_path, run_root, score_threshold)
+
+
+def _onnx_file(model_path: Path, run_root: Path | None,
+               score_threshold: float) -> tuple[Predictor, LabelInfo]:
+    detector = OnnxDetector(model_path)
+    info = run_label_info(run_root) if run_root else LabelInfo(_onnx_task(detector.output_names))
+    return fit_to_graph(detector, detector.session.get_inputs()[0].shape, score_threshold), info
+
+
+def _torch_file(model_path: Path, run_root: Path | None,
+                score_threshold: float) -> tuple[Predictor, LabelInfo]:
     if run_root is None:
         raise ModelFileError("a torch model must sit in its run folder (recipe.yaml and rounds/ "
                              "beside or above it) so it can be rebuilt", file=str(model_path))
     return torch_predictor(model_path, score_threshold), run_label_info(run_root)
 
 
+_FILE_PREDICTORS = {FULL_GRAPH: _onnx_file, TICKET: _torch_file}  # by what the engine runs
+
+
 def pick_engine(model_path: Path, engine: str | None) -> str:
     if model_path.is_dir():
         read_manifest(model_path)  # an export folder with its deployment, else ModelFileError
-        if engine not in (None, "deepsparse", "onnxruntime"):
+        folder = [running(runs, PREDICT) for runs in (DEPLOYMENT, FULL_GRAPH)]  # default first
+        if engine is not None and engine not in folder:
             raise UserError(f"engine '{engine}' cannot run an export folder; allowed: "
-                            "deepsparse, onnxruntime", key="--engine")
-        return engine or "deepsparse"
+                            f"{', '.join(folder)}", key="--engine")
+        return engine or folder[0]
     suffix = model_path.suffix.lower()
     if suffix not in (".onnx", ".pt", ".pth"):
         raise ModelFileError(f"unknown model file type '{suffix}'; allowed: .onnx (exported graph), "
                              ".pt (ticket or checkpoint)", file=str(model_path))
     if not model_path.is_file():
         raise ModelFileError("file not found", file=str(model_path))
-    wanted = "onnxruntime" if suffix == ".onnx" else "torch"
+    wanted = running(FULL_GRAPH if suffix == ".onnx" else TICKET, PREDICT)
     if engine is not None and engine != wanted:
         raise UserError(f"engine '{engine}' cannot run a {suffix} file; allowed: {wanted}",
                         key="--engine")

@@ -23,10 +23,10 @@ import torch
 from compress.core.errors import UserError
 from compress.run.loaded import load_model
 from compress.quantize.phase import load_int8
+from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.pipeline import OnnxDetector
-from evaluate.runtimes.pipeline import (DeployedDetector, from_canvas, keep_scores,
-                                        read_manifest, to_canvas)
+from evaluate.runtimes.pipeline import DeployedDetector, from_canvas, keep_scores, to_canvas
+from evaluate.runtimes.pipeline_bench import full_graph_on_canvas
 
 log = logging.getLogger(__name__)
 
@@ -54,18 +54,24 @@ class CanvasPredictor:
 def deployment_predictor(export_dir: Path, engine: str, score_threshold: float) -> Predictor:
     """An export folder: its DeepSparse deployment, or (onnxruntime) its full graph on the same
     canvas, so both engines see the same pixels."""
-    manifest = read_manifest(export_dir)
-    canvas = manifest.canvas
-    if engine == "deepsparse":
-        try:
-            detector = DeployedDetector(export_dir, engine="deepsparse")
-        except DeepSparseFailed as err:
-            raise UserError(f"DeepSparse cannot run this deployment: {err}", key="--engine") from err
-        return CanvasPredictor(detector.run_canvas, canvas.height, canvas.width,
-                               score_threshold, owner=detector)
-    full = OnnxDetector(manifest.source_path)
-    return CanvasPredictor(lambda array: full(torch.from_numpy(array)), canvas.height,
-                           canvas.width, score_threshold)
+    return _FOLDER_PREDICTORS[ENGINES[engine].runs](export_dir, engine, score_threshold)
+
+
+def _deployed(export_dir: Path, engine: str, score_threshold: float) -> Predictor:
+    try:
+        detector = DeployedDetector(export_dir, engine=engine)
+    except DeepSparseFailed as err:
+        raise UserError(f"DeepSparse cannot run this deployment: {err}", key="--engine") from err
+    canvas = detector.manifest.canvas
+    return CanvasPredictor(detector.run_canvas, canvas.height, canvas.width, score_threshold,
+                           owner=detector)
+
+
+def _full_graph(export_dir: Path, engine: str, score_threshold: float) -> Predictor:
+    return full_graph_on_canvas(export_dir, engine, score_threshold=score_threshold)
+
+
+_FOLDER_PREDICTORS = {DEPLOYMENT: _deployed, FULL_GRAPH: _full_graph}  # by what the engine runs
 
 
 def close_predictor(predictor: Any) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from compress.core.errors import ModelFileError
+from evaluate.engines import BENCH_ENGINES, DEEPSPARSE, ENGINES, ONNXRUNTIME, Engine
 from evaluate.runtimes.deepsparse import deepsparse_bench
 from evaluate.runtimes.ort import (EngineUnavailable, check_external_data, ort_session,
                                    physical_cores)
@@ -25,7 +26,6 @@ from evaluate.runtimes.protocol import stats
 
 log = logging.getLogger(__name__)
 
-ENGINES = ("onnxruntime", "onnxruntime-cuda", "deepsparse")
 ROW_KEYS = ("engine", "batch", "status", "p50_ms", "p90_ms", "p99_ms", "mean_ms", "spread",
             "items_per_s", "cores", "supported_op_fraction", "reason", "note", "model")
 DEFAULT_IMAGE_SIZE = 512
@@ -120,34 +120,47 @@ def _bench_one(engine: str, path: Path, batch: int, image_size: Any, warmup: int
     calls = 1 if batched else batch
     note = None if batched else f"graph takes one image: batch {batch} = {batch} sequential calls"
     base = {"cores": cores, "note": note, "model": path.name}
-    if engine == "deepsparse":
-        dynamic = any(s.dynamic for s in specs)
-        result = deepsparse_bench(path, [s.shape for s in specs], [s.dtype for s in specs],
-                                  batch_size=batch if batched else None, sequential_calls=calls,
-                                  warmup=warmup, iterations=iterations, num_cores=cores,
-                                  override_shapes=dynamic)
-        if result["status"] != "ok":
-            return _row(engine, batch, result["status"], reason=result["reason"], **base)
-        stats = latency_stats(result["latencies_ms"], batch)
-        base["cores"] = result["cores"]
-        return _row(engine, batch, "ok", supported_op_fraction=result["supported_op_fraction"],
-                    **stats, **base)
-    provider = "cuda" if engine == "onnxruntime-cuda" else "cpu"
+    spec = ENGINES[engine]
+    return _BENCH_ON[spec.runtime](spec, path, specs, batch, batched, calls, warmup, iterations,
+                                   base)
+
+
+def _bench_deepsparse(spec: Engine, path: Path, specs: list[GraphInput], batch: int,
+                      batched: bool, calls: int, warmup: int, iterations: int,
+                      base: dict[str, Any]) -> dict[str, Any]:
+    dynamic = any(s.dynamic for s in specs)
+    result = deepsparse_bench(path, [s.shape for s in specs], [s.dtype for s in specs],
+                              batch_size=batch if batched else None, sequential_calls=calls,
+                              warmup=warmup, iterations=iterations, num_cores=base["cores"],
+                              override_shapes=dynamic)
+    if result["status"] != "ok":
+        return _row(spec.name, batch, result["status"], reason=result["reason"], **base)
+    stats = latency_stats(result["latencies_ms"], batch)
+    base["cores"] = result["cores"]
+    return _row(spec.name, batch, "ok", supported_op_fraction=result["supported_op_fraction"],
+                **stats, **base)
+
+
+def _bench_ort(spec: Engine, path: Path, specs: list[GraphInput], batch: int, batched: bool,
+               calls: int, warmup: int, iterations: int, base: dict[str, Any]) -> dict[str, Any]:
     fixed = [s for s in specs if batched and s.graph_dims[0] not in (None, batch)]
     if fixed:
-        return _row(engine, batch, "skipped", reason=(
+        return _row(spec.name, batch, "skipped", reason=(
             f"input '{fixed[0].name}' has a fixed batch of {fixed[0].graph_dims[0]}; export "
             f"with a dynamic batch axis to run batch {batch} on ONNX Runtime"), **base)
     try:
-        latencies = _time_ort(path, specs, provider, calls, warmup, iterations, cores)
+        latencies = _time_ort(path, specs, spec.provider, calls, warmup, iterations, base["cores"])
     except EngineUnavailable as err:
-        return _row(engine, batch, "skipped", reason=str(err), **base)
-    if provider == "cuda":
+        return _row(spec.name, batch, "skipped", reason=str(err), **base)
+    if spec.needs_gpu:
         base["cores"] = None
-    return _row(engine, batch, "ok", **latency_stats(latencies, batch), **base)
+    return _row(spec.name, batch, "ok", **latency_stats(latencies, batch), **base)
 
 
-def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = ENGINES,
+_BENCH_ON = {DEEPSPARSE: _bench_deepsparse, ONNXRUNTIME: _bench_ort}  # by the engine's runtime
+
+
+def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = BENCH_ENGINES,
                batch_sizes: Sequence[int] = (1,), warmup: int = 5, iterations: int = 20,
                image_size: int | tuple[int, int] | None = None,
                cores: int | None = None) -> list[dict[str, Any]]:
@@ -158,9 +171,9 @@ def bench_onnx(onnx_path: str | os.PathLike, engines: Sequence[str] = ENGINES,
     """
     path = Path(onnx_path)
     check_external_data(path)  # DeepSparse would follow a location outside the folder
-    unknown = [e for e in engines if e not in ENGINES]
+    unknown = [e for e in engines if e not in BENCH_ENGINES]
     if unknown:
-        raise ValueError(f"unknown engine {unknown[0]!r}; allowed: {', '.join(ENGINES)}")
+        raise ValueError(f"unknown engine {unknown[0]!r}; allowed: {', '.join(BENCH_ENGINES)}")
     if iterations < 1 or warmup < 0 or any(b < 1 for b in batch_sizes):
         raise ValueError("iterations must be >= 1, warmup >= 0 and batch sizes >= 1")
     cores = cores or physical_cores()

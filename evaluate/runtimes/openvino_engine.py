@@ -16,9 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from evaluate.engines import ENGINES, OPENVINO_ENGINES
 from evaluate.runtimes.ort import EngineUnavailable
-
-ENGINES = ("openvino", "openvino-fp32")
 
 
 def openvino_missing_reason() -> str | None:
@@ -28,11 +27,11 @@ def openvino_missing_reason() -> str | None:
 
 
 def _config(engine: str, threads: int) -> dict[str, Any]:
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    if engine not in OPENVINO_ENGINES:
+        raise ValueError(f"engine must be one of {OPENVINO_ENGINES}, got {engine!r}")
     config: dict[str, Any] = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY"}
-    if engine == "openvino-fp32":
-        config["INFERENCE_PRECISION_HINT"] = "f32"
+    if ENGINES[engine].precision:
+        config["INFERENCE_PRECISION_HINT"] = ENGINES[engine].precision
     return config
 
 

@@ -29,11 +29,9 @@ from compress.core.errors import ModelFileError
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
 from evaluate.runtimes.manifest import deployment_intact, read_manifest  # noqa: F401
 from evaluate.runtimes.ort import ort_session, physical_cores
-from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
+from evaluate.engines import DEPLOYMENT_ENGINES, OPENVINO_ENGINES
 from evaluate.runtimes.openvino_engine import OpenVinoModel
 from evaluate.runtimes.roi_align import multiscale_roi_align
-
-ENGINES = ("onnxruntime", "deepsparse", *OPENVINO_ENGINES)
 
 
 @dataclass(frozen=True)
@@ -112,13 +110,16 @@ def _owned(value: Any) -> np.ndarray:
     return array.copy() if shared or not array.flags.writeable else array
 
 
-def on_canvas(detector: Any, height: int, width: int) -> Any:
+def on_canvas(detector: Any, height: int, width: int, *,
+              score_threshold: float | None = None) -> Any:
     """`detector` (image -> outputs) run on the deployment's canvas, outputs mapped back: the
-    full graph then sees exactly what the deployment sees."""
+    full graph then sees exactly what the deployment sees. With `score_threshold`, only the
+    detections scoring >= it are mapped back (`from_canvas`)."""
     def predict(image: torch.Tensor) -> dict[str, torch.Tensor]:
         array, place = to_canvas(image, height, width)
         outputs = detector(torch.from_numpy(array))
-        return from_canvas({name: np.asarray(value) for name, value in outputs.items()}, place)
+        return from_canvas({name: np.asarray(value) for name, value in outputs.items()}, place,
+                           score_threshold=score_threshold)
     return predict
 
 
@@ -208,8 +209,8 @@ class DeployedDetector:
     def __init__(self, folder: str | os.PathLike, engine: str = "deepsparse",
                  threads: int | None = None, run_timeout_s: float = 120.0,
                  compile_timeout_s: float = 900.0) -> None:
-        if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine not in DEPLOYMENT_ENGINES:
+            raise ValueError(f"engine must be one of {DEPLOYMENT_ENGINES}, got {engine!r}")
         self.manifest = read_manifest(folder)
         self.folder = self.manifest.folder
         self.engine = engine

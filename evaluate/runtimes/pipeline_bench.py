@@ -6,21 +6,19 @@ from __future__ import annotations
 import itertools
 import os
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from compress.core.errors import ModelFileError
+from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, OPENVINO_ENGINES, PIPELINE_ENGINES
 from evaluate.runtimes.deepsparse_server import DeepSparseFailed
 from evaluate.runtimes.pipeline import OnnxDetector
-from evaluate.runtimes.openvino_engine import ENGINES as OPENVINO_ENGINES
 from evaluate.runtimes.openvino_engine import OpenVinoDetector, openvino_missing_reason
 from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
 from evaluate.runtimes.protocol import interleaved, stats
 from evaluate.runtimes.ort import EngineUnavailable, physical_cores
-
-PIPELINE_ENGINES = ("onnxruntime", "deepsparse")
 
 
 def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:
@@ -28,30 +26,49 @@ def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:
             "p50_ms": None, "p90_ms": None, "p99_ms": None, "parts": {}, **fields}
 
 
+def full_graph_on_canvas(export_dir: str | os.PathLike, engine: str = "onnxruntime", *,
+                         threads: int | None = None, spinning: bool = True,
+                         source: Path | None = None,
+                         score_threshold: float | None = None) -> Callable[[torch.Tensor], dict]:
+    """The exported full graph of an export folder (or `source`, another model file) as image ->
+    outputs on the deployment's canvas, outputs mapped back (only those scoring >=
+    `score_threshold`): it sees exactly the pixels the deployment sees. OpenVINO engines compile
+    it at the canvas size; any other engine runs it on ONNX Runtime."""
+    manifest = read_manifest(export_dir)
+    full = source or manifest.source_path
+    height, width = manifest.canvas.height, manifest.canvas.width
+    if engine in OPENVINO_ENGINES:
+        _require_openvino()
+        detector: Any = OpenVinoDetector(full, height, width, engine=engine, threads=threads or 1)
+    else:
+        detector = OnnxDetector(full, threads=threads, spinning=spinning)
+    return on_canvas(detector, height, width, score_threshold=score_threshold)
+
+
+def _require_openvino() -> None:
+    missing = openvino_missing_reason()
+    if missing:
+        raise EngineUnavailable(missing)
+
+
 def _detector(export_dir: Path, engine: str, cores: int, runner: str,
               source: Path | None = None) -> Any:
-    manifest = read_manifest(export_dir)
-    if runner == "full_graph":
-        full = source or manifest.source_path
-        height, width = manifest.canvas.height, manifest.canvas.width
-        if engine in OPENVINO_ENGINES:
-            missing = openvino_missing_reason()
-            if missing:
-                raise EngineUnavailable(missing)
-            return on_canvas(OpenVinoDetector(full, height, width, engine=engine, threads=cores),
-                             height, width)
-        return on_canvas(OnnxDetector(full, threads=cores, spinning=False), height, width)
-    if engine in OPENVINO_ENGINES and openvino_missing_reason():
-        raise EngineUnavailable(openvino_missing_reason())
+    if runner == FULL_GRAPH:
+        return full_graph_on_canvas(export_dir, engine, threads=cores, spinning=False,
+                                    source=source)
+    if engine in OPENVINO_ENGINES:
+        _require_openvino()
     return DeployedDetector(export_dir, engine=engine, threads=cores)
 
 
 def _runner(target: tuple) -> str:
-    """A target is (folder, engine) or (folder, engine, runner); onnxruntime runs the full graph
-    unless the runner says "deployment" (the partitioned runner with every part on ORT)."""
+    """A target is (folder, engine) or (folder, engine, runner); an engine runs what the registry
+    says (onnxruntime the full graph) unless the runner says otherwise ("deployment": the
+    partitioned runner, every part on ORT for onnxruntime)."""
     if len(target) > 2:
         return target[2]
-    return "full_graph" if target[1] == "onnxruntime" else "deployment"
+    engine = ENGINES.get(target[1])
+    return engine.runs if engine is not None and engine.deploys else DEPLOYMENT
 
 
 def bench_pipelines(targets: Mapping[str, tuple],
