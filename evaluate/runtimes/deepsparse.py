@@ -1,4 +1,4 @@
-"""DeepSparse behind a process boundary: compile, time and run ONNX files in a child process.
+"""DeepSparse behind a process boundary: compile and time ONNX files in a child process.
 
 DeepSparse 1.8 segfaults while compiling some graphs (the full R-CNN graph among them) and takes
 the whole process down, so every compile happens in `python -m evaluate.runtimes.deepsparse` and
@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from evaluate.runtimes.child_watch import watch_parent
-from evaluate.runtimes.ort import EngineUnavailable, check_input_size
+from evaluate.runtimes.ort import check_input_size
 
 log = logging.getLogger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate/runtimes/ -> the checkout
@@ -146,29 +146,6 @@ def deepsparse_bench(onnx_path: str | os.PathLike, input_shapes: Sequence[Sequen
         return _call(request, timeout_s, Path(tmp))
 
 
-def deepsparse_outputs(onnx_path: str | os.PathLike, inputs: Sequence[np.ndarray], *,
-                       num_cores: int | None = None,
-                       timeout_s: float = DEFAULT_TIMEOUT_S) -> list[np.ndarray]:
-    """Run `inputs` (one array per graph input) through DeepSparse in a child; its outputs.
-
-    Inputs without a batch axis (an R-CNN's 3 x H x W image) are run as they are. Raises
-    `EngineUnavailable` with the reason when deepsparse is missing or the child fails.
-    """
-    with tempfile.TemporaryDirectory(prefix="deepsparse_") as tmp:
-        workdir = Path(tmp)
-        np.savez(workdir / "inputs.npz", *[np.ascontiguousarray(a) for a in inputs])
-        request = {"mode": "outputs", "onnx_path": str(onnx_path),
-                   "batch_size": int(inputs[0].shape[0]) if inputs[0].ndim == 4 else None,
-                   "input_shapes": [list(a.shape) for a in inputs], "override_shapes": True,
-                   "num_cores": num_cores, "inputs_npz": str(workdir / "inputs.npz"),
-                   "outputs_npz": str(workdir / "outputs.npz")}
-        result = _call(request, timeout_s, workdir)
-        if result.get("status") != "ok":
-            raise EngineUnavailable(f"deepsparse: {result.get('reason')}")
-        with np.load(workdir / "outputs.npz") as data:
-            return [data[f"arr_{i}"] for i in range(len(data.files))]
-
-
 def deepsparse_bench_files(files: Sequence[tuple[str | os.PathLike, Sequence[int]]], *,
                            warmup: int = 3, iterations: int = 10, num_cores: int | None = None,
                            interleave: bool = False,
@@ -273,17 +250,6 @@ def _child_bench_files(request: dict[str, Any]) -> dict[str, Any]:
     return {"engine": "deepsparse", "status": "ok", "files": rows}
 
 
-def _child_outputs(request: dict[str, Any]) -> dict[str, Any]:
-    engine = _compile(request)
-    _stage_path(request["result_path"]).write_text("run")
-    with np.load(request["inputs_npz"]) as data:
-        inputs = [np.ascontiguousarray(data[f"arr_{i}"]) for i in range(len(data.files))]
-    outputs = engine.run(inputs, val_inp=False)
-    np.savez(request["outputs_npz"], *outputs)
-    return {"engine": "deepsparse", "status": "ok",
-            "supported_op_fraction": float(engine.fraction_of_supported_ops)}
-
-
 def _child_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="DeepSparse child process (internal).")
     parser.add_argument("request", help="request JSON written by the parent")
@@ -291,8 +257,7 @@ def _child_main(argv: Sequence[str] | None = None) -> int:
     if "parent_pid" in request:  # killed with the parent, work folder removed (child_watch)
         watch_parent(int(request["parent_pid"]), Path(request["result_path"]).parent)
     os.environ.setdefault("NM_DISABLE_ANALYTICS", "1")
-    handler = {"bench": _child_bench, "bench_files": _child_bench_files,
-               "outputs": _child_outputs}[request["mode"]]
+    handler = {"bench": _child_bench, "bench_files": _child_bench_files}[request["mode"]]
     result = handler(request)
     tmp = Path(request["result_path"]).with_suffix(".tmp")
     tmp.write_text(json.dumps(result))

@@ -34,9 +34,8 @@ DeepSparseServer([EngineSpec("part/0", sys.argv[1], ((1, 3, 4, 4),), ((1, 3, 4, 
 """,
     "one_shot": """
 import sys
-import numpy as np
-from evaluate.runtimes.deepsparse import deepsparse_outputs
-deepsparse_outputs(sys.argv[1], [np.zeros((1, 3, 4, 4), np.float32)], timeout_s=300)
+from evaluate.runtimes.deepsparse import deepsparse_bench
+deepsparse_bench(sys.argv[1], [[1, 3, 4, 4]], ["float32"], override_shapes=True, timeout_s=300)
 """,
 }
 
