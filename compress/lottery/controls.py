@@ -22,7 +22,6 @@ Each is one entry of `CONTROLS` (how it starts); adding a control is one entry t
 """
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -36,8 +35,6 @@ from compress.lottery.masks import Mask, load_mask
 from compress.lottery.rounds import (LotteryContext, LotterySetup, finish, modifier_stepper, train_held,
                                      train_unless_done)
 from compress.training.round import RoundPlan
-
-log = logging.getLogger(__name__)
 
 REINIT_SEED_OFFSET = 1_000_003  # the reinit control's weights come from seed + this
 MASK_SEED_OFFSET = 2_000_003  # the random mask's shuffle comes from seed + round + this
@@ -121,20 +118,36 @@ CONTROLS: dict[str, Control] = {c.name: c for c in (
 CONTROL_NAMES = tuple(name for name, c in CONTROLS.items() if c.in_recipe)
 
 
+@dataclass(frozen=True)
+class _Job:
+    """One control or seed replicate of round `index`."""
+
+    index: int
+    control: Control
+    seed: int  # its data order (the run's seed for a control)
+    out: RoundFolder
+    what: str  # for the log: "round 2 control reinit"
+    fields: dict[str, Any]  # its metrics-log fields
+
+
 def run_controls(index: int, names: tuple[str, ...], setup: LotterySetup, ctx: LotteryContext
                  ) -> dict[str, Any]:
     """Train (or resume, or skip when done) each control of round `index`; return
     {name: metrics} for summary.json's `rounds[index].controls`."""
-    return {name: _trained(index, _control(name), ctx.seed, setup, ctx,
-                           ctx.run.round(index).control(name)) for name in names}
+    return {name: _trained(_Job(index, _control(name), ctx.seed, ctx.run.round(index).control(name),
+                                f"round {index} control {name}", {"control": name}), setup, ctx)
+            for name in names}
 
 
 def run_replicates(index: int, seeds: tuple[int, ...], setup: LotterySetup, ctx: LotteryContext
                    ) -> dict[str, Any]:
     """Train (or resume, or skip) round `index` again with each seed; return {"seed_<s>": metrics}
     for summary.json's `rounds[index].replicates`."""
-    return {f"seed_{seed}": _trained(index, CONTROLS["replicate"], seed, setup, ctx,
-                                     ctx.run.round(index).replicate(seed)) for seed in seeds}
+    return {f"seed_{seed}": _trained(_Job(index, CONTROLS["replicate"], seed,
+                                          ctx.run.round(index).replicate(seed),
+                                          f"round {index} seed {seed} replicate",
+                                          {"replicate_seed": seed}), setup, ctx)
+            for seed in seeds}
 
 
 def _control(name: str) -> Control:
@@ -143,28 +156,23 @@ def _control(name: str) -> Control:
     return CONTROLS[name]
 
 
-def _trained(index: int, control: Control, seed: int, setup: LotterySetup, ctx: LotteryContext,
-             out: RoundFolder) -> dict[str, Any]:
-    return train_unless_done(out, ctx, lambda: _run_control(index, control, setup, ctx, out, seed)
-                             )["metrics"]
+def _trained(job: _Job, setup: LotterySetup, ctx: LotteryContext) -> dict[str, Any]:
+    return train_unless_done(job.out, ctx, lambda: _run_control(job, setup, ctx))["metrics"]
 
 
-def _run_control(index: int, control: Control, setup: LotterySetup, ctx: LotteryContext,
-                 out: RoundFolder, seed: int) -> None:
+def _run_control(job: _Job, setup: LotterySetup, ctx: LotteryContext) -> None:
     torch.manual_seed(ctx.seed)  # the same construction as round 0: iteration-0 weights
     model = ctx.model_factory()
-    round_mask = load_mask(ctx.run.round(index).mask, model)
-    mask, start = control.start(Start(index, setup, ctx, model, round_mask, seed))
+    round_mask = load_mask(ctx.run.round(job.index).mask, model)
+    mask, start = job.control.start(Start(job.index, setup, ctx, model, round_mask, job.seed))
     model.to(ctx.device)
-    plan = RoundPlan(start_iteration=start, optimizer_wrapper=modifier_stepper(setup, out),
+    plan = RoundPlan(start_iteration=start, optimizer_wrapper=modifier_stepper(setup, job.out),
                      lr_from_modifiers=setup.lr_from_modifiers)
-    replicate = control.name == "replicate"
-    what = f"round {index} " + (f"seed {seed} replicate" if replicate else f"control {control.name}")
-    fields = {"replicate_seed": seed} if replicate else {"control": control.name}
-    outcome, nonzero = train_held(model, mask, out, plan, ctx, seed, what, round=index, **fields)
-    scores = ctx.evaluate(model, out)
+    outcome, nonzero = train_held(model, mask, job.out, plan, ctx, job.seed, job.what,
+                                  round=job.index, **job.fields)
+    scores = ctx.evaluate(model, job.out)
     if ctx.dist.is_main:
-        finish(out, model, mask, {**scores, "val_loss": outcome["val_loss"],
-                                  "pruned_nonzero_after_training": nonzero}, what=what,
-               header={"round": index, "control": control.name, "seed": seed, "start_iteration": start},
-               stamp={"round": index, "control": control.name, "seed": seed})
+        stamp = {"round": job.index, "control": job.control.name, "seed": job.seed}
+        finish(job.out, model, mask, {**scores, "val_loss": outcome["val_loss"],
+                                      "pruned_nonzero_after_training": nonzero}, what=job.what,
+               header={**stamp, "start_iteration": start}, stamp=stamp)
