@@ -5,19 +5,15 @@ shape; True = kept. Masks only shrink: `magnitude_prune` returns a subset of the
 """
 from __future__ import annotations
 
-import logging
 import os
-from pathlib import Path
 from typing import Callable, Mapping, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from compress.core.atomic import torch_save
-from compress.core.checkpoint import load_checkpoint, read_torch_file
+from compress.core.checkpoint import read_torch_file
 from compress.core.errors import ModelFileError
-
-log = logging.getLogger(__name__)
 
 Mask = dict[str, Tensor]
 RANKINGS = ("global", "layerwise")  # one ranking over every tensor, or one per tensor
@@ -419,18 +415,3 @@ def early_bird_iou(snapshot_weights: Mapping[str, Tensor], final_weights: Mappin
     early = magnitude_prune(snapshot_weights, mask, fraction, distribution)
     final = magnitude_prune(final_weights, mask, fraction, distribution)
     return mask_iou(early, final, of="pruned")
-
-
-def finished_intact(folder: Path) -> bool:
-    """Whether a finished round or control (metrics.json written) still has a checkpoint and mask
-    that pass their checks; if not, its metrics.json is removed so it trains again (deterministic)."""
-    if not (folder / "metrics.json").is_file():
-        return False
-    try:
-        load_checkpoint(folder / "checkpoint.pt")
-        load_mask(folder / "mask.pt")
-    except ModelFileError as err:
-        log.warning("%s; %s runs again", err, folder.name)
-        (folder / "metrics.json").unlink(missing_ok=True)
-        return False
-    return True

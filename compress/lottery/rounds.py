@@ -19,10 +19,12 @@ import torch
 from torch import nn
 
 from compress.core.atomic import write_json
-from compress.core.checkpoint import save_checkpoint
+from compress.core.checkpoint import load_checkpoint, save_checkpoint
 from compress.core.distributed import SINGLE, Dist
+from compress.core.errors import ModelFileError
 from compress.core.folders import MetricsLog, NullMetrics, RoundFolder, RunFolder
-from compress.lottery.masks import Mask, MaskHolder, finished_intact, save_mask, sparsity_report
+from compress.lottery.distributions import Distribution
+from compress.lottery.masks import Mask, MaskHolder, load_mask, save_mask, sparsity_report
 from compress.lottery.methods import Method
 from compress.lottery.runtime_aware import RuntimeAllocator
 from compress.training.round import RoundPlan, Schedule, train_round
@@ -36,7 +38,7 @@ class LotterySetup:
     lottery: Any  # the recipe's lottery section, for the method's round-0 start
     pruning_rounds: int
     fraction: float  # of the remaining weights, per pruning round
-    distribution: str  # global | layerwise | runtime
+    distribution: Distribution  # compress.lottery.distributions: how a round prunes
     prunable: tuple[str, ...]
     rewind_iteration: int
     early_bird: bool = True
@@ -71,11 +73,26 @@ def modifier_stepper(setup: LotterySetup, folder: RoundFolder) -> Optional[Calla
     return setup.modifiers(folder.sparse_logs) if setup.modifiers is not None else None
 
 
+def finished_intact(folder: RoundFolder) -> bool:
+    """Whether a finished round or control (metrics.json written) still has a checkpoint and mask
+    that pass their checks; if not, its metrics.json is removed so it trains again (deterministic)."""
+    if not folder.metrics.is_file():
+        return False
+    try:
+        load_checkpoint(folder.checkpoint)
+        load_mask(folder.mask)
+    except ModelFileError as err:
+        log.warning("%s; %s runs again", err, folder.root.name)
+        folder.metrics.unlink(missing_ok=True)
+        return False
+    return True
+
+
 def train_unless_done(folder: RoundFolder, ctx: LotteryContext, train: Callable[[], None]
                       ) -> dict[str, Any]:
     """Call `train` unless `folder` is finished and intact (rank 0 decides for every rank);
     return its metrics.json."""
-    done = ctx.dist.broadcast(finished_intact(folder.root) if ctx.dist.is_main else None)
+    done = ctx.dist.broadcast(finished_intact(folder) if ctx.dist.is_main else None)
     if not done:
         folder.root.mkdir(parents=True, exist_ok=True)
         train()

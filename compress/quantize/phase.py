@@ -59,7 +59,7 @@ def train_qat(ticket: nn.Module, mask: dict[str, torch.Tensor], recipe: Recipe,
               loaders: dict[str, Any], ipe: int, out: Path, progress: bool) -> dict[str, Any]:
     """Train the quantization phase into `out` (resumable); write `out/model.pt`; the record."""
     out.mkdir(parents=True, exist_ok=True)
-    loggers = sparseml_loggers(out / "sparse_logs")
+    loggers = sparseml_loggers(RoundFolder(out).sparse_logs)
     model, manager, qmask = qat_model(ticket, mask, _recipe_text(recipe, ipe), loggers)
     holder = MaskHolder(model, qmask)
 
@@ -95,7 +95,7 @@ def rebuild(ticket: nn.Module, mask: dict[str, torch.Tensor],
     path = out / "model.pt"
     payload = load_checkpoint(path)
     model, _, qmask = qat_model(ticket, mask, quantization_recipe(None),
-                                sparseml_loggers(out / "sparse_logs"))
+                                sparseml_loggers(RoundFolder(out).sparse_logs))
     try:
         model.load_state_dict(payload["model"])
     except (RuntimeError, KeyError) as err:
