@@ -1,4 +1,4 @@
-"""Time the toolkit's COCO evaluation (evaluate.metrics.coco.coco_stats) against plain pycocotools.
+"""Time the toolkit's COCO evaluation (compress.evaluate.metrics.coco.coco_stats) against plain pycocotools.
 
 Generates 5,000 images, ~7 GT boxes each over 80 categories, and 100,000 bbox detections
 (jittered GT copies and background boxes), evaluates both ways, checks the 12 stats agree,
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compress.core.atomic import write_json  # noqa: E402
-from evaluate.metrics.coco import DET_STAT_NAMES, coco_stats  # noqa: E402
+from compress.evaluate.metrics.coco import DET_STAT_NAMES, coco_stats  # noqa: E402
 
 W, H, CATEGORIES = 640, 480, 80
 

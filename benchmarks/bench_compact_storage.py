@@ -36,9 +36,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.core.atomic import write_json
 from compress.models.build import build_model
-from export.compact import pack
-from export.onnx_export import export_full
-from export.sparse_initializers import to_sparse_initializers
+from compress.export.compact import pack
+from compress.export.onnx_export import export_full
+from compress.export.sparse_initializers import to_sparse_initializers
 
 LEVELS = (0.5, 0.8, 0.9, 0.95)
 OUT = Path(__file__).parent / "results" / "compact_storage.json"

@@ -16,8 +16,8 @@ every class the same score (~1/91, under torchvision's 0.05 threshold, so nothin
 detected and the mask head would never run): the class-1 bias of the box predictor is set to +5,
 so proposals survive as class-1 detections and NMS, the mask head and mask pasting do real work.
 
-Every model is exported (`export.onnx_export.export_full`) and partitioned
-(`export.deploy.build_deployment`, parity with the full graph checked); rows: the full graph on
+Every model is exported (`compress.export.onnx_export.export_full`) and partitioned
+(`compress.export.deploy.build_deployment`, parity with the full graph checked); rows: the full graph on
 ONNX Runtime (dense, 80%, 90%), the deployment on DeepSparse (dense, 80%, 90%) and the dense
 deployment with every part on ONNX Runtime (the partition and its torch mask pasting without
 sparsity, so the table separates what the glue gives from what sparsity gives), all on the same
@@ -52,19 +52,19 @@ from compress.core.atomic import write_json  # noqa: E402
 from compress.lottery.allocator import runtime_allocation, layer_curves  # noqa: E402
 from compress.lottery.sparseml_adapter import sparseml_loggers  # noqa: E402
 from compress.quantize.qat import calibrated, quantized_params  # noqa: E402
-from evaluate.runtimes.pipeline import to_canvas  # noqa: E402
-from export.int8_export import export_int8  # noqa: E402
-from evaluate.runtimes.parity import summarize_int8  # noqa: E402
+from compress.evaluate.runtimes.pipeline import to_canvas  # noqa: E402
+from compress.export.int8_export import export_int8  # noqa: E402
+from compress.evaluate.runtimes.parity import summarize_int8  # noqa: E402
 from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune, prune_to_counts  # noqa: E402
 from compress.lottery.profile import (build_profile, default_profile_path,  # noqa: E402
                                       layer_input_shapes, profile_key)
 from compress.models.prunable import default_prunable  # noqa: E402
 from compress.stages.export import parity_images  # noqa: E402
-from evaluate.engines import OPENVINO_ENGINES  # noqa: E402
-from evaluate.runtimes.pipeline_bench import bench_pipelines, speedups  # noqa: E402
-from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
-from export.deploy.build import deploy_exported  # noqa: E402
-from export.onnx_export import export_full  # noqa: E402
+from compress.evaluate.engines import OPENVINO_ENGINES  # noqa: E402
+from compress.evaluate.runtimes.pipeline_bench import bench_pipelines, speedups  # noqa: E402
+from compress.evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
+from compress.export.deploy.build import deploy_exported  # noqa: E402
+from compress.export.onnx_export import export_full  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "deploy.json"
 SPARSITIES = (0.0, 0.8, 0.9)
@@ -172,7 +172,7 @@ def export_all(size: int, distribution: str, folder: Path, cores: int,
 def export_int8_all(models: dict[float, dict], size: int, folder: Path) -> dict[float, dict]:
     """The dense model and the 90% ticket as INT8 (`compress.quantize.qat.calibrated`: SparseML's
     QAT structure, observers calibrated on the parity images; latency needs no trained values),
-    exported like a run's quantize stage (`export.int8_export.export_int8`: QDQ full graph,
+    exported like a run's quantize stage (`compress.export.int8_export.export_int8`: QDQ full graph,
     deployment with integer heavy parts, zeros verified)."""
     images = parity_images(size)[:2]
     out = {}

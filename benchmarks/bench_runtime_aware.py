@@ -35,9 +35,9 @@ from compress.lottery.allocator import runtime_allocation, global_allocation, la
 from compress.lottery.masks import apply_mask, prune_to_counts  # noqa: E402
 from compress.lottery.profile import (build_profile, default_profile_path, layer_input_shapes,  # noqa: E402
                                       predicted_latency_ms, profile_key)
-from evaluate.runtimes.bench import bench_onnx  # noqa: E402
-from evaluate.runtimes.deepsparse import deepsparse_bench_files  # noqa: E402
-from evaluate.runtimes.protocol import finish, machine  # noqa: E402
+from compress.evaluate.runtimes.bench import bench_onnx  # noqa: E402
+from compress.evaluate.runtimes.deepsparse import deepsparse_bench_files  # noqa: E402
+from compress.evaluate.runtimes.protocol import finish, machine  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_aware.json"
 ARCH, BACKBONE = "r50_fpn_backbone", "resnet50"

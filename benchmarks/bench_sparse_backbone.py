@@ -28,8 +28,8 @@ from torchvision.models import resnet50
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from compress.core.atomic import write_json  # noqa: E402
 from compress.models.build import build_backbone  # noqa: E402
-from evaluate.runtimes.bench import bench_onnx  # noqa: E402
-from evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
+from compress.evaluate.runtimes.bench import bench_onnx  # noqa: E402
+from compress.evaluate.runtimes.protocol import finish, machine, pin_cores  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sparse_backbone.json"
 LEVELS = [("dense", 0.0), ("global", 0.5), ("global", 0.8), ("global", 0.9), ("global", 0.95),

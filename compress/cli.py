@@ -12,7 +12,7 @@ import click
 
 from compress.core.errors import UserError
 from compress.run.checks import CheckFailed
-from evaluate.engines import BENCH_ENGINES, EVALUATE_ENGINES, PREDICT_ENGINES
+from compress.evaluate.engines import BENCH_ENGINES, EVALUATE_ENGINES, PREDICT_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,7 @@ def evaluate(model: Path | None, data: Path | None, engine: str | None, tide: bo
     if gt or results:
         if not (gt and results):
             raise click.UsageError("--gt and --results go together")
-        from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
+        from compress.evaluate.metrics.results_file import evaluate_results_file, format_stats_table
 
         metrics = evaluate_results_file(gt, results, iou_type, out, convention or "coco")
         click.echo(format_stats_table(metrics))

@@ -12,7 +12,7 @@ whatever serialiser wrote the file.
 
 Each fp32 payload is stored in the smallest of these forms (chosen per tensor by encoded size,
 never by a fixed sparsity threshold). "Zero" means the bit pattern 0x00000000: a -0.0 is kept as a
-value (byte-exact, but 4 bytes each), which is why `export.onnx_export` writes canonical +0.0.
+value (byte-exact, but 4 bytes each), which is why `compress.export.onnx_export` writes canonical +0.0.
 - `dense`: all values;
 - `sparse`: the zero/nonzero mask, then the nonzero values in order. The mask is either Rice-coded
   gaps between the positions of the minority symbol (split into a unary stream of quotients and a
@@ -20,8 +20,8 @@ value (byte-exact, but 4 bytes each), which is why `export.onnx_export` writes c
   H(s) for random masks), or a zlib-compressed bitmask.
 Values are split into 4 byte planes (byte i of every fp32 value together); each plane is stored
 raw or zlib-compressed, whichever is smaller (the sign/exponent plane of trained or Gaussian weights
-compresses; the mantissa planes do not). The codecs live in `export.compact_codec`; reading
-(`export.compact_unpack`, re-exported here) treats every archive as hostile input.
+compresses; the mantissa planes do not). The codecs live in `compress.export.compact_codec`; reading
+(`compress.export.compact_unpack`, re-exported here) treats every archive as hostile input.
 """
 from __future__ import annotations
 
@@ -39,9 +39,9 @@ import numpy as np
 
 from compress.core.atomic import write_bytes
 from compress.core.errors import ModelFileError
-from export.compact_codec import MAGIC, VERSION, encode_tensor
-from export.compact_unpack import read_header, read_layout, unpack, unpack_to
-from export.onnx_export import load_onnx
+from compress.export.compact_codec import MAGIC, VERSION, encode_tensor
+from compress.export.compact_unpack import read_header, read_layout, unpack, unpack_to
+from compress.export.onnx_export import load_onnx
 
 __all__ = ["MAGIC", "VERSION", "bound_bytes", "fp32_payloads", "pack", "read_header", "read_layout",
            "unpack", "unpack_to"]

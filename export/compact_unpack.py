@@ -24,7 +24,7 @@ from typing import IO, Any
 
 from compress.core.atomic import atomic_open
 from compress.core.errors import ModelFileError
-from export.compact_codec import MAGIC, PLANE_HEAD, VERSION, CorruptArchive, decode_tensor, rice_limits
+from compress.export.compact_codec import MAGIC, PLANE_HEAD, VERSION, CorruptArchive, decode_tensor, rice_limits
 
 PREAMBLE = struct.calcsize("<4sBI")
 MAX_ORIGINAL_BYTES = 2 << 30  # an ONNX (protobuf) file is at most 2 GiB

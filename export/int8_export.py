@@ -4,7 +4,7 @@ heavy parts in SparseML's integer form, the zeros verified in both, parity with 
 Parity (stated): fake-quantized torch and integer kernels compute the same numbers up to
 summation order, but an activation on a rounding boundary can land one quantization step apart,
 and that step moves what follows; low-scoring detections then cross the score threshold. So
-parity is judged on the detections a user sees (`evaluate.runtimes.parity.summarize_int8`: of
+parity is judged on the detections a user sees (`compress.evaluate.runtimes.parity.summarize_int8`: of
 the detections scoring >= 0.5 on either side, at least 75% have a same-label partner at IoU >=
 0.85). The accuracy gates are the mAP checks of the quantize stage (the INT8 ticket loses at most
 0.02 against the fp32 ticket, DeepSparse within 0.005 of ONNX Runtime).
@@ -20,14 +20,14 @@ import onnx
 import torch
 
 from compress.core.atomic import write_json
-from export.compact import pack
-from export.deploy.build import deploy_exported
-from export.deploy.int8 import convert_deployment, verify_int8_zeros
-from export.onnx_export import export_full
-from export.verify import verify_zeros
-from evaluate.runtimes.parity import summarize_int8
-from evaluate.runtimes.manifest import read_manifest
-from evaluate.runtimes.pipeline import OnnxDetector, to_canvas
+from compress.export.compact import pack
+from compress.export.deploy.build import deploy_exported
+from compress.export.deploy.int8 import convert_deployment, verify_int8_zeros
+from compress.export.onnx_export import export_full
+from compress.export.verify import verify_zeros
+from compress.evaluate.runtimes.parity import summarize_int8
+from compress.evaluate.runtimes.manifest import read_manifest
+from compress.evaluate.runtimes.pipeline import OnnxDetector, to_canvas
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def export_int8(model: torch.nn.Module, mask: dict[str, torch.Tensor], quantized
     parts = [onnx.load(str(deploy / p.file)) for p in manifest.parts if p.runtime == "deepsparse"]
     keep = {n: m.cpu().numpy().astype(bool) for n, m in mask.items()}
     zeros_deploy = verify_int8_zeros(parts, keep, quantized)
-    archives = out_dir / "archives"  # each INT8 heavy part as a compact archive (export.compact)
+    archives = out_dir / "archives"  # each INT8 heavy part as a compact archive (compress.export.compact)
     for entry in manifest.parts:
         if entry.runtime == "deepsparse":
             pack(deploy / entry.file, archives / (Path(entry.file).stem + ".lthz"))

@@ -2,7 +2,7 @@
 
 Both exports use the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`, opset 11-17):
 the dynamo exporter needs onnx >= 1.17 and fails on the detectors' NMS. BatchNorm is folded into
-the convolutions during export, which renames those weights (`onnx::Conv_123`); `export.verify`
+the convolutions during export, which renames those weights (`onnx::Conv_123`); `compress.export.verify`
 maps them back to torch names through the node scopes.
 
 Full graph: input `images` is one 3xHxW float image in [0, 1] (H, W dynamic), outputs `boxes`,

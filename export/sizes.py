@@ -14,9 +14,9 @@ from pathlib import Path
 import onnx
 import torch
 
-from export.compact import bound_bytes, read_header
-from export.onnx_export import load_onnx
-from export.verify import map_initializers
+from compress.export.compact import bound_bytes, read_header
+from compress.export.onnx_export import load_onnx
+from compress.export.verify import map_initializers
 
 
 def _sparse_sizes(sparse_onnx_path: str | os.PathLike) -> dict[str, int]:

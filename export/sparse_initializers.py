@@ -18,7 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from compress.core.atomic import write_bytes
-from export.onnx_export import load_onnx
+from compress.export.onnx_export import load_onnx
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ import torch
 from onnx import numpy_helper
 
 from compress.core.atomic import write_json
-from export.onnx_export import BackboneGraph, export_full, load_onnx
+from compress.export.onnx_export import BackboneGraph, export_full, load_onnx
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,9 @@
 """The deployment manifest (`export/deploy/manifest.json`) as typed data: its format constants,
 `Manifest` (the deployment) and `Part` (one of its files), with `to_json` / `from_json`.
 
-`export.deploy.build` writes it, `evaluate.runtimes.manifest` reads and checks it. It lives in
+`compress.export.deploy.build` writes it, `compress.evaluate.runtimes.manifest` reads and checks it. It lives in
 compress.core because both may import compress.core, while evaluate importing export would close
-a package cycle (export.deploy already runs the deployment through evaluate.runtimes).
+a package cycle (compress.export.deploy already runs the deployment through compress.evaluate.runtimes).
 
 `to_json` writes the keys in the order the export always wrote them, leaving out fields that are
 None (a part's `padding` goes with its `compiled` shapes: None there is "no padding"), so a
@@ -20,7 +20,7 @@ from typing import Any
 MANIFEST = "manifest.json"
 FORMAT = "lth-compress/deploy-1"
 PART_RUNTIMES = ("onnxruntime", "deepsparse", "torch")
-TORCH_OPS = ("paste_masks", "multiscale_roi_align")  # the ops evaluate.runtimes.pipeline runs
+TORCH_OPS = ("paste_masks", "multiscale_roi_align")  # the ops compress.evaluate.runtimes.pipeline runs
 
 
 def _present(data: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:

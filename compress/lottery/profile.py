@@ -35,9 +35,9 @@ from tqdm import tqdm
 from compress.core.atomic import write_json
 from compress.core.durations import format_duration
 from compress.core.errors import UserError
-from evaluate.runtimes.deepsparse import deepsparse_bench_files
-from evaluate.runtimes.protocol import cpu_identity, finish, machine
-from export.deploy.deconv import rewrite_deconvs
+from compress.evaluate.runtimes.deepsparse import deepsparse_bench_files
+from compress.evaluate.runtimes.protocol import cpu_identity, finish, machine
+from compress.export.deploy.deconv import rewrite_deconvs
 
 log = logging.getLogger(__name__)
 GRID = (0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.98)
@@ -137,7 +137,7 @@ def _pruned_layer(module: nn.Module, sparsity: float) -> nn.Module:
 
 def export_layer(module: nn.Module, shape: Sequence[int], sparsity: float, path: Path) -> None:
     """One-layer ONNX graph at `shape` (batch axis fixed), weights at `sparsity`, in the form the
-    deployment runs it (a ConvTranspose as `export.deploy.deconv` rewrites it)."""
+    deployment runs it (a ConvTranspose as `compress.export.deploy.deconv` rewrites it)."""
     layer = _pruned_layer(module, sparsity)
     torch.onnx.export(layer, (torch.rand(*shape),), str(path), dynamo=False, opset_version=17,
                       input_names=["x"], do_constant_folding=False)

@@ -3,7 +3,7 @@ them.
 
 The deployment already rewrites each exactly-upsampling ConvTranspose (Mask R-CNN's `conv5_mask`,
 2x2 stride 2; Keypoint R-CNN's `kps_score_lowres`, 4x4 stride 2 padding 1) as a stride-1 Conv and a
-DepthToSpace (`export.deploy.deconv`), because DeepSparse has no fast ConvTranspose kernel. On the
+DepthToSpace (`compress.export.deploy.deconv`), because DeepSparse has no fast ConvTranspose kernel. On the
 fp32 graph that happens in ONNX; a QDQ graph would keep that Conv fp32, the one fp32 conv inside
 an INT8 head. Done in torch before QAT instead (`phase_deconvs`), the phase conv is an ordinary
 `nn.Conv2d` that SparseML fake-quantizes and trains like every other layer, and it exports as
@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from export.deploy.deconv import phase_kernel
+from compress.export.deploy.deconv import phase_kernel
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from compress.lottery.methods import METHOD_NAMES, METHODS
 from compress.models.heads import HeadConfig
 from compress.lottery.sparseml_adapter import TRAINING_MODIFIERS, modifier_names
 from compress.core.errors import RecipeError
-from evaluate.engines import BENCH_ENGINES, DEFAULT_EVALUATE_ENGINES, EVALUATE_ENGINES
+from compress.evaluate.engines import BENCH_ENGINES, DEFAULT_EVALUATE_ENGINES, EVALUATE_ENGINES
 
 DURATION_PATTERN = r"^\d+(\.\d+)?(it|ep)$"
 Duration = str

@@ -17,9 +17,9 @@ from compress.lottery.masks import load_mask
 from compress.report.page import Figure, Missing, Section, Table
 from compress.report.summary_checks import check_round, check_summary
 from compress.run.loaded import load_model
-from evaluate.analysis.macs import count_macs
-from export.compact import bound_bytes
-from evaluate.engines import EVALUATE_ENGINES
+from compress.evaluate.analysis.macs import count_macs
+from compress.export.compact import bound_bytes
+from compress.evaluate.engines import EVALUATE_ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -119,9 +119,9 @@ def atomic_plot(draw: Callable[[Path], Any], target: Path) -> Path:
 
 def size_macs_series(run: RunData) -> dict[str, Any]:
     """Per round: the fp32 size of the parameters, dense and at the information bound of the round's
-    mask (export.compact.bound_bytes), and effective MACs (layer MACs x the round's density).
+    mask (compress.export.compact.bound_bytes), and effective MACs (layer MACs x the round's density).
 
-    Layer MACs come from one counting pass (evaluate.analysis.macs.count_macs) on the ticket at the export
+    Layer MACs come from one counting pass (compress.evaluate.analysis.macs.count_macs) on the ticket at the export
     image size, unless summary.json already holds macs.per_round.
     """
     masks = []

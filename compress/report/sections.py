@@ -10,18 +10,18 @@ from compress.report.run_data import (RunData, atomic_plot, figure, is_dense, pe
                                     size_macs_series, slug, table)
 from compress.report import plots as plots
 from compress.report.page import Missing, Section, fmt
-from evaluate.analysis.convergence import (convergence_verdict, load_metrics_jsonl, plot_convergence,
+from compress.evaluate.analysis.convergence import (convergence_verdict, load_metrics_jsonl, plot_convergence,
                                           val_loss_series)
 from compress.report.gallery import gallery_image, run_label_info
-from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
-from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
+from compress.evaluate.analysis.keypoint_errors import analyze_keypoint_errors
+from compress.evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
 from compress.report.runtime import sec_runtime
 from compress.report.controls_section import sec_controls
 from compress.report.transfer_section import sec_transfer
 from compress.report.int8_section import sec_int8
 from compress.run.checks import parity_note, run_warnings
-from evaluate.runtimes.pipeline_bench import describe_speedups
-from evaluate.runtimes.protocol import load_note
+from compress.evaluate.runtimes.pipeline_bench import describe_speedups
+from compress.evaluate.runtimes.protocol import load_note
 
 ROUND_CHECKS = ("shortfall", "partial_transfer", "loaded_profile")  # said under the rounds table
 METRICS = ("bbox_mAP", "bbox_AP50", "segm_mAP", "kp_mAP", "voc07_mAP50")  # VOC: Pascal VOC07 AP50

@@ -13,7 +13,7 @@ the end, after every file is written):
   Runtime (eval/deepsparse/parity.json `status: failed`); its mAP is not to be trusted.
 - engine_failed: one engine crashed, timed out or could not run (eval or bench) while others ran.
 - under_load: a benchmark or a latency profile was timed while other work took more than
-  `evaluate.runtimes.protocol.OTHER_WORK_LIMIT` cores: its figures are noisy.
+  `compress.evaluate.runtimes.protocol.OTHER_WORK_LIMIT` cores: its figures are noisy.
 - loaded_profile: a runtime-aware run allocated its zeros from a profile timed under load.
 - shortfall: a gradual run ended far short of its modifiers' target sparsity.
 - partial_transfer: transfer ticket / mask transfer matched only part of the source.

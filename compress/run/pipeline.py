@@ -39,7 +39,7 @@ from compress.run.summary_table import format_summary
 from compress.lottery.runtime_aware import RuntimeAllocator, profile_for_run
 from compress.lottery.profile import default_profile_path, layer_input_shapes, profile_key
 from compress.run.profile import profile_load
-from evaluate.runtimes.ort import physical_cores
+from compress.evaluate.runtimes.ort import physical_cores
 from compress.run.checks import collecting, format_warnings, run_warnings, tag
 from compress.run.shortfall import gradual_shortfalls
 

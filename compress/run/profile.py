@@ -14,8 +14,8 @@ from compress.lottery.profile import build_profile, default_profile_path, layer_
 from compress.models.build import build_model
 from compress.models.prunable import select_prunable
 from compress.recipe.load import load_recipe
-from evaluate.runtimes.ort import physical_cores
-from evaluate.runtimes.protocol import OTHER_WORK_LIMIT
+from compress.evaluate.runtimes.ort import physical_cores
+from compress.evaluate.runtimes.protocol import OTHER_WORK_LIMIT
 from compress.run.checks import tag
 
 log = logging.getLogger(__name__)

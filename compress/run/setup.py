@@ -23,7 +23,7 @@ from compress.training.schedule import parse_duration
 from compress.core.errors import RecipeError
 from compress.lottery.methods import METHODS
 from compress.data.loaders import make_loader
-from evaluate.metrics.scorer import Scorer
+from compress.evaluate.metrics.scorer import Scorer
 
 log = logging.getLogger(__name__)
 

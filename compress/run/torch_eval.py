@@ -1,5 +1,5 @@
 """COCO (and Pascal VOC) metrics of a torch detector on the validation set (the round metric and
-`eval/torch`), scored by the run's `evaluate.metrics.scorer.Scorer`."""
+`eval/torch`), scored by the run's `compress.evaluate.metrics.scorer.Scorer`."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from evaluate.metrics.scorer import Scorer
+from compress.evaluate.metrics.scorer import Scorer
 from compress.training.loop import predict
 from compress.data.loaders import make_loader
 

@@ -8,20 +8,20 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import UserError
-from evaluate.analysis.macs import count_macs, macs_summary
+from compress.evaluate.analysis.macs import count_macs, macs_summary
 from compress.recipe.schema import Recipe
 from compress.core.folders import RunFolder
 from compress.stages.base import StageContext
 from compress.run.loaded import load_model
 from compress.stages.export import deployment, parity_images, val_images
-from export.onnx_export import export_full
-from evaluate.runtimes.ort import physical_cores
-from evaluate.engines import BENCH_ENGINES, PIPELINE_ENGINES
-from evaluate.runtimes.bench import bench_onnx, format_bench_table
-from evaluate.runtimes.pipeline_bench import (bench_pipeline, bench_pipelines, describe_speedups,
+from compress.export.onnx_export import export_full
+from compress.evaluate.runtimes.ort import physical_cores
+from compress.evaluate.engines import BENCH_ENGINES, PIPELINE_ENGINES
+from compress.evaluate.runtimes.bench import bench_onnx, format_bench_table
+from compress.evaluate.runtimes.pipeline_bench import (bench_pipeline, bench_pipelines, describe_speedups,
                                               speedups)
-from evaluate.runtimes.protocol import finish, load_note, machine
-from evaluate.runtimes.pipeline import read_manifest
+from compress.evaluate.runtimes.protocol import finish, load_note, machine
+from compress.evaluate.runtimes.pipeline import read_manifest
 from compress.run.checks import CheckFailed, tag
 
 log = logging.getLogger(__name__)

@@ -16,21 +16,21 @@ from compress.run.torch_eval import evaluate_torch
 from compress.recipe.schema import Recipe
 from compress.core.folders import RunFolder
 from compress.stages.base import StageContext
-from evaluate.metrics.scorer import TASK_IOU_TYPES, Scorer
-from evaluate.runtimes.pipeline import OnnxDetector, predict_onnx
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.parity import BOX_TOLERANCE_PX, summarize
-from evaluate.runtimes.pipeline import DeployedDetector
-from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
-from evaluate.analysis.tide import compare_tide, run_tide
-from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
+from compress.evaluate.metrics.scorer import TASK_IOU_TYPES, Scorer
+from compress.evaluate.runtimes.pipeline import OnnxDetector, predict_onnx
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from compress.evaluate.runtimes.parity import BOX_TOLERANCE_PX, summarize
+from compress.evaluate.runtimes.pipeline import DeployedDetector
+from compress.evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
+from compress.evaluate.analysis.tide import compare_tide, run_tide
+from compress.evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 from compress.data.loaders import build_dataset, make_loader
 from compress.run.loaded import load_model, run_of
 from compress.run.checks import CheckFailed, tag
 from compress.models.build import ARCH_TASK
 from compress.run.setup import ground_truth_path
-from evaluate.engines import DEPLOYMENT, ENGINES, EVALUATE, EVALUATE_ENGINES, FULL_GRAPH, TICKET
-from evaluate.engines import running
+from compress.evaluate.engines import DEPLOYMENT, ENGINES, EVALUATE, EVALUATE_ENGINES, FULL_GRAPH, TICKET
+from compress.evaluate.engines import running
 
 log = logging.getLogger(__name__)
 EVAL_PARITY_IMAGES = 4  # validation images evaluate runs the deployment on, DeepSparse vs ORT

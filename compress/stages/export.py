@@ -14,13 +14,13 @@ from compress.recipe.schema import Recipe
 from compress.core.folders import RunFolder
 from compress.run.loaded import LoadedModel, load_model
 from compress.stages.base import StageContext
-from export.compact import pack, unpack_to
-from evaluate.runtimes.pipeline import deployment_intact
-from export.deploy.build import deploy_exported
-from export.onnx_export import check_opset, export_backbone, export_full
-from export.sizes import export_summary, format_size_table, size_table
-from export.sparse_initializers import to_sparse_initializers
-from export.verify import verify_full_parity, verify_parity, verify_zeros, write_verify
+from compress.export.compact import pack, unpack_to
+from compress.evaluate.runtimes.pipeline import deployment_intact
+from compress.export.deploy.build import deploy_exported
+from compress.export.onnx_export import check_opset, export_backbone, export_full
+from compress.export.sizes import export_summary, format_size_table, size_table
+from compress.export.sparse_initializers import to_sparse_initializers
+from compress.export.verify import verify_full_parity, verify_parity, verify_zeros, write_verify
 
 log = logging.getLogger(__name__)
 PARITY_IMAGES = 3

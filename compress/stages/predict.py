@@ -35,11 +35,11 @@ from compress.stages.images import read_pil, shrunk, to_tensor, to_uint8_rgb
 from compress.stages.predictors import Predictor, close_predictor, deployment_predictor
 from compress.stages.predictors import fit_to_graph, keep_scores, torch_predictor
 from compress.stages.upscale import upscaled_results
-from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, PREDICT, TICKET, running
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.pipeline import OnnxDetector
-from evaluate.runtimes.pipeline import read_manifest
-from evaluate.metrics.detections import outputs_to_coco_results
+from compress.evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, PREDICT, TICKET, running
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from compress.evaluate.runtimes.pipeline import OnnxDetector
+from compress.evaluate.runtimes.pipeline import read_manifest
+from compress.evaluate.metrics.detections import outputs_to_coco_results
 from compress.report.drawing import draw_detections
 from compress.report.gallery import LabelInfo, png_bytes, run_label_info
 

@@ -23,10 +23,10 @@ import torch
 from compress.core.errors import UserError
 from compress.run.loaded import load_model
 from compress.quantize.phase import load_int8
-from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.pipeline import DeployedDetector, from_canvas, keep_scores, to_canvas
-from evaluate.runtimes.pipeline_bench import full_graph_on_canvas
+from compress.evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from compress.evaluate.runtimes.pipeline import DeployedDetector, from_canvas, keep_scores, to_canvas
+from compress.evaluate.runtimes.pipeline_bench import full_graph_on_canvas
 
 log = logging.getLogger(__name__)
 

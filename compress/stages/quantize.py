@@ -23,9 +23,9 @@ from compress.run.torch_eval import evaluate_torch
 from compress.stages.base import StageContext
 from compress.stages.evaluate import evaluate_deployment, evaluate_engine, warn_if_failed
 from compress.stages.export import parity_images, val_images
-from evaluate.runtimes.parity import summarize_int8
-from evaluate.runtimes.pipeline import DeployedDetector, deployment_intact, predict_onnx
-from export.int8_export import export_int8
+from compress.evaluate.runtimes.parity import summarize_int8
+from compress.evaluate.runtimes.pipeline import DeployedDetector, deployment_intact, predict_onnx
+from compress.export.int8_export import export_int8
 
 log = logging.getLogger(__name__)
 

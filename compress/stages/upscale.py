@@ -16,7 +16,7 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from compress.report.drawing import MASK_THRESHOLD
-from evaluate.metrics.detections import outputs_to_coco_results
+from compress.evaluate.metrics.detections import outputs_to_coco_results
 
 
 def scale_outputs(outputs: Mapping[str, torch.Tensor], size: tuple[int, int],

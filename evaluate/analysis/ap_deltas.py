@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from evaluate.analysis.figures import save_plain
+from compress.evaluate.analysis.figures import save_plain
 
 SIZE_KEYS = ("APs", "APm", "APl")
 OVERALL_KEYS = ("AP", "AP50", "AP75")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from compress.core.errors import DataError
-from evaluate.analysis.figures import save_plain
+from compress.evaluate.analysis.figures import save_plain
 
 
 def load_metrics_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -33,8 +33,8 @@ from pycocotools.cocoeval import COCOeval
 
 from compress.core.atomic import write_json
 from compress.core.coco_person import COCO_FLIP, flip_permutation
-from evaluate.analysis.figures import save_plain
-from evaluate.metrics.coco import coco_stats, keypoint_cat_ids, load_gt
+from compress.evaluate.analysis.figures import save_plain
+from compress.evaluate.metrics.coco import coco_stats, keypoint_cat_ids, load_gt
 
 log = logging.getLogger(__name__)
 

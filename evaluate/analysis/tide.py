@@ -21,8 +21,8 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import DataError
-from evaluate.analysis.figures import save_plain
-from evaluate.metrics.results_file import read_json, validate_gt, validate_results
+from compress.evaluate.analysis.figures import save_plain
+from compress.evaluate.metrics.results_file import read_json, validate_gt, validate_results
 
 log = logging.getLogger(__name__)
 

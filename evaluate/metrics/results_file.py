@@ -9,9 +9,9 @@ from typing import Any
 
 from compress.core.atomic import write_json
 from compress.core.errors import DataError
-from evaluate.metrics import results_checks as checks
-from evaluate.metrics.coco import CONVENTIONS, IOU_TYPES, coco_stats, load_gt, stat_names
-from evaluate.analysis.keypoint_errors import analyze_keypoint_errors
+from compress.evaluate.metrics import results_checks as checks
+from compress.evaluate.metrics.coco import CONVENTIONS, IOU_TYPES, coco_stats, load_gt, stat_names
+from compress.evaluate.analysis.keypoint_errors import analyze_keypoint_errors
 
 log = logging.getLogger(__name__)
 

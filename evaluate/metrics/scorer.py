@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from compress.core.atomic import write_json
-from evaluate.metrics.coco import coco_stats
-from evaluate.metrics.detections import outputs_to_coco_results
-from evaluate.metrics.voc import voc_ap
+from compress.evaluate.metrics.coco import coco_stats
+from compress.evaluate.metrics.detections import outputs_to_coco_results
+from compress.evaluate.metrics.voc import voc_ap
 
 TASK_IOU_TYPES = {"detection": ("bbox",), "segmentation": ("bbox", "segm"),
                   "keypoints": ("bbox", "keypoints")}
@@ -20,7 +20,7 @@ IOU_PREFIX = {"bbox": "bbox", "segm": "segm", "keypoints": "kp"}
 
 @dataclass(frozen=True)
 class Scorer:
-    """`convention` is the recipe's evaluate.convention (see evaluate.metrics.coco); `voc`: a
+    """`convention` is the recipe's evaluate.convention (see compress.evaluate.metrics.coco); `voc`: a
     Pascal VOC validation set."""
     gt_path: Path
     label_to_cat_id: dict[int, int]

@@ -29,7 +29,7 @@ import numpy as np
 from pycocotools.coco import COCO
 
 from compress.core.errors import DataError
-from evaluate.metrics.coco import load_gt
+from compress.evaluate.metrics.coco import load_gt
 
 IOU_THRESHOLD = 0.5
 

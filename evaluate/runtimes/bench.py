@@ -18,11 +18,11 @@ import numpy as np
 import onnx
 
 from compress.core.errors import ModelFileError
-from evaluate.engines import BENCH_ENGINES, DEEPSPARSE, ENGINES, ONNXRUNTIME, Engine
-from evaluate.runtimes.deepsparse import deepsparse_bench
-from evaluate.runtimes.ort import (EngineUnavailable, check_external_data, ort_session,
+from compress.evaluate.engines import BENCH_ENGINES, DEEPSPARSE, ENGINES, ONNXRUNTIME, Engine
+from compress.evaluate.runtimes.deepsparse import deepsparse_bench
+from compress.evaluate.runtimes.ort import (EngineUnavailable, check_external_data, ort_session,
                                    physical_cores)
-from evaluate.runtimes.protocol import stats
+from compress.evaluate.runtimes.protocol import stats
 
 log = logging.getLogger(__name__)
 

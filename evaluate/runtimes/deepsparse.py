@@ -1,7 +1,7 @@
 """DeepSparse behind a process boundary: compile and time ONNX files in a child process.
 
 DeepSparse 1.8 segfaults while compiling some graphs (the full R-CNN graph among them) and takes
-the whole process down, so every compile happens in `python -m evaluate.runtimes.deepsparse` and
+the whole process down, so every compile happens in `python -m compress.evaluate.runtimes.deepsparse` and
 a crash, a timeout or an error comes back as data: {"engine": "deepsparse", "status": "failed",
 "reason": ...}. This is the only module that imports deepsparse, and only inside the child.
 
@@ -27,8 +27,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluate.runtimes.child_watch import watch_parent
-from evaluate.runtimes.ort import check_input_size
+from compress.evaluate.runtimes.child_watch import watch_parent
+from compress.evaluate.runtimes.ort import check_input_size
 
 log = logging.getLogger(__name__)
 _PROJECT_ROOT = Path(__file__).resolve().parents[2]  # evaluate/runtimes/ -> the checkout
@@ -108,7 +108,7 @@ def _failure_reason(stage: str, returncode: int, output: str) -> str:
 
 
 def _child_argv(request_path: Path) -> list[str]:
-    return [sys.executable, "-m", "evaluate.runtimes.deepsparse", str(request_path)]
+    return [sys.executable, "-m", "compress.evaluate.runtimes.deepsparse", str(request_path)]
 
 
 def _call(request: dict[str, Any], timeout_s: float, workdir: Path) -> dict[str, Any]:

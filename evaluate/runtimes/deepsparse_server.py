@@ -26,8 +26,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from evaluate.runtimes.child_watch import watch_parent
-from evaluate.runtimes.deepsparse import (_compile, _failure_reason, _signal_name,
+from compress.evaluate.runtimes.child_watch import watch_parent
+from compress.evaluate.runtimes.deepsparse import (_compile, _failure_reason, _signal_name,
                                           child_env, deepsparse_missing_reason)
 
 
@@ -81,7 +81,7 @@ class DeepSparseServer:
         (self.folder / "request.json").write_text(json.dumps(request))
         self._log = open(self.folder / "child.log", "wb")  # noqa: SIM115 (closed in close())
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "evaluate.runtimes.deepsparse_server",
+            [sys.executable, "-m", "compress.evaluate.runtimes.deepsparse_server",
              str(self.folder / "request.json")], env=child_env(), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=self._log)
         self.stage = "compile"

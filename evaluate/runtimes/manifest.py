@@ -14,7 +14,7 @@ from typing import Any
 
 from compress.core.deploy_manifest import FORMAT, MANIFEST, PART_RUNTIMES, TORCH_OPS, Manifest
 from compress.core.errors import ModelFileError
-from evaluate.runtimes.ort import check_external_data, file_sha256
+from compress.evaluate.runtimes.ort import check_external_data, file_sha256
 
 
 def read_manifest(folder: str | os.PathLike, *, verify: bool = True) -> Manifest:

@@ -16,8 +16,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from evaluate.engines import ENGINES, OPENVINO_ENGINES
-from evaluate.runtimes.ort import EngineUnavailable
+from compress.evaluate.engines import ENGINES, OPENVINO_ENGINES
+from compress.evaluate.runtimes.ort import EngineUnavailable
 
 
 def openvino_missing_reason() -> str | None:

@@ -26,12 +26,12 @@ from torchvision.models.detection.roi_heads import expand_boxes, expand_masks, m
 
 from compress.core.deploy_manifest import Part
 from compress.core.errors import ModelFileError
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
-from evaluate.runtimes.manifest import deployment_intact, read_manifest  # noqa: F401
-from evaluate.runtimes.ort import ort_session, physical_cores
-from evaluate.engines import DEPLOYMENT_ENGINES, OPENVINO_ENGINES
-from evaluate.runtimes.openvino_engine import OpenVinoModel
-from evaluate.runtimes.roi_align import multiscale_roi_align
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed, DeepSparseServer, EngineSpec
+from compress.evaluate.runtimes.manifest import deployment_intact, read_manifest  # noqa: F401
+from compress.evaluate.runtimes.ort import ort_session, physical_cores
+from compress.evaluate.engines import DEPLOYMENT_ENGINES, OPENVINO_ENGINES
+from compress.evaluate.runtimes.openvino_engine import OpenVinoModel
+from compress.evaluate.runtimes.roi_align import multiscale_roi_align
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from compress.core.errors import ModelFileError
-from evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, OPENVINO_ENGINES, PIPELINE_ENGINES
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.pipeline import OnnxDetector
-from evaluate.runtimes.openvino_engine import OpenVinoDetector, openvino_missing_reason
-from evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
-from evaluate.runtimes.protocol import interleaved, stats
-from evaluate.runtimes.ort import EngineUnavailable, physical_cores
+from compress.evaluate.engines import DEPLOYMENT, ENGINES, FULL_GRAPH, OPENVINO_ENGINES, PIPELINE_ENGINES
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from compress.evaluate.runtimes.pipeline import OnnxDetector
+from compress.evaluate.runtimes.openvino_engine import OpenVinoDetector, openvino_missing_reason
+from compress.evaluate.runtimes.pipeline import DeployedDetector, on_canvas, read_manifest
+from compress.evaluate.runtimes.protocol import interleaved, stats
+from compress.evaluate.runtimes.ort import EngineUnavailable, physical_cores
 
 
 def _row(engine: str, status: str, cores: int, **fields: Any) -> dict[str, Any]:

@@ -13,7 +13,7 @@ and sample positions, the clamping at the border, the out-of-image samples count
 `multiscale_roi_align` is the deployment's `runtime: torch` part for torchvision's
 `MultiScaleRoIAlign`: each FPN level's RoIs pooled from that level's features, the results put
 back in RoI order (`order[i]` = the row of RoI i among the level-sorted rows), which is what the
-rewritten ONNX merge (`export.deploy.roi_merge`) computes with a Concat and a Gather.
+rewritten ONNX merge (`compress.export.deploy.roi_merge`) computes with a Concat and a Gather.
 """
 from __future__ import annotations
 

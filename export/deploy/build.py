@@ -5,11 +5,11 @@ head convs, box head, mask / keypoint head) are marked `deepsparse` with the sha
 compiled at: the backbone at the canvas's feature shapes, the box head at the RPN's post-NMS
 proposal count (RoIs zero-padded up to it), the mask / keypoint head in a few buckets up to the
 detections per image. Mask R-CNN's mask pasting runs in torch (`runtime: torch`, see
-`evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
+`compress.evaluate.runtimes.pipeline`). The manifest records, per part: file, runtime, inputs, outputs,
 compiled shapes, the padding rule and its sha256 (checked on every load: a part changed or cut
 short since the export is refused). Parts are written atomically and the manifest last, so a
 killed export leaves no manifest for a resume to trust. torchvision's level merge in `MultiScaleRoIAlign` is first
-rewritten without scatters (`export.deploy.roi_merge`), and each RoI pool (its RoiAligns and
+rewritten without scatters (`compress.export.deploy.roi_merge`), and each RoI pool (its RoiAligns and
 the merge) becomes a `runtime: torch` part (`op: multiscale_roi_align`, the RoiAlign attributes
 per level in `params`), checked against its own ONNX file on ONNX Runtime. Parity: the partition, every part on ONNX Runtime (the
 pasting in torch), against the full graph on ONNX Runtime on the same canvas images
@@ -30,13 +30,13 @@ import onnx
 
 from compress.core.atomic import write_bytes, write_json
 from compress.core.deploy_manifest import MANIFEST, Canvas, Manifest, Part
-from evaluate.runtimes.parity import summarize
-from evaluate.runtimes.pipeline import TORCH_OPS, DeployedDetector, to_canvas
-from evaluate.runtimes.ort import ort_session
-from export.deploy.partition import MERGE, POOL_GROUPS, PartitionError, part_model, partition
-from export.deploy.partition import Part as Cut
-from export.deploy.deconv import rewrite_deconvs
-from export.deploy.roi_merge import rewrite_roi_merges
+from compress.evaluate.runtimes.parity import summarize
+from compress.evaluate.runtimes.pipeline import TORCH_OPS, DeployedDetector, to_canvas
+from compress.evaluate.runtimes.ort import ort_session
+from compress.export.deploy.partition import MERGE, POOL_GROUPS, PartitionError, part_model, partition
+from compress.export.deploy.partition import Part as Cut
+from compress.export.deploy.deconv import rewrite_deconvs
+from compress.export.deploy.roi_merge import rewrite_roi_merges
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.deploy.partition import node_inputs
+from compress.export.deploy.partition import node_inputs
 
 
 def _attrs(node: onnx.NodeProto) -> dict:

@@ -27,8 +27,8 @@ from onnx import numpy_helper
 
 from compress.core.atomic import write_bytes, write_json
 from compress.core.deploy_manifest import MANIFEST, Manifest, Part
-from evaluate.runtimes.parity import summarize_int8
-from export.deploy.build import verify_deployment
+from compress.evaluate.runtimes.parity import summarize_int8
+from compress.export.deploy.build import verify_deployment
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ with one of a heavy group's scopes (`/backbone/` + `/rpn/head/`, `/roi_heads/box
 other node goes to the light part after the last part it reads from. Light parts run on ONNX
 Runtime (transform, anchors, decoding, NMS, RoIAlign, postprocess, mask pasting); heavy parts on
 DeepSparse, or on ONNX Runtime as the reference. The RoI pools whose level merge was rewritten
-(`export.deploy.roi_merge`: RoiAligns + a Concat and a Gather under `<scope>lth_merge/`) form
-parts of their own that run in torch (`evaluate.runtimes.roi_align`), on both engines.
+(`compress.export.deploy.roi_merge`: RoiAligns + a Concat and a Gather under `<scope>lth_merge/`) form
+parts of their own that run in torch (`compress.evaluate.runtimes.roi_align`), on both engines.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def _segments(graph: onnx.GraphProto,
 
 
 def rewritten_pools(model: onnx.ModelProto) -> frozenset[str]:
-    """The RoI pools of `model` whose level merge `export.deploy.roi_merge` rewrote."""
+    """The RoI pools of `model` whose level merge `compress.export.deploy.roi_merge` rewrote."""
     return frozenset(group for group, scope in POOL_GROUPS.items()
                      if any(n.name.startswith(scope + MERGE) for n in model.graph.node))
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import onnx
 from onnx import TensorProto, helper
 
-from export.deploy.partition import MERGE, POOL_GROUPS, node_inputs
+from compress.export.deploy.partition import MERGE, POOL_GROUPS, node_inputs
 
 ORDER = "lth_order/"
 ZEROS = ("ConstantOfShape", "Expand")  # the all-RoIs zero tensor the first scatter writes into

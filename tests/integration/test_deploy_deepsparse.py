@@ -13,13 +13,13 @@ import torch
 from PIL import Image
 
 from compress.stages.evaluate import evaluate_deployment
-from evaluate.metrics.scorer import Scorer
+from compress.evaluate.metrics.scorer import Scorer
 from compress.stages.predict import predict_command
-from evaluate.runtimes.deepsparse import deepsparse_missing_reason
-from evaluate.runtimes.deepsparse_server import DeepSparseFailed
-from evaluate.runtimes.parity import summarize
-from evaluate.runtimes.pipeline import DeployedDetector
-from evaluate.runtimes.pipeline_bench import bench_pipeline
+from compress.evaluate.runtimes.deepsparse import deepsparse_missing_reason
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseFailed
+from compress.evaluate.runtimes.parity import summarize
+from compress.evaluate.runtimes.pipeline import DeployedDetector
+from compress.evaluate.runtimes.pipeline_bench import bench_pipeline
 from tests.support.deployments import images, tiny_deployment
 
 pytestmark = pytest.mark.skipif(deepsparse_missing_reason() is not None,

@@ -13,7 +13,7 @@ from PIL import Image
 from compress.cli import main
 from compress.stages.predict import assign_image_ids, fit_to_graph, keep_scores
 from compress.report.drawing import draw_detections
-from evaluate.metrics.results_file import evaluate_results_file
+from compress.evaluate.metrics.results_file import evaluate_results_file
 from support.smoke import smoke_run_dir
 
 

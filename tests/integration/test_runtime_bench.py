@@ -12,15 +12,15 @@ from torch import nn
 
 from compress.core.errors import ModelFileError
 from compress.models.build import build_model
-from evaluate.runtimes.deepsparse import run_child
-from evaluate.runtimes.ort import EngineUnavailable, cuda_unavailable_reason, ort_session
-from evaluate.runtimes.bench import (
+from compress.evaluate.runtimes.deepsparse import run_child
+from compress.evaluate.runtimes.ort import EngineUnavailable, cuda_unavailable_reason, ort_session
+from compress.evaluate.runtimes.bench import (
     bench_onnx,
     format_bench_table,
     graph_inputs,
     latency_stats,
 )
-from export.onnx_export import BackboneGraph
+from compress.export.onnx_export import BackboneGraph
 
 SIZE = 64
 

@@ -9,7 +9,7 @@ from support.recipes import ROOT, set_args
 
 from compress.cli import main
 from compress.data.voc import VOC_CLASSES, voc_to_coco, write_tiny_voc
-from evaluate.metrics.voc import voc_ap
+from compress.evaluate.metrics.voc import voc_ap
 
 SETTINGS = [
     "model.backbone=tiny", "model.min_size=64", "model.max_size=64", "data.num_workers=0",

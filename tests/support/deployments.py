@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 
 from compress.core.deploy_manifest import Manifest
-from export.deploy.build import build_deployment
-from export.onnx_export import export_full
+from compress.export.deploy.build import build_deployment
+from compress.export.onnx_export import export_full
 from tests.support.onnx_models import SIZE, pruned_tiny
 
 

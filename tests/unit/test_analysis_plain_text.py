@@ -6,10 +6,10 @@ import matplotlib
 import matplotlib.mathtext
 import pytest
 
-from evaluate.analysis import tide
-from evaluate.analysis.ap_deltas import plot_ap_deltas
-from evaluate.analysis.convergence import plot_convergence
-from evaluate.analysis.keypoint_errors import write_keypoint_report
+from compress.evaluate.analysis import tide
+from compress.evaluate.analysis.ap_deltas import plot_ap_deltas
+from compress.evaluate.analysis.convergence import plot_convergence
+from compress.evaluate.analysis.keypoint_errors import write_keypoint_report
 
 NAME = "a$b$c"
 

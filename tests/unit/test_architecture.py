@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("compress", "evaluate", "export")
+# folder -> import name: export/ and evaluate/ install as compress.export and compress.evaluate, so
+# they cannot collide with other distributions' top-level packages (Hugging Face's `evaluate`)
+PACKAGES = {"compress": "compress", "evaluate": "compress.evaluate", "export": "compress.export"}
+MOVED = ("compress.evaluate", "compress.export")
 LAZY_ALLOWED = {"compress/cli.py"}  # each command imports its stage when it runs
 # Package imports that run up the floors today, each with why it is there. Every other package
 # edge must leave the package graph acyclic, so a new cycle fails; an edge here that is gone must
@@ -19,18 +22,19 @@ KNOWN_BACK_EDGES = {
     ("compress.run", "compress.stages"):
         "run/pipeline.py (`compress run`) walks the stages, which use run/loaded.py, checks.py, "
         "setup.py and torch_eval.py",
-    ("evaluate.metrics", "evaluate.analysis"):
+    ("compress.evaluate.metrics", "compress.evaluate.analysis"):
         "metrics/results_file.py writes keypoint_errors.json with analysis/keypoint_errors.py",
 }
 
 
-def _modules(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, Path]:
+def _modules(root: Path = ROOT, packages: dict[str, str] | tuple[str, ...] = PACKAGES) -> dict[str, Path]:
     found = {}
-    for pkg in packages:
-        for path in (root / pkg).rglob("*.py"):
-            rel = path.relative_to(root).with_suffix("")
+    named = packages if isinstance(packages, dict) else {p: p for p in packages}
+    for folder, name in named.items():
+        for path in (root / folder).rglob("*.py"):
+            rel = path.relative_to(root / folder).with_suffix("")
             parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
-            found[".".join(parts)] = path
+            found[".".join((name, *parts))] = path
     return found
 
 
@@ -55,7 +59,7 @@ def _imports(path: Path, modules: dict[str, Path]) -> list[tuple[str, bool]]:
     return out
 
 
-def _graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
+def _graph(root: Path = ROOT, packages: dict[str, str] | tuple[str, ...] = PACKAGES) -> dict[str, set[str]]:
     modules = _modules(root, packages)
     graph = {}
     for name, path in modules.items():
@@ -65,10 +69,12 @@ def _graph(root: Path = ROOT, packages: tuple[str, ...] = PACKAGES) -> dict[str,
 
 
 def _package(module: str) -> str:
-    """A module's package: `compress.report.sections` -> `compress.report`; a top-level module
-    (`compress.cli`, `export.onnx_export`) belongs to its top package."""
+    """A module's package: `compress.report.sections` -> `compress.report`,
+    `compress.export.deploy.build` -> `compress.export.deploy`; a top-level module (`compress.cli`,
+    `compress.export.onnx_export`) belongs to its top package."""
     parts = module.split(".")
-    return ".".join(parts[:2]) if len(parts) > 2 else parts[0]
+    depth = 3 if ".".join(parts[:2]) in MOVED else 2
+    return ".".join(parts[:depth]) if len(parts) > depth else ".".join(parts[:depth - 1])
 
 
 def package_graph(graph: dict[str, set[str]]) -> dict[str, set[str]]:
@@ -162,8 +168,8 @@ def test_project_imports_at_module_top():
 
 
 def test_export_and_evaluate_use_only_compress_core():
-    bad = [f"{src} -> {dep}" for src, deps in _graph().items() if src.split(".")[0] in ("export", "evaluate")
-           for dep in deps if dep.startswith("compress") and not dep.startswith("compress.core")]
+    bad = [f"{src} -> {dep}" for src, deps in _graph().items() if src.startswith(MOVED)
+           for dep in deps if not dep.startswith(("compress.core", *MOVED))]
     assert not bad, "\n".join(bad)
 
 
@@ -181,3 +187,29 @@ def test_cli_help_imports_no_heavy_library():
             "if m in sys.modules]; print(heavy); sys.exit(rc or (1 if heavy else 0))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_no_top_level_export_or_evaluate_import():
+    """From the repository root `import export` would still work (the folder is on sys.path), load
+    a second copy of the module, and fail once installed: every import says compress.export /
+    compress.evaluate."""
+    bad = []
+    for path in [*(p for folder in PACKAGES for p in (ROOT / folder).rglob("*.py")),
+                 *(ROOT / "tests").rglob("*.py"), *(ROOT / "benchmarks").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module
+                     else [])
+            bad += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in ("export", "evaluate")]
+    assert not bad, "\n".join(bad)
+
+
+def test_installed_packages_are_the_folders_under_compress():
+    """pyproject.toml lists every package folder under its import name, and nothing else."""
+    import tomllib
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {name: folder for folder, name in PACKAGES.items() if name != folder}
+    folders = sorted(".".join((name, *init.parent.relative_to(ROOT / folder).parts))
+                     for folder, name in PACKAGES.items() for init in (ROOT / folder).rglob("__init__.py"))
+    assert sorted(config["packages"]) == folders
+    assert all(name.split(".")[0] == "compress" for name in config["packages"])

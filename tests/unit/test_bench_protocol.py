@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from evaluate.runtimes import protocol
-from evaluate.runtimes.protocol import finish, interleaved, machine, stats
+from compress.evaluate.runtimes import protocol
+from compress.evaluate.runtimes.protocol import finish, interleaved, machine, stats
 
 
 def test_runners_take_turns_after_their_warmup():

@@ -15,7 +15,7 @@ from onnx import TensorProto, helper
 import compress.run.pipeline as pipeline
 import compress.stages.bench as bench_stage
 import compress.stages.evaluate as evaluate_stage
-import evaluate.runtimes.bench as runtime_bench
+import compress.evaluate.runtimes.bench as runtime_bench
 from compress.cli import main
 from compress.core.deploy_manifest import Canvas
 from compress.core.errors import UserError

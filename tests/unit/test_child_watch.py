@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from evaluate.runtimes import child_watch
+from compress.evaluate.runtimes import child_watch
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="Linux pidfd needed")
 

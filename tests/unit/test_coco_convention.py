@@ -16,8 +16,8 @@ from pycocotools.cocoeval import COCOeval
 from compress.cli import main
 from compress.core.errors import DataError, RecipeError
 from compress.recipe.load import validate
-from evaluate.metrics.coco import coco_stats, stat_names
-from evaluate.metrics.results_file import evaluate_results_file
+from compress.evaluate.metrics.coco import coco_stats, stat_names
+from compress.evaluate.metrics.results_file import evaluate_results_file
 
 W = H = 200
 

@@ -15,10 +15,10 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from compress.core.errors import DataError
-from evaluate.metrics.coco import coco_stats, stat_names
-from evaluate.metrics.detections import outputs_to_coco_results
-from evaluate.metrics.results_file import evaluate_results_file, format_stats_table
-from evaluate.metrics.scorer import Scorer
+from compress.evaluate.metrics.coco import coco_stats, stat_names
+from compress.evaluate.metrics.detections import outputs_to_coco_results
+from compress.evaluate.metrics.results_file import evaluate_results_file, format_stats_table
+from compress.evaluate.metrics.scorer import Scorer
 
 W, H = 200, 160
 KP_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",

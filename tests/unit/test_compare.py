@@ -8,8 +8,8 @@ from matplotlib.colors import to_hex
 from matplotlib.figure import Figure
 
 from compress.core.errors import DataError
-from evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
-from evaluate.analysis.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
+from compress.evaluate.analysis.ap_deltas import ap_deltas, plot_ap_deltas
+from compress.evaluate.analysis.convergence import load_metrics_jsonl, plot_convergence, val_loss_series
 
 DENSE = {"AP": 0.40, "AP50": 0.60, "AP75": 0.42, "APs": 0.20, "APm": 0.45, "APl": 0.55,
          "per_category": {"person": 0.50, "kite": 0.30, "ghost": -1.0}}

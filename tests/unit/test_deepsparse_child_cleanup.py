@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evaluate.runtimes.deepsparse import deepsparse_bench
+from compress.evaluate.runtimes.deepsparse import deepsparse_bench
 
 FAKE_DEEPSPARSE = '''
 import numpy as np

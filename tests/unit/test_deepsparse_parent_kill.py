@@ -28,13 +28,13 @@ def compile_model(path, batch_size=None, num_cores=None, input_shapes=None):
 PARENTS = {
     "server": """
 import sys
-from evaluate.runtimes.deepsparse_server import DeepSparseServer, EngineSpec
+from compress.evaluate.runtimes.deepsparse_server import DeepSparseServer, EngineSpec
 DeepSparseServer([EngineSpec("part/0", sys.argv[1], ((1, 3, 4, 4),), ((1, 3, 4, 4),))],
                  compile_timeout_s=300)
 """,
     "one_shot": """
 import sys
-from evaluate.runtimes.deepsparse import deepsparse_bench
+from compress.evaluate.runtimes.deepsparse import deepsparse_bench
 deepsparse_bench(sys.argv[1], [[1, 3, 4, 4]], ["float32"], override_shapes=True, timeout_s=300)
 """,
 }

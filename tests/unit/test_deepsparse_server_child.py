@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from evaluate.runtimes import deepsparse_server
+from compress.evaluate.runtimes import deepsparse_server
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from export.deploy.deconv import rewrite_deconvs
+from compress.export.deploy.deconv import rewrite_deconvs
 
 
 def _deconv_model(kernel: int, stride: int, pads: int, bias: bool, seed: int = 0) -> onnx.ModelProto:

@@ -11,11 +11,11 @@ from onnx import TensorProto, helper
 
 from compress.core.errors import ModelFileError
 from compress.stages.evaluate import deployment_parity
-from evaluate.runtimes.ort import ort_session
-from evaluate.runtimes.parity import summarize
-from evaluate.runtimes.pipeline import DeployedDetector, from_canvas, read_manifest, to_canvas
-from export.deploy.build import build_deployment
-from export.deploy.partition import HEAVY_GROUPS, PartitionError, partition
+from compress.evaluate.runtimes.ort import ort_session
+from compress.evaluate.runtimes.parity import summarize
+from compress.evaluate.runtimes.pipeline import DeployedDetector, from_canvas, read_manifest, to_canvas
+from compress.export.deploy.build import build_deployment
+from compress.export.deploy.partition import HEAVY_GROUPS, PartitionError, partition
 from tests.support.deployments import images, tiny_deployment
 
 HEAVY = {"maskrcnn": ["backbone", "box_head", "mask_head"], "fasterrcnn": ["backbone", "box_head"],
@@ -87,7 +87,7 @@ def test_paste_into_image_equals_torchvision_paste():
     from torchvision.models.detection.roi_heads import paste_masks_in_image
     from torchvision.ops import clip_boxes_to_image
 
-    from evaluate.runtimes.pipeline import paste_into_image
+    from compress.evaluate.runtimes.pipeline import paste_into_image
 
     generator = torch.Generator().manual_seed(3)
     for height, width in ((96, 128), (128, 64)):

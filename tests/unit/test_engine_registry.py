@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from compress.cli import cli
 from compress.recipe.schema import BenchCfg, EvaluateCfg
-from evaluate.engines import (BENCH_ENGINES, DEFAULT_EVALUATE_ENGINES, DEPLOYMENT, ENGINES,
+from compress.evaluate.engines import (BENCH_ENGINES, DEFAULT_EVALUATE_ENGINES, DEPLOYMENT, ENGINES,
                               EVALUATE_ENGINES, FULL_GRAPH, PREDICT, PREDICT_ENGINES, TICKET,
                               running)
 

@@ -13,8 +13,8 @@ from compress.recipe.load import validate
 from compress.core.folders import RunFolder
 from compress.run.loaded import LoadedModel
 from compress.stages.export import export_ticket
-from export.onnx_export import export_backbone, export_full
-from export.verify import VerificationError, verify_parity, verify_zeros
+from compress.export.onnx_export import export_backbone, export_full
+from compress.export.verify import VerificationError, verify_parity, verify_zeros
 
 RECIPE = {"name": "t", "model": {"arch": "fasterrcnn", "backbone": "tiny", "min_size": SIZE,
                                  "max_size": SIZE},

@@ -12,10 +12,10 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.core.errors import ModelFileError
-from export.compact import bound_bytes, pack, unpack, unpack_to
-from export.onnx_export import export_backbone, export_full
-from export.sizes import export_summary, format_size_table, size_table
-from export.sparse_initializers import to_sparse_initializers
+from compress.export.compact import bound_bytes, pack, unpack, unpack_to
+from compress.export.onnx_export import export_backbone, export_full
+from compress.export.sizes import export_summary, format_size_table, size_table
+from compress.export.sparse_initializers import to_sparse_initializers
 from support.onnx_models import SIZE, pruned_tiny
 
 

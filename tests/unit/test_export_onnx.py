@@ -12,8 +12,8 @@ from onnx import numpy_helper
 from support.onnx_models import SIZE, pruned_tiny
 
 from compress.core.errors import ModelFileError, UserError
-from export.onnx_export import export_backbone, export_full, load_onnx
-from export.verify import (
+from compress.export.onnx_export import export_backbone, export_full, load_onnx
+from compress.export.verify import (
     VerificationError,
     map_initializers,
     scope_to_module,

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from compress.core.atomic import is_own_temp
-from export import onnx_export
+from compress.export import onnx_export
 
 
 class _Stop(Exception):

@@ -23,8 +23,8 @@ from onnx import TensorProto, helper, numpy_helper, save
 
 from compress.cli import main
 from compress.core.errors import ModelFileError
-import export.compact_unpack
-from export.compact import MAGIC, pack, unpack, unpack_to
+import compress.export.compact_unpack
+from compress.export.compact import MAGIC, pack, unpack, unpack_to
 
 ROOT = Path(__file__).resolve().parents[2]
 MiB = 1 << 20
@@ -199,7 +199,7 @@ def test_roundtrip_still_exact(tmp_path, monkeypatch):
                               [numpy_helper.from_array(w, "W")])
     save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "m.onnx"))
     pack(tmp_path / "m.onnx", tmp_path / "m.lthz")
-    monkeypatch.setattr(export.compact_unpack, "PIECE_BYTES", 7)  # skeleton pieces cross tensors
+    monkeypatch.setattr(compress.export.compact_unpack, "PIECE_BYTES", 7)  # skeleton pieces cross tensors
     assert main(["export", "--unpack", str(tmp_path / "m.lthz"), "--out", str(tmp_path / "b.onnx")]) == 0
     assert (tmp_path / "b.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
     assert unpack(tmp_path / "m.lthz") == (tmp_path / "m.onnx").read_bytes()

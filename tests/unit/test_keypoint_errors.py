@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluate.analysis.keypoint_errors import COCO_SIGMAS, analyze_keypoint_errors, flip_index, keypoint_similarity
+from compress.evaluate.analysis.keypoint_errors import COCO_SIGMAS, analyze_keypoint_errors, flip_index, keypoint_similarity
 
 AREA = 100.0 * 200.0
 # a standing person in a 100x200 box: left keypoints at x<50, right at x>50, far apart

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 
-from evaluate.analysis.keypoint_errors import COCO_SIGMAS, analyze_keypoint_errors
+from compress.evaluate.analysis.keypoint_errors import COCO_SIGMAS, analyze_keypoint_errors
 
 AREA = 100.0 * 200.0
 NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder",

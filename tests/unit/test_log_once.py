@@ -8,7 +8,7 @@ import torch
 
 from compress.models.build import build_model
 from compress.training import loop
-from evaluate.analysis.macs import count_macs
+from compress.evaluate.analysis.macs import count_macs
 
 
 def _macs_lines(caplog) -> list[str]:

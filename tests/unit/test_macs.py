@@ -10,7 +10,7 @@ from torch import nn
 
 from compress.models.build import build_model
 from compress.models.prunable import default_prunable
-from evaluate.analysis.macs import count_macs, example_images, heads_at_capacity, layer_call_macs, macs_summary
+from compress.evaluate.analysis.macs import count_macs, example_images, heads_at_capacity, layer_call_macs, macs_summary
 
 
 def _fvcore(model: nn.Module, size: int):

@@ -14,9 +14,9 @@ from onnx import numpy_helper
 
 from compress.cli import main
 from compress.core.errors import ModelFileError
-from evaluate.runtimes.manifest import deployment_intact, read_manifest
-from evaluate.runtimes.ort import file_sha256
-from export.deploy import build
+from compress.evaluate.runtimes.manifest import deployment_intact, read_manifest
+from compress.evaluate.runtimes.ort import file_sha256
+from compress.export.deploy import build
 from tests.support.deployments import images, tiny_deployment
 
 
@@ -131,6 +131,6 @@ def test_export_killed_while_writing_parts_leaves_nothing_to_trust(export, monke
 
 
 def test_the_manifest_knows_every_torch_op_the_runner_has():
-    from evaluate.runtimes import manifest, pipeline
+    from compress.evaluate.runtimes import manifest, pipeline
 
     assert set(manifest.TORCH_OPS) == set(pipeline.TORCH_OPS)

@@ -7,8 +7,8 @@ import importlib.util
 import numpy as np
 import pytest
 
-from evaluate.runtimes import pipeline_bench
-from evaluate.runtimes.pipeline import DeployedDetector, to_canvas
+from compress.evaluate.runtimes import pipeline_bench
+from compress.evaluate.runtimes.pipeline import DeployedDetector, to_canvas
 from tests.support.deployments import images, tiny_deployment
 
 needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,

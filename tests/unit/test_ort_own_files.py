@@ -7,7 +7,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from compress.core.errors import ModelFileError
-from evaluate.runtimes.ort import ort_session
+from compress.evaluate.runtimes.ort import ort_session
 
 
 def _unknown_op_model(path):
@@ -39,7 +39,7 @@ def test_a_deployment_part_ort_refuses_is_the_toolkits_fault(tmp_path):
     import json
 
     from compress.core.deploy_manifest import FORMAT, MANIFEST
-    from evaluate.runtimes.pipeline import DeployedDetector
+    from compress.evaluate.runtimes.pipeline import DeployedDetector
 
     _unknown_op_model(tmp_path / "head.onnx")
     manifest = {"format": FORMAT, "status": "ok", "source": "model.onnx", "input": "x",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from evaluate.runtimes.parity import summarize
+from compress.evaluate.runtimes.parity import summarize
 
 
 def _dets(boxes, scores, labels):

@@ -15,7 +15,7 @@ from PIL import Image
 import compress.stages.predict as predict_module
 from compress.cli import main
 from compress.stages.predict import LabelInfo
-from evaluate.runtimes.pipeline import Placement, from_canvas
+from compress.evaluate.runtimes.pipeline import Placement, from_canvas
 
 
 class _Recorder:

@@ -1,5 +1,5 @@
 """The latency profile times each layer in the form the deployment runs it: Mask R-CNN's
-deconvolution as the 1x1 Conv + DepthToSpace of `export.deploy.deconv`, same values."""
+deconvolution as the 1x1 Conv + DepthToSpace of `compress.export.deploy.deconv`, same values."""
 from __future__ import annotations
 
 import numpy as np

@@ -21,13 +21,13 @@ from compress.quantize.phase_conv import (Phasing, PhaseConvTranspose2d, phase_d
 from compress.quantize.qat import (fold_batchnorms, freeze, prepare_qat, quantization_manager,
                                    quantization_recipe, quantized_layers, quantized_params)
 from compress.recipe.load import load_recipe
-from evaluate.runtimes.parity import summarize_int8
-from export.compact import pack, unpack
-from export.deploy.build import _border_types
-from export.deploy.int8 import int8_weights, to_deepsparse_int8, unshare_weight_qdq, verify_int8_zeros
-from export.deploy.partition import part_model, partition
-from export.onnx_export import export_full
-from export.verify import verify_zeros
+from compress.evaluate.runtimes.parity import summarize_int8
+from compress.export.compact import pack, unpack
+from compress.export.deploy.build import _border_types
+from compress.export.deploy.int8 import int8_weights, to_deepsparse_int8, unshare_weight_qdq, verify_int8_zeros
+from compress.export.deploy.partition import part_model, partition
+from compress.export.onnx_export import export_full
+from compress.export.verify import verify_zeros
 from support.recipes import ROOT, TINY_LOTTERY
 from support.tiny_training import train_steps
 

@@ -3,7 +3,7 @@ numbers the figures draw."""
 from __future__ import annotations
 
 from compress.report.sections import tide_verdict
-from evaluate.analysis.convergence import convergence_verdict
+from compress.evaluate.analysis.convergence import convergence_verdict
 
 
 def test_tide_verdict_same_and_different_top_errors():

@@ -11,10 +11,10 @@ import torch
 from onnx import TensorProto, helper
 from torchvision.ops import roi_align as torchvision_roi_align
 
-from evaluate.runtimes import pipeline
-from export.deploy import build
-from evaluate.runtimes.roi_align import multiscale_roi_align, roi_align
-from export.deploy.roi_merge import rewrite_roi_merges
+from compress.evaluate.runtimes import pipeline
+from compress.export.deploy import build
+from compress.evaluate.runtimes.roi_align import multiscale_roi_align, roi_align
+from compress.export.deploy.roi_merge import rewrite_roi_merges
 from tests.support.deployments import images, tiny_deployment
 
 POOLS = {"fasterrcnn": ["box_roi_pool"], "maskrcnn": ["box_roi_pool", "mask_roi_pool"],

@@ -1,4 +1,4 @@
-"""One score filter (evaluate.runtimes.pipeline.keep_scores) for the deployment's from_canvas and
+"""One score filter (compress.evaluate.runtimes.pipeline.keep_scores) for the deployment's from_canvas and
 every `compress predict` model: per-detection outputs filtered, numpy and torch alike."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 import compress.stages.predictors as predictors
-from evaluate.runtimes.pipeline import Placement, from_canvas, keep_scores
+from compress.evaluate.runtimes.pipeline import Placement, from_canvas, keep_scores
 
 
 def _outputs(kind):

@@ -11,7 +11,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from compress.core.errors import DataError
-from evaluate.analysis.tide import MAIN_ERRORS, SPECIAL_ERRORS, compare_tide, run_tide
+from compress.evaluate.analysis.tide import MAIN_ERRORS, SPECIAL_ERRORS, compare_tide, run_tide
 
 W = H = 96
 

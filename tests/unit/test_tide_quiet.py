@@ -7,7 +7,7 @@ from pathlib import Path
 
 import cv2
 
-from evaluate.analysis.tide import run_tide
+from compress.evaluate.analysis.tide import run_tide
 
 
 def _corpus(tmp: Path) -> tuple[Path, Path]:

@@ -5,7 +5,7 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from export.verify import map_initializers, verify_zeros
+from compress.export.verify import map_initializers, verify_zeros
 
 N = 8
 

@@ -17,7 +17,7 @@ import pytest
 
 from compress.core.atomic import write_json
 from compress.data.voc import voc_to_coco
-from evaluate.metrics.scorer import Scorer
+from compress.evaluate.metrics.scorer import Scorer
 
 
 # ----------------------------------------------------------------- the classic code, transcribed

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluate.metrics.voc import area_ap, voc07_ap, voc_ap
+from compress.evaluate.metrics.voc import area_ap, voc07_ap, voc_ap
 
 
 def _ann(ann_id, img, cat, box, crowd=0):
