@@ -55,7 +55,8 @@ from compress.quantize.qat import calibrated, quantized_params  # noqa: E402
 from compress.evaluate.runtimes.pipeline import to_canvas  # noqa: E402
 from compress.export.int8_export import export_int8  # noqa: E402
 from compress.evaluate.runtimes.parity import summarize_int8  # noqa: E402
-from compress.lottery.masks import apply_mask, dense_mask, magnitude_prune, prune_to_counts  # noqa: E402
+from compress.lottery.masks import (MASK_TYPES, Ranking, apply_mask, dense_mask, magnitude_prune,  # noqa: E402
+                                    prune_to_counts)
 from compress.lottery.profile import (build_profile, default_profile_path,  # noqa: E402
                                       layer_input_shapes, profile_key)
 from compress.models.prunable import default_prunable  # noqa: E402
@@ -90,36 +91,6 @@ def runtime_profile(model: torch.nn.Module, size: int, cores: int) -> dict:
                          progress=sys.stderr.isatty())
 
 
-def block4_mask(weights: dict[str, torch.Tensor], sparsity: float,
-                distribution: str) -> dict[str, torch.Tensor]:
-    """SparseML's `mask_type: block4` (FourBlockMaskCreator): blocks of 4 consecutive input
-    channels at one output channel and kernel position (what VNNI multiplies together), scored
-    by their mean |w| (a partial last block padded with zeros), the lowest `sparsity` of the
-    blocks pruned (layerwise: per tensor; global: one ranking)."""
-    def blocks(w: torch.Tensor) -> torch.Tensor:
-        t = w.abs().movedim(1, -1)
-        pad = (-t.shape[-1]) % 4
-        t = torch.nn.functional.pad(t, (0, pad))
-        return t.reshape(*t.shape[:-1], -1, 4).mean(-1)
-
-    def expand(keep: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        full = keep.unsqueeze(-1).expand(*keep.shape, 4).reshape(*keep.shape[:-1], -1)
-        return full[..., :w.shape[1]].movedim(-1, 1).contiguous()
-
-    scores = {n: blocks(w) for n, w in weights.items()}
-    if distribution == "global":
-        flat = torch.cat([s.reshape(-1) for s in scores.values()])
-        cut = flat.sort(stable=True).values[round(sparsity * flat.numel())]
-        return {n: expand(s >= cut, weights[n]) for n, s in scores.items()}
-    out = {}
-    for n, s in scores.items():
-        order = s.reshape(-1).argsort(stable=True)[:round(sparsity * s.numel())]
-        keep = torch.ones(s.numel(), dtype=torch.bool)
-        keep[order] = False
-        out[n] = expand(keep.reshape(s.shape), weights[n])
-    return out
-
-
 def prune(model: torch.nn.Module, sparsity: float, distribution: str,
           profile: dict | None = None, mask_type: str = "unstructured") -> dict[str, float]:
     """Zero `sparsity` of the prunable weights by magnitude (per layer: the allocator's counts
@@ -129,14 +100,13 @@ def prune(model: torch.nn.Module, sparsity: float, distribution: str,
         params = dict(model.named_parameters())
         weights = {n: params[n].detach() for n in names}
         dense = dense_mask(model, names)
-        if mask_type == "block4":
-            mask = block4_mask(weights, sparsity, distribution)
-        elif distribution == "runtime":
+        if distribution == "runtime":
             total = round(sparsity * sum(w.numel() for w in weights.values()))
             mask = prune_to_counts(weights, dense, runtime_allocation(layer_curves(weights, dense, profile),
                                                             total).zeros)
         else:
-            mask = magnitude_prune(weights, dense, sparsity, distribution)
+            # block4: SparseML's FourBlockMaskCreator blocks, as a run's IMP rounds prune them
+            mask = magnitude_prune(weights, dense, sparsity, Ranking(distribution, mask_type))
         apply_mask(model, mask)
     params = dict(model.named_parameters())
     groups: dict[str, list[int]] = {}
@@ -224,7 +194,7 @@ def main() -> None:
     parser.add_argument("--openvino", action="store_true",
                         help="also time the dense model on OpenVINO (default precision and fp32), "
                              "full graph and on the same partition (pip install '.[openvino]')")
-    parser.add_argument("--mask-type", choices=("unstructured", "block4"), default="unstructured",
+    parser.add_argument("--mask-type", choices=MASK_TYPES, default="unstructured",
                         help="block4: SparseML's VNNI blocks (4 input channels pruned together), "
                              "what DeepSparse's sparse INT8 kernels need")
     parser.add_argument("--int8", action="store_true",
