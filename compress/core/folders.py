@@ -173,6 +173,12 @@ class RunFolder:
         return summary
 
 
+def replicate_key(seed: int) -> str:
+    """A seed replicate's name: its folder under `replicates/` and its key in summary.json's
+    `rounds[k].replicates`."""
+    return f"seed_{seed}"
+
+
 @dataclass(frozen=True)
 class RoundFolder:
     """The files of one trained model of the lottery: a round (`rounds/round_<k>/`), a control
@@ -241,7 +247,7 @@ class RoundFolder:
         return RoundFolder(self.root / "controls" / name)
 
     def replicate(self, seed: int) -> "RoundFolder":
-        return RoundFolder(self.root / "replicates" / f"seed_{seed}")
+        return RoundFolder(self.root / "replicates" / replicate_key(seed))
 
 
 class MetricsLog:

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from compress.core.checkpoint import load_checkpoint
-from compress.core.folders import RoundFolder
+from compress.core.folders import RoundFolder, replicate_key
 from compress.lottery.masks import Mask, load_mask
 from compress.lottery.rounds import (LotteryContext, LotterySetup, finish, modifier_stepper, train_held,
                                      train_unless_done)
@@ -143,7 +143,7 @@ def run_replicates(index: int, seeds: tuple[int, ...], setup: LotterySetup, ctx:
                    ) -> dict[str, Any]:
     """Train (or resume, or skip) round `index` again with each seed; return {"seed_<s>": metrics}
     for summary.json's `rounds[index].replicates`."""
-    return {f"seed_{seed}": _trained(_Job(index, CONTROLS["replicate"], seed,
+    return {replicate_key(seed): _trained(_Job(index, CONTROLS["replicate"], seed,
                                           ctx.run.round(index).replicate(seed),
                                           f"round {index} seed {seed} replicate",
                                           {"replicate_seed": seed}), setup, ctx)

@@ -110,27 +110,40 @@ def plot_size_macs(runs: Mapping[str, Mapping[str, Any]], out_png: Path) -> Path
 
 def plot_latency(rows: Sequence[Mapping[str, Any]], out_png: Path) -> Path:
     """One panel per graph (each on its own scale): p50 latency bars per (run, engine, batch),
-    coloured by engine, with p90 and p99 marks."""
+    coloured by engine, with p90 and p99 marks; a row that did not run (`status` not ok) keeps its
+    line and says so in red instead of a bar. The legend sits outside the panel, beside it, so it
+    covers no mark."""
+    from matplotlib.patches import Patch
+
     graphs = list(dict.fromkeys(r["graph"] for r in rows))
     engines = sorted({r["engine"] for r in rows})
     heights = [0.45 * sum(r["graph"] == g for r in rows) + 1.0 for g in graphs]
-    fig = new_figure(9, sum(heights) + 0.3)
+    fig = new_figure(10, sum(heights) + 0.3)
     axes = fig.subplots(len(graphs), 1, squeeze=False, gridspec_kw={"height_ratios": heights})[:, 0]
     for ax, graph in zip(axes, graphs):
         mine = [r for r in rows if r["graph"] == graph]
-        y = np.arange(len(mine))
-        p50 = np.array([r["p50_ms"] for r in mine], dtype=float)
-        ax.barh(y, p50, color=[color(engines.index(r["engine"])) for r in mine])
-        ax.plot([r.get("p90_ms") or r["p50_ms"] for r in mine], y, "|", color="black",
-                markersize=12, label="p90")
-        ax.plot([r.get("p99_ms") or r["p50_ms"] for r in mine], y, "x", color="black", label="p99")
-        ax.set_yticks(y, [f"{r['run']} | {r['engine']} | batch {r['batch']}" for r in mine], fontsize=7)
-        ax.invert_yaxis()
+        ran = [i for i, r in enumerate(mine) if r.get("status", "ok") == "ok" and r.get("p50_ms") is not None]
+        runs = [mine[i] for i in ran]
+        ax.barh(ran, [r["p50_ms"] for r in runs], color=[color(engines.index(r["engine"])) for r in runs])
+        ax.plot([r.get("p90_ms") or r["p50_ms"] for r in runs], ran, "|", color="black", markersize=12)
+        ax.plot([r.get("p99_ms") or r["p50_ms"] for r in runs], ran, "x", color="black")
+        for i, r in enumerate(mine):
+            if i not in ran:
+                reason = str(r.get("reason") or "")
+                ax.text(0.01, i, f"{r.get('status') or 'failed'}" + (f": {reason[:70]}" if reason else ""),
+                        transform=ax.get_yaxis_transform(), va="center", fontsize=7, color="#b00000")
+        ax.set_yticks(range(len(mine)), [f"{r['run']} | {r['engine']} | batch {r['batch']}" for r in mine],
+                      fontsize=7)
+        ax.set_ylim(len(mine) - 0.5, -0.5)
         ax.set_xlim(left=0)
         ax.set_title(graph, fontsize=9)
         ax.set_xlabel("latency per call (ms); bar = p50")
         ax.grid(axis="x", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        handles = [Patch(color=color(engines.index(e)), label=e) for e in engines
+                   if any(r["engine"] == e for r in mine)]
+        handles += [ax.plot([], [], "|", color="black", markersize=12, label="p90")[0],
+                    ax.plot([], [], "x", color="black", label="p99")[0]]
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     return save_figure(fig, out_png)
 
 

@@ -248,7 +248,7 @@ def _gmacs(value: float | None) -> str:
 
 
 def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
-    ok, rows = [], []
+    plotted, rows = [], []
     for run in runs:
         path = run.root / "bench" / "bench.json"
         bench = read_json(path) if path.is_file() else run.summary.get("bench")
@@ -264,13 +264,14 @@ def sec_latency(section: Section, runs: list[RunData], plot_dir: Path) -> None:
                          str(b.get("status")), fmt(b.get("p50_ms"), 2), fmt(b.get("p90_ms"), 2),
                          fmt(b.get("p99_ms"), 2), fmt(b.get("items_per_s"), 2), str(b.get("cores", "-")),
                          fmt(b.get("supported_op_fraction"), 3), b.get("reason") or ""])
-            if b.get("status") == "ok" and b.get("p50_ms") is not None:
-                ok.append(row)
+            if (b.get("status") == "ok" and b.get("p50_ms") is not None) or b.get("status") == "failed":
+                plotted.append(row)  # a failed engine keeps its line in the plot, marked failed
         _flag_load(section, run)
         _say_speedups(section, run, bench)
-    if ok:
-        figure(section, plots.plot_latency(ok, plot_dir / "latency.png"),
-               "Latency per call on each engine (same ONNX file per graph): bar p50, | p90, x p99")
+    if any(r.get("status") == "ok" for r in plotted):
+        figure(section, plots.plot_latency(plotted, plot_dir / "latency.png"),
+               "Latency per call on each engine (same ONNX file per graph): bar p50, | p90, x p99; "
+               "an engine that failed is marked so on its line")
     table(section, ["run", "graph", "engine", "batch", "status", "p50 ms", "p90 ms", "p99 ms",
                     "items/s", "cores", "supported ops", "reason"], rows)
 
